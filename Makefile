@@ -1,0 +1,29 @@
+# maou-sweep: `make demo` runs a real sweep on the bundled corpus; `make test` runs the test suite.
+PY ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+
+.PHONY: install test demo bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --upgrade pip
+	$(VENV)/bin/python -m pip install -q torch==2.13.0
+	$(VENV)/bin/python -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -q
+
+demo: $(STAMP)
+	$(VENV)/bin/sweep run sweeps/demo.yaml
+	$(VENV)/bin/sweep export sweeps/demo.yaml
+
+bench: $(STAMP)
+	$(VENV)/bin/python bench/data_build.py
+	$(VENV)/bin/python bench/train_throughput.py
+
+clean:
+	rm -rf $(VENV) data/build studies/*.db results/*/
