@@ -26,3 +26,13 @@ def _torch_threads():
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     yield
+
+
+@pytest.fixture(scope="session")
+def bundled_data_dir(tmp_path_factory) -> Path:
+    """Stage 1/2/3 datasets built once per test session from the bundled corpus (data/games)."""
+    from maou.config import DataConfig
+    from maou.data.build import ensure_datasets
+
+    out = tmp_path_factory.mktemp("bundled-data")
+    return ensure_datasets(DataConfig(games=(str(BUNDLED_GAMES),), dir=str(out)), progress=False)

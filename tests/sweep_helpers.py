@@ -1,0 +1,40 @@
+"""Helpers for end-to-end sweep tests: copies of shipped specs pointed at temporary folders."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SWEEP = str(Path(sys.executable).with_name("sweep"))
+
+
+def tmp_spec(spec_name: str, tmp_path: Path, data_dir: Path, **changes) -> Path:
+    """A copy of ``sweeps/<spec_name>`` with storage, runs and datasets under temporary folders."""
+    data = yaml.safe_load((REPO / "sweeps" / spec_name).read_text())
+    data["storage"] = f"sqlite:///{tmp_path}/studies/{data['name']}.db"
+    data["runs_dir"] = str(tmp_path / "runs")
+    if data.get("stage", 1) != 1 or "data" in data:
+        data["data"] = {**data.get("data", {}), "games": [str(REPO / "data" / "games")], "dir": str(data_dir)}
+    for key, value in changes.items():
+        data[key] = value
+    path = tmp_path / spec_name
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
+    return subprocess.run([SWEEP, *args], cwd=cwd or REPO, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

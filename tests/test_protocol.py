@@ -1,0 +1,163 @@
+"""The protocol's carry-forward and noise rule, on real in-memory Optuna studies with a fake trainer."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import optuna
+import pytest
+
+from maou.executors.local import LocalExecutor
+from maou.job import JobResult
+from maou.protocol import ConfigStats, collect_stats, decide, run_sweep
+from maou.spec import Selection, SweepSpec
+from maou.strict import from_dict
+
+
+def make_spec(steps, seeds=3, **extra) -> SweepSpec:
+    data = {"name": "fake", "stage": 1, "steps": steps, "seeds": seeds, "storage": "memory:",
+            "budget": {"max_steps": 40, "eval_every": 10}, **extra}
+    return from_dict(SweepSpec, data)
+
+
+class FakeTrainer:
+    """Stands in for training: accuracy is a known function of the config plus seed noise."""
+
+    def __init__(self, score, noise=0.01, nan_when=None):
+        self.score, self.noise, self.nan_when, self.calls = score, noise, nan_when, []
+
+    def __call__(self, config, report, checkpoint_dir):
+        self.calls.append(config)
+        target = self.score(config) + self.noise * ((config["seed"] % 3) - 1)
+        history, stop = [], None
+        for step in (10, 20, 30, 40):
+            value = target * step / 40
+            metrics = {"val_accuracy": value, "val_loss": 1 - value, "train_loss": 1 - value}
+            if self.nan_when and self.nan_when(config):
+                metrics = {"val_accuracy": value, "val_loss": math.nan, "train_loss": math.nan}
+            history.append((step, metrics))
+            stop = report(step, metrics)
+            if stop:
+                break
+        return JobResult(final_metrics=history[-1][1], best_metrics=history[-1][1], best_step=history[-1][0],
+                         steps_done=history[-1][0], max_steps=40, stop_reason=stop, wall_time_s=0.0,
+                         device="cpu", checkpoint=None, dataset_hash=None, history=history)
+
+
+def lr_batch_score(config):
+    score = 0.90
+    if config["optim"]["lr"] == 0.01:
+        score += 0.05  # clearly better than the seed noise
+    if config["batch_size"] == 128:
+        score += 0.001  # better on the mean, but well inside the seed noise
+    return score
+
+
+STEPS = [
+    {"name": "baseline"},
+    {"name": "lr", "grid": {"optim.lr": [0.01, 0.0001]}},
+    {"name": "batch", "grid": {"batch_size": [64, 128]}},
+]
+
+
+def test_carry_forward_adopts_clear_winners_and_keeps_carried_within_noise():
+    trainer = FakeTrainer(lr_batch_score)
+    spec = make_spec(STEPS)
+    outcome = run_sweep(spec, executor=LocalExecutor(trainer))
+    first, second, third = outcome.decisions
+    assert first.winner.overrides == {} and not first.adopted
+    assert second.adopted and second.winner.overrides == {"optim.lr": 0.01}
+    assert second.margin == pytest.approx(0.05) and second.margin > second.threshold
+    # batch 128 is better on the mean by 0.001 but the seed noise is 0.01: the carried config stays.
+    assert not third.adopted
+    assert third.winner.overrides == {"optim.lr": 0.01}
+    assert third.winner.mean < max(s.mean for s in third.stats)
+    assert outcome.carried == {"optim.lr": 0.01}
+    # The carried config of steps 2 and 3 was trained once and reused: 3 + 2*3 + 1*3 trainings.
+    assert len(trainer.calls) == 12
+
+
+def test_decisions_and_rule_are_recorded_on_the_studies():
+    spec = make_spec(STEPS)
+    storage = optuna.storages.InMemoryStorage()
+    run_sweep(spec, executor=LocalExecutor(FakeTrainer(lr_batch_score)), storage=storage)
+    names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage))
+    assert names == ["fake/01-baseline", "fake/02-lr", "fake/03-batch"]
+    study = optuna.load_study(study_name="fake/03-batch", storage=storage)
+    decision = study.user_attrs["decision"]
+    assert decision["adopted"] is False
+    assert "SE of the difference" in decision["rule"]
+    assert decision["threshold"] > decision["margin"] > 0
+    assert study.user_attrs["carried_in"] == {"optim.lr": 0.01}
+    trials = study.get_trials()
+    assert len(trials) == 6  # (carried + batch 128) x 3 seeds; batch 64 is the carried config itself
+    assert {t.params["seed"] for t in trials} == {0, 1, 2}
+    reused = [t for t in trials if t.user_attrs.get("reused_from")]
+    assert len(reused) == 3 and all(t.user_attrs["reused_from"].startswith("fake/02-lr#") for t in reused)
+    for t in trials:
+        assert t.user_attrs["config"]["stage"] == 1
+        assert t.intermediate_values  # learning curves for the dashboard
+        assert "final_metrics" in t.user_attrs
+
+
+def test_a_pruned_configuration_never_wins():
+    # lr 0.01 would score best, but its runs go NaN: pruned, so the carried config stays.
+    trainer = FakeTrainer(lr_batch_score, nan_when=lambda c: c["optim"]["lr"] == 0.01)
+    spec = make_spec(STEPS[:2])
+    outcome = run_sweep(spec, executor=LocalExecutor(trainer))
+    decision = outcome.decisions[1]
+    assert not decision.adopted and decision.winner.overrides == {}
+    pruned = next(s for s in decision.stats if s.overrides == {"optim.lr": 0.01})
+    assert pruned.pruned == 3 and set(pruned.prune_reasons) <= {"non_finite", "nan_loss"}
+
+
+def test_a_failing_trial_is_recorded_and_the_sweep_goes_on():
+    def trainer(config, report, checkpoint_dir):
+        if config["optim"]["lr"] == 0.0001:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return FakeTrainer(lr_batch_score)(config, report, checkpoint_dir)
+
+    outcome = run_sweep(make_spec(STEPS[:2], seeds=1), executor=LocalExecutor(trainer))
+    failed = next(s for s in outcome.decisions[1].stats if s.overrides == {"optim.lr": 0.0001})
+    assert failed.failed == 1 and not failed.eligible
+    assert outcome.carried == {"optim.lr": 0.01}
+
+
+def stats(key, values, pruned=0):
+    return ConfigStats(json.dumps(key), key, values=list(values), pruned=pruned)
+
+
+@pytest.mark.parametrize("direction,values,adopted", [
+    ("maximize", [0.80, 0.81, 0.82], True),    # +0.10 against noise ~0.006
+    ("maximize", [0.705, 0.715, 0.725], False),  # +0.015 against noise ~0.0082 x 2 sigmas
+    ("minimize", [0.60, 0.61, 0.62], True),
+])
+def test_noise_rule(direction, values, adopted):
+    carried = stats({}, [0.70, 0.71, 0.72] if direction == "maximize" else [0.70, 0.71, 0.72])
+    challenger = stats({"loss.gamma_neg": 2.0}, values)
+    decision = decide({carried.config_key: carried, challenger.config_key: challenger}, carried.config_key,
+                      direction, Selection(noise_sigmas=2.0))
+    assert decision.adopted is adopted
+    expected_noise = math.sqrt(0.01 ** 2 / 3 + 0.01 ** 2 / 3)
+    assert decision.noise == pytest.approx(expected_noise)
+    assert decision.threshold == pytest.approx(2.0 * expected_noise)
+
+
+def test_min_margin_and_single_seed():
+    carried, challenger = stats({}, [0.70]), stats({"optim.lr": 0.01}, [0.705])
+    pool = {carried.config_key: carried, challenger.config_key: challenger}
+    assert decide(pool, carried.config_key, "maximize", Selection()).adopted  # no noise estimate: any gain
+    assert not decide(pool, carried.config_key, "maximize", Selection(min_margin=0.01)).adopted
+
+
+def test_collect_stats_skips_interrupted_trials():
+    study = optuna.create_study(direction="maximize")
+    for state, attrs in [(optuna.trial.TrialState.COMPLETE, {}),
+                         (optuna.trial.TrialState.FAIL, {"fail_reason": "interrupted"}),
+                         (optuna.trial.TrialState.FAIL, {"fail_reason": "error"})]:
+        study.add_trial(optuna.trial.create_trial(
+            state=state, value=0.5 if state == optuna.trial.TrialState.COMPLETE else None,
+            user_attrs={"config_key": "{}", "seed": 0, **attrs}))
+    (only,) = collect_stats(study.get_trials()).values()
+    assert only.n == 1 and only.failed == 1

@@ -1,0 +1,191 @@
+"""End to end through the real CLI: `sweep run` on SQLite, resume after a kill, export, dashboard."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+import yaml
+
+from sweep_helpers import REPO, SWEEP, free_port, run_cli, tmp_spec
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory, bundled_data_dir):
+    tmp = tmp_path_factory.mktemp("smoke")
+    spec = tmp_spec("smoke.yaml", tmp, bundled_data_dir)
+    result = run_cli("run", str(spec))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    data = yaml.safe_load(spec.read_text())
+    return spec, data["storage"], result
+
+
+def finished_pairs(study):
+    return [(t.user_attrs["config_key"], t.user_attrs["seed"]) for t in study.get_trials()
+            if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+
+
+def test_smoke_sweep_produces_every_step_in_sqlite(smoke_run):
+    spec, url, result = smoke_run
+    names = sorted(s.study_name for s in optuna.get_all_study_summaries(url))
+    assert names == ["smoke/01-baseline", "smoke/02-gamma-neg", "smoke/03-asl-clip"]
+    for name in names:
+        study = optuna.load_study(study_name=name, storage=url)
+        assert "decision" in study.user_attrs
+        pairs = finished_pairs(study)
+        assert len(pairs) == len(set(pairs)), "a configuration and seed ran twice"
+        for t in study.get_trials():
+            assert t.user_attrs["config"]["stage"] == 2
+            assert t.user_attrs["package_version"]
+            assert t.user_attrs.get("dataset_hash")
+            if t.state == optuna.trial.TrialState.COMPLETE:
+                assert len(t.intermediate_values) >= 3  # evaluations at steps 10, 20, 30
+                assert 0.0 <= t.value <= 1.0
+    gamma = optuna.load_study(study_name="smoke/02-gamma-neg", storage=url)
+    assert {t.params["loss.gamma_neg"] for t in gamma.get_trials()} == {0.0, 1.0, 2.0}
+    assert "decision" in result.stdout and "leaderboard" in result.stdout
+
+
+def test_status_counts_states(smoke_run):
+    spec, url, _ = smoke_run
+    result = run_cli("status", str(spec))
+    assert result.returncode == 0, result.stderr
+    for name in ("smoke/01-baseline", "smoke/02-gamma-neg", "smoke/03-asl-clip"):
+        assert name in result.stdout
+
+
+def test_export_writes_files_with_their_columns(smoke_run, tmp_path):
+    spec, url, _ = smoke_run
+    result = run_cli("export", str(spec), "--out", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    trials = pd.read_csv(tmp_path / "out" / "trials.csv")
+    for column in ("study", "step", "trial", "state", "seed", "config", "value", "prune_reason",
+                   "param_loss.gamma_neg", "final_val_f1", "best_val_f1", "wall_time_s", "device"):
+        assert column in trials.columns, column
+    assert set(trials["study"]) == {"smoke/01-baseline", "smoke/02-gamma-neg", "smoke/03-asl-clip"}
+    steps = pd.read_csv(tmp_path / "out" / "steps.csv")
+    assert list(steps.columns) == ["study", "step", "config", "mean", "std", "n", "pruned", "failed", "winner",
+                                   "carried", "adopted", "margin", "noise", "threshold"]
+    assert steps.groupby("study")["winner"].sum().eq(1).all()
+    best = yaml.safe_load((tmp_path / "out" / "best.yaml").read_text())
+    assert best["stage"] == 2 and best["model"]["channels"] == 16
+    args = (tmp_path / "out" / "best-args.txt").read_text()
+    assert "--stage2-batch-size 64" in args and "--stage2-learning-rate" in args
+    # best.yaml is runnable with `sweep train`
+    best["max_steps"], best["eval_every"] = 5, 5
+    (tmp_path / "best-short.yaml").write_text(yaml.safe_dump(best))
+    train = run_cli("train", str(tmp_path / "best-short.yaml"), "--out", str(tmp_path / "retrain"))
+    assert train.returncode == 0, train.stdout[-2000:] + train.stderr[-2000:]
+    assert (tmp_path / "retrain" / "metrics.json").is_file()
+
+
+def test_dashboard_serves_every_step_and_optuna_cli_lists_them(smoke_run, tmp_path):
+    spec, url, _ = smoke_run
+    port = free_port()
+    server = subprocess.Popen([SWEEP, "dashboard", str(spec), "--port", str(port)], cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        body = None
+        for _ in range(100):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as response:
+                    body = json.loads(response.read())
+                break
+            except OSError:
+                time.sleep(0.2)
+        assert body is not None, "optuna-dashboard did not answer"
+        names = {s["study_name"] for s in body["study_summaries"]}
+        assert names == {"smoke/01-baseline", "smoke/02-gamma-neg", "smoke/03-asl-clip"}
+        browser = shutil.which("chromium")
+        if browser:  # the page a person sees, rendered by a real browser (CI installs Debian's chromium)
+            dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                                  "--disable-background-networking", "--disable-component-update",
+                                  "--disable-sync", f"--user-data-dir={tmp_path / 'chromium'}",
+                                  "--virtual-time-budget=15000", "--dump-dom",
+                                  f"http://127.0.0.1:{port}/dashboard/"],
+                                 capture_output=True, text=True, timeout=120)
+            assert "smoke/02-gamma-neg" in dom.stdout, dom.stderr[-2000:]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=20)
+    optuna_cli = str(Path(SWEEP).with_name("optuna"))
+    listed = subprocess.run([optuna_cli, "studies", "--storage", url, "-f", "json"], capture_output=True,
+                            text=True, timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    assert {s["name"] for s in json.loads(listed.stdout)} == {
+        "smoke/01-baseline", "smoke/02-gamma-neg", "smoke/03-asl-clip"}
+
+
+def count_finished(db: Path) -> int:
+    if not db.exists():
+        return 0
+    try:
+        with sqlite3.connect(db, timeout=5) as conn:
+            return conn.execute("select count(*) from trials where state = 'COMPLETE'").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+
+
+def test_resume_after_kill_loses_and_duplicates_nothing(tmp_path, bundled_data_dir):
+    spec = tmp_spec("smoke.yaml", tmp_path, bundled_data_dir, name="resume",
+                    budget={"max_steps": 60, "eval_every": 10})
+    db = tmp_path / "studies" / "resume.db"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([SWEEP, "run", str(spec)], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while count_finished(db) < 3 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert proc.poll() is None, "the sweep finished before it could be killed; make it longer"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    url = f"sqlite:///{db}"
+    before = {}
+    for summary in optuna.get_all_study_summaries(url):
+        for t in optuna.load_study(study_name=summary.study_name, storage=url).get_trials():
+            if t.state == optuna.trial.TrialState.COMPLETE:
+                before[(summary.study_name, t.number)] = t.value
+    assert before
+    result = run_cli("run", str(spec))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    states = Counter()
+    for summary in optuna.get_all_study_summaries(url):
+        study = optuna.load_study(study_name=summary.study_name, storage=url)
+        pairs = finished_pairs(study)
+        assert len(pairs) == len(set(pairs)), f"duplicate finished trials in {summary.study_name}"
+        for t in study.get_trials():
+            states[t.state.name] += 1
+            if t.state == optuna.trial.TrialState.FAIL:
+                assert t.user_attrs["fail_reason"] == "interrupted"
+        assert "decision" in study.user_attrs
+    # every trial finished before the kill is still there, unchanged
+    for (name, number), value in before.items():
+        assert optuna.load_study(study_name=name, storage=url).trials[number].value == value
+    assert states["RUNNING"] == 0
+    # everything the protocol needs is there: 3 steps x (configs) x 2 seeds
+    baseline = optuna.load_study(study_name="resume/01-baseline", storage=url)
+    assert sorted(s for _, s in finished_pairs(baseline)) == [0, 1]
+
+
+def test_changed_spec_is_refused_with_what_changed(smoke_run, tmp_path):
+    spec, url, _ = smoke_run
+    data = yaml.safe_load(spec.read_text())
+    data["base"]["optim"]["lr"] = 0.01
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(data))
+    result = run_cli("run", str(changed))
+    assert result.returncode == 2
+    assert "optim.lr" in result.stderr and "0.003" in result.stderr and "0.01" in result.stderr
