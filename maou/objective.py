@@ -29,6 +29,10 @@ from maou.spec import WINNER_OF, Step, SweepSpec, canonical, step_candidates
 from maou.strict import to_dict, with_overrides
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+#: Metrics whose whole curve is kept on each trial (``curves`` user attribute), beside the
+#: objective's intermediate values: what a person checks when a run looks wrong.
+CURVE_METRICS = ("train_loss", "val_loss", "val_f1", "val_pred_pos_rate", "val_policy_top1",
+                 "val_policy_entropy", "val_value_skill", "val_value_std", "val_value_accuracy", "val_accuracy")
 
 
 def config_diff(config: TrainConfig, base: TrainConfig) -> dict[str, Any]:
@@ -45,6 +49,19 @@ def config_diff(config: TrainConfig, base: TrainConfig) -> dict[str, Any]:
     walk(to_dict(config), to_dict(base), "")
     out.pop("seed", None)
     return out
+
+
+def curves(history: list[tuple[int, dict[str, float]]]) -> dict[str, list[float | None]]:
+    """The evaluation history as columns: ``step`` and each of :data:`CURVE_METRICS` present."""
+    out: dict[str, list[float | None]] = {"step": [step for step, _ in history]}
+    for name in CURVE_METRICS:
+        if any(name in metrics for _, metrics in history):
+            out[name] = [_finite_or_none(metrics.get(name)) for _, metrics in history]
+    return out
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    return round(value, 6) if value is not None and math.isfinite(value) else None
 
 
 def suggest(trial: optuna.Trial, name: str, dist: Any) -> Any:
@@ -278,9 +295,11 @@ class StepTrials:
         """Tell Optuna how the trial ended, with its metrics and stop reason on the trial."""
         trial = job.trial
         trial.set_user_attr("wall_time_s", round(time.time() - job.started, 3))
+        trial.set_user_attr("curves", curves(job.history))
         if result is not None:
-            trial.set_user_attr("final_metrics", result.final_metrics)
-            trial.set_user_attr("best_metrics", result.best_metrics)
+            # non-finite values become null: the storage and the dashboard expect strict JSON
+            trial.set_user_attr("final_metrics", {k: _finite_or_none(v) for k, v in result.final_metrics.items()})
+            trial.set_user_attr("best_metrics", {k: _finite_or_none(v) for k, v in result.best_metrics.items()})
             trial.set_user_attr("best_step", result.best_step)
             trial.set_user_attr("steps_done", result.steps_done)
             trial.set_user_attr("max_steps", result.max_steps)

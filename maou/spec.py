@@ -70,7 +70,7 @@ class Selection:
 @dataclass(frozen=True)
 class Executor:
     kind: Literal["local", "ray"] = "local"
-    #: Ray cluster address: null starts a local Ray, ``auto`` joins a running cluster, or ray://host:port.
+    #: Ray cluster address: null starts a local Ray, ``auto`` or HOST:6379 joins a running cluster.
     address: str | None = None
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0

@@ -17,12 +17,11 @@ SWEEP = str(Path(sys.executable).with_name("sweep"))
 def tmp_spec(spec_name: str, tmp_path: Path, data_dir: Path, **changes) -> Path:
     """A copy of ``sweeps/<spec_name>`` with storage, runs and datasets under temporary folders."""
     data = yaml.safe_load((REPO / "sweeps" / spec_name).read_text())
+    data.update(changes)
     data["storage"] = f"sqlite:///{tmp_path}/studies/{data['name']}.db"
     data["runs_dir"] = str(tmp_path / "runs")
     if data.get("stage", 1) != 1 or "data" in data:
         data["data"] = {**data.get("data", {}), "games": [str(REPO / "data" / "games")], "dir": str(data_dir)}
-    for key, value in changes.items():
-        data[key] = value
     path = tmp_path / spec_name
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path

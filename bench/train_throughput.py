@@ -1,0 +1,147 @@
+"""Training throughput: ``train_stage`` against a bare hand-written PyTorch loop.
+
+Same model (``build_model``), batch, optimizer (AdamW), gradient clipping, autocast and data
+(whole tensors on the device, batches by slicing a seeded permutation); the bare loop has no
+schedule, no loss bookkeeping, no callbacks. Prints samples/s of both, their ratio (goal >= 0.95)
+and the share of the step time spent taking batches (goal < 5%).
+
+    python bench/train_throughput.py                        # small, about a minute on 2 CPU cores
+    python bench/train_throughput.py --device cuda --blocks 10 --channels 128 --batch 1024 \\
+        --rows 65536 --steps 300                            # realistic, bf16 autocast on CUDA
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from maou.config import train_config_from_dict  # noqa: E402
+from maou.data.tensors import Split, StageData  # noqa: E402
+from maou.models import build_model  # noqa: E402
+from maou.strict import with_overrides  # noqa: E402
+from maou.shogi.shapes import BOARD_SHAPE, MOVE_LABELS_NUM, PIECE_IDS_NUM, PIECES_IN_HAND_NUM  # noqa: E402
+from maou.train import resolve_device, train_stage  # noqa: E402
+
+
+def synthetic_stage2(rows: int, seed: int = 0) -> Split:
+    """Random boards (30% occupied), hands and 7.5%-dense legal-move targets: the stage 2 shapes."""
+    g = torch.Generator().manual_seed(seed)
+    occupied = torch.rand(rows, *BOARD_SHAPE, generator=g) < 0.3
+    board = (torch.randint(1, PIECE_IDS_NUM, (rows, *BOARD_SHAPE), generator=g) * occupied).to(torch.uint8)
+    hand = torch.randint(0, 3, (rows, PIECES_IN_HAND_NUM), generator=g).to(torch.uint8)
+    legal = (torch.rand(rows, MOVE_LABELS_NUM, generator=g) < 0.075).to(torch.uint8)
+    return Split(board, hand, {"legal_moves": legal})
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bare_loop(config, split: Split, device: torch.device, steps: int) -> float:
+    """A hand-written loop over the same model and data; returns samples/s."""
+    torch.manual_seed(config.seed)
+    model = build_model(config).to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay,
+                                  fused=True if device.type == "cuda" else None)
+    data = split.to(device)
+    board, hand, target = data.board, data.hand, data.targets["legal_moves"]
+    rows, batch = len(data), config.batch_size
+    generator = torch.Generator().manual_seed(config.seed)
+    amp = device.type == "cuda" and config.amp
+    order, cursor = None, rows
+    sync(device)
+    started = time.perf_counter()
+    for _ in range(steps):
+        if cursor >= rows:
+            order, cursor = torch.randperm(rows, generator=generator).to(device), 0
+        index = order[cursor: cursor + batch]
+        cursor += batch
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(board[index], hand[index])["legal_moves"]
+        loss = F.binary_cross_entropy_with_logits(logits.float(), target[index].float())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
+        optimizer.step()
+    sync(device)
+    return steps * batch / (time.perf_counter() - started)
+
+
+def fetch_only(split: Split, device: torch.device, batch: int, steps: int) -> float:
+    """Seconds to take ``steps`` batches alone (permutation, slicing, gathers), as train_stage does."""
+    data = split.to(device)
+    rows = len(data)
+    generator = torch.Generator().manual_seed(0)
+    order, cursor = None, rows
+    sync(device)
+    started = time.perf_counter()
+    for _ in range(steps):
+        if cursor >= rows:
+            order, cursor = torch.randperm(rows, generator=generator).to(device), 0
+        index = order[cursor: cursor + batch]
+        cursor += batch
+        data.batch(index)
+    sync(device)
+    return time.perf_counter() - started
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", choices=["resnet", "mlp_mixer"], default="resnet")
+    parser.add_argument("--blocks", type=int, default=2)
+    parser.add_argument("--channels", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--rows", type=int, default=8192, help="synthetic stage 2 training rows")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda[:N]")
+    parser.add_argument("--no-amp", dest="amp", action="store_false", help="no bf16 autocast on CUDA")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (0 = torch default)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs of each loop; the best counts")
+    args = parser.parse_args(argv)
+
+    device = resolve_device(args.device)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    config = train_config_from_dict({
+        "stage": 2, "model": {"arch": args.arch, "blocks": args.blocks, "channels": args.channels},
+        "batch_size": args.batch, "max_steps": args.steps, "eval_every": args.steps, "eval_rows": 256,
+        "device": str(device), "threads": args.threads, "amp": args.amp})
+    split = synthetic_stage2(args.rows)
+    data = StageData(2, split, synthetic_stage2(512, seed=1))
+    amp = device.type == "cuda" and args.amp
+    print(f"device {device}{' (bf16 autocast)' if amp else ''}, {args.arch} {args.blocks} blocks x "
+          f"{args.channels} channels, batch {args.batch}, {args.steps} steps, {args.rows} rows, "
+          f"threads {torch.get_num_threads()}")
+
+    warm = with_overrides(config, {"max_steps": 5, "eval_every": 5})
+    train_stage(warm, data)                      # warm-up: allocator, cudnn autotuning, thread pools
+    bare_loop(warm, split, device, 5)
+
+    framework, bare, shares = [], [], []
+    for _ in range(args.repeats):
+        result = train_stage(config, data)
+        framework.append(result.samples_per_s)
+        shares.append(result.data_wait_share)
+        bare.append(bare_loop(config, split, device, args.steps))
+    best_framework, best_bare = max(framework), max(bare)
+    fetch_s = fetch_only(split, device, args.batch, args.steps)
+    step_s = args.steps * args.batch / best_framework
+    print(f"train_stage : {best_framework:10,.0f} samples/s  (runs: {', '.join(f'{v:,.0f}' for v in framework)})")
+    print(f"bare loop   : {best_bare:10,.0f} samples/s  (runs: {', '.join(f'{v:,.0f}' for v in bare)})")
+    print(f"ratio       : {best_framework / best_bare:.3f}  (goal >= 0.95)")
+    print(f"data wait   : {100 * fetch_s / step_s:.2f}% of step time taking batches alone "
+          f"({1e3 * fetch_s / args.steps:.3f} ms of {1e3 * step_s / args.steps:.2f} ms per step); "
+          f"host-side share inside train_stage {100 * min(shares):.2f}%  (goal < 5%)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,364 @@
+"""Game records -> validated :class:`GameRecord` s (CSA, KIF, ``.gz`` of those, HCPE ``.feather``).
+
+Sources are files or folders (searched recursively for ``RECORD_SUFFIXES``). Text is decoded as
+UTF-8 (with or without BOM), else as Shift-JIS (cp932). Parsing uses cshogi (``CSA.Parser`` for
+CSA, one game per block of a multi-game file separated by a line ``/``; ``KIF.Parser`` for KIF)
+and every game is replayed with cshogi: a move that is not legal where it is played rejects the
+game. Nothing bad is silent and nothing crashes: each rejected game, file or block is counted in
+:class:`ReadStats` under a reason (``malformed``, ``unreadable``, ``no moves``, ``illegal move``,
+``duplicate game``, ``unsupported file``), with a few examples.
+
+Results (:attr:`GameRecord.winner`): ``black``, ``white``, ``draw``, or ``None`` when the record
+has none (``%CHUDAN``, no ending line, a KIF without its result line). cshogi reads ``%TSUMI``
+as a draw; here it is a win for the side that made the last move. Games without a result still
+give Stage 2 positions; Stage 3 (which needs a result) leaves them out.
+
+HCPE ``.feather`` files (upstream ``maou`` data: a 32-byte ``hcp`` column, optionally
+``bestMove16``, ``gameResult``, ``eval``) are a position source: each row becomes a one-position
+record (``moves`` holds ``bestMove16`` when present and legal, else nothing) with
+``fmt == "hcpe"`` and ``index`` = the row. Rows carry no game boundaries, so the by-game split
+treats each row as its own game.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import zlib
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import cshogi
+import numpy as np
+
+from maou.errors import UserError
+
+Winner = Literal["black", "white", "draw"]
+#: File name endings read from folders (and accepted as explicit files), with their format.
+RECORD_SUFFIXES = {".csa": "csa", ".kif": "kif", ".kifu": "kif", ".feather": "hcpe"}
+GZIP_SUFFIX = ".gz"
+#: Examples kept per skip reason.
+MAX_EXAMPLES = 3
+
+#: CSA endings with no winner although cshogi reports DRAW (an unfinished or unknown game).
+_NO_RESULT_ENDINGS = {"", "%CHUDAN", "%ERROR"}
+_DRAW_ENDINGS = {"%SENNICHITE", "%JISHOGI", "%HIKIWAKE", "%MAX_MOVES"}
+_CSHOGI_WINNERS: dict[int, Winner] = {cshogi.BLACK_WIN: "black", cshogi.WHITE_WIN: "white", cshogi.DRAW: "draw"}
+_COLOURS: tuple[Winner, Winner] = ("black", "white")
+
+
+@dataclass(frozen=True)
+class GameRecord:
+    """One validated game: every move in ``moves`` (cshogi 32-bit moves) is legal from ``sfen``."""
+
+    source: str
+    index: int
+    sfen: str
+    moves: tuple[int, ...]
+    winner: Winner | None
+    ending: str
+    fmt: Literal["csa", "kif", "hcpe"] = "csa"
+
+    @property
+    def game_id(self) -> str:
+        return f"{self.source}#{self.index}"
+
+
+@dataclass
+class ReadStats:
+    """What a read found: files, games read, and records skipped by reason (with examples)."""
+
+    files: int = 0
+    games: int = 0
+    positions: int = 0
+    no_result: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+
+    def skip(self, reason: str, where: str, detail: str = "") -> None:
+        self.skipped[reason] += 1
+        examples = self.examples.setdefault(reason, [])
+        if len(examples) < MAX_EXAMPLES:
+            examples.append(f"{where}: {detail}" if detail else where)
+
+    @property
+    def games_skipped(self) -> int:
+        return sum(self.skipped.values())
+
+    def to_dict(self) -> dict:
+        return {"files": self.files, "games_read": self.games, "games_skipped": self.games_skipped,
+                "games_without_result": self.no_result, "positions": self.positions,
+                "skipped_by_reason": dict(sorted(self.skipped.items())),
+                "skipped_examples": {k: list(v) for k, v in sorted(self.examples.items())}}
+
+
+def record_format(path: Path) -> str | None:
+    """``csa``, ``kif`` or ``hcpe`` from the file name (``.gz`` allowed for text records), else None."""
+    name = path.name.lower()
+    gz = name.endswith(GZIP_SUFFIX)
+    if gz:
+        name = name[: -len(GZIP_SUFFIX)]
+    fmt = RECORD_SUFFIXES.get(os.path.splitext(name)[1])
+    return None if fmt == "hcpe" and gz else fmt
+
+
+def find_record_files(paths: Iterable[str | Path]) -> list[Path]:
+    """Record files of ``paths`` (folders searched recursively, sorted); :class:`UserError` if one is missing.
+
+    Explicit files are returned whatever their name (an unsupported one is counted as skipped when
+    read); inside folders only files with a record suffix are taken.
+    """
+    files: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            files.extend(sorted(p for p in path.rglob("*") if p.is_file() and record_format(p)))
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise UserError(f"no such game record file or folder: {path}")
+    seen: set[Path] = set()
+    unique = []
+    for f in files:
+        key = f.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(f)
+    return unique
+
+
+def decode_text(data: bytes) -> str:
+    """UTF-8 (BOM allowed), else Shift-JIS (cp932); newlines normalised to ``\\n``. ValueError if neither."""
+    for encoding in ("utf-8-sig", "cp932"):
+        try:
+            text = data.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+        if "\x00" in text:
+            raise ValueError("binary data (NUL bytes), not a text record")
+        return text.replace("\r\n", "\n").replace("\r", "\n")
+    raise ValueError("neither UTF-8 nor Shift-JIS text")
+
+
+def _read_bytes(path: Path) -> bytes:
+    data = path.read_bytes()
+    if path.name.lower().endswith(GZIP_SUFFIX):
+        data = gzip.decompress(data)
+    return data
+
+
+def split_csa_games(text: str) -> list[str]:
+    """Blocks of a (multi-game) CSA text: games are separated by a line holding only ``/``."""
+    games, current = [], []
+    for line in text.split("\n"):
+        if line.strip() == "/":
+            games.append("\n".join(current))
+            current = []
+        else:
+            current.append(line)
+    games.append("\n".join(current))
+    return games
+
+
+def _winner_from_cshogi(win: int | None) -> Winner | None:
+    return None if win is None else _CSHOGI_WINNERS.get(int(win))
+
+
+def _csa_winner(ending: str, win: int, last_mover: int | None) -> Winner | None:
+    if ending in _NO_RESULT_ENDINGS:
+        return None
+    if ending == "%TSUMI":  # cshogi says draw; the side that made the last move has mated
+        return None if last_mover is None else _COLOURS[last_mover]
+    if ending in _DRAW_ENDINGS:
+        return "draw"
+    winner = _winner_from_cshogi(win)
+    return None if winner == "draw" else winner  # an unknown ending that cshogi maps to DRAW
+
+
+def replay(sfen: str, moves: Iterable[int]) -> tuple[cshogi.Board, int | None]:
+    """Replay ``moves`` from ``sfen``; returns (final board, 1-based ply of the first illegal move or None)."""
+    board = cshogi.Board()
+    board.set_sfen(sfen)
+    for ply, move in enumerate(moves, start=1):
+        if not move or not board.is_legal(move):
+            return board, ply
+        board.push(move)
+    return board, None
+
+
+class _Reader:
+    """Stateful iterator over records: tracks duplicates and fills a :class:`ReadStats`."""
+
+    def __init__(self, stats: ReadStats):
+        self.stats = stats
+        self.seen_games: dict[tuple[str, tuple[int, ...]], str] = {}
+
+    def game(self, source: str, index: int, sfen: str, moves: list[int], ending: str, win: int | None,
+             fmt: str, kif_winner: Winner | None = None) -> GameRecord | None:
+        where = f"{source}#{index}"
+        if not moves:
+            self.stats.skip("no moves", where, f"ending {ending or 'none'}")
+            return None
+        try:
+            board, illegal = replay(sfen, moves)
+        except Exception as exc:  # a start position cshogi cannot set
+            self.stats.skip("malformed", where, f"bad start position {sfen!r}: {exc}")
+            return None
+        if illegal is not None:
+            self.stats.skip("illegal move", where, f"illegal move at ply {illegal}")
+            return None
+        key = (sfen, tuple(moves))
+        if key in self.seen_games:
+            self.stats.skip("duplicate game", where, f"same moves as {self.seen_games[key]}")
+            return None
+        self.seen_games[key] = where
+        if fmt == "kif":
+            winner = kif_winner
+        else:
+            winner = _csa_winner(ending, win if win is not None else cshogi.DRAW, 1 - board.turn)
+        self.stats.games += 1
+        self.stats.positions += len(moves)
+        self.stats.no_result += winner is None
+        return GameRecord(source, index, sfen, tuple(int(m) for m in moves), winner, ending, fmt)  # type: ignore[arg-type]
+
+    def csa(self, source: str, text: str) -> Iterator[GameRecord]:
+        from cshogi import CSA
+
+        index = 0
+        for block in split_csa_games(text):
+            if not block.strip():
+                continue
+            where = f"{source}#{index}"
+            try:
+                parser = CSA.Parser()
+                parser.parse_csa_str(block)
+                sfen, moves, ending, win = parser.sfen, list(parser.moves), parser.endgame, parser.win
+            except Exception as exc:
+                self.stats.skip("malformed", where, _short(exc))
+            else:
+                record = self.game(source, index, sfen, moves, ending, win, "csa")
+                if record is not None:
+                    yield record
+            index += 1
+
+    def kif(self, source: str, text: str) -> Iterator[GameRecord]:
+        from cshogi import KIF
+
+        where = f"{source}#0"
+        try:
+            parser = KIF.Parser.parse_str(text)
+            sfen, moves, ending = parser.sfen, list(parser.moves), parser.endgame or ""
+            winner = _winner_from_cshogi(parser.win)
+        except Exception as exc:
+            self.stats.skip("malformed", where, _short(exc))
+            return
+        record = self.game(source, 0, sfen, moves, ending, None, "kif", kif_winner=winner)
+        if record is not None:
+            yield record
+
+    def hcpe(self, source: str, path: Path) -> Iterator[GameRecord]:
+        try:
+            table = read_hcpe_table(path)
+        except Exception as exc:
+            self.stats.skip("malformed", source, _short(exc))
+            return
+        hcps, move16, results = table
+        board = cshogi.Board()
+        for row, hcp in enumerate(hcps):
+            where = f"{source}#{row}"
+            try:
+                board.set_hcp(hcp)
+            except Exception as exc:
+                self.stats.skip("malformed", where, f"bad hcp: {_short(exc)}")
+                continue
+            if not board.is_ok():
+                self.stats.skip("malformed", where, "bad hcp: invalid position")
+                continue
+            moves: tuple[int, ...] = ()
+            if move16 is not None and move16[row]:
+                move = board.move_from_move16(int(move16[row]))
+                if board.is_legal(move):
+                    moves = (int(move),)
+            winner = _winner_from_cshogi(int(results[row])) if results is not None else None
+            self.stats.games += 1
+            self.stats.positions += 1
+            self.stats.no_result += winner is None
+            yield GameRecord(source, row, board.sfen(), moves, winner, "", "hcpe")
+
+
+def read_hcpe_table(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """(hcps (N, 32) uint8, bestMove16 (N,) or None, gameResult (N,) or None) of an HCPE feather file."""
+    import pyarrow as pa
+    import pyarrow.feather as feather
+
+    from maou.shogi.shapes import HCP_BYTES
+
+    table = feather.read_table(path)
+    if "hcp" not in table.column_names:
+        raise ValueError(f"no 'hcp' column (has {', '.join(table.column_names)})")
+    column = table.column("hcp").combine_chunks()
+    if pa.types.is_fixed_size_binary(column.type) or pa.types.is_binary(column.type):
+        buffer = b"".join(v for v in column.to_pylist()) if pa.types.is_binary(column.type) else \
+            column.buffers()[1].to_pybytes()[column.offset * HCP_BYTES:(column.offset + len(column)) * HCP_BYTES]
+        hcps = np.frombuffer(buffer, dtype=np.uint8)
+    else:
+        while isinstance(column.type, (pa.ListType, pa.LargeListType, pa.FixedSizeListType)):
+            column = column.flatten()
+        hcps = column.to_numpy(zero_copy_only=False).astype(np.uint8)
+    if hcps.size != table.num_rows * HCP_BYTES:
+        raise ValueError(f"'hcp' column is not {HCP_BYTES} bytes a row")
+    hcps = hcps.reshape(table.num_rows, HCP_BYTES)
+
+    def optional(name: str) -> np.ndarray | None:
+        if name not in table.column_names:
+            return None
+        return table.column(name).to_numpy().astype(np.int64)
+
+    move16 = optional("bestMove16")
+    if move16 is not None:
+        move16 &= 0xFFFF
+    return hcps, move16, optional("gameResult")
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}"[:200]
+
+
+def iter_records(paths: Iterable[str | Path], stats: ReadStats | None = None,
+                 files: list[Path] | None = None) -> Iterator[GameRecord]:
+    """Valid games of ``paths`` in order (files sorted within folders); skips are counted in ``stats``.
+
+    ``files`` (from :func:`find_record_files`) saves searching the paths again.
+    """
+    stats = stats if stats is not None else ReadStats()
+    reader = _Reader(stats)
+    for path in files if files is not None else find_record_files(paths):
+        stats.files += 1
+        source = str(path)
+        fmt = record_format(path)
+        if fmt is None:
+            stats.skip("unsupported file", source, "not .csa, .kif, .kifu (optionally .gz) or .feather")
+            continue
+        if fmt == "hcpe":
+            yield from reader.hcpe(source, path)
+            continue
+        try:
+            text = decode_text(_read_bytes(path))
+        except (OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError) as exc:
+            stats.skip("unreadable", source, _short(exc))
+            continue
+        yield from (reader.csa(source, text) if fmt == "csa" else reader.kif(source, text))
+
+
+def read_records(paths: Iterable[str | Path]) -> tuple[list[GameRecord], ReadStats]:
+    """All valid games of ``paths`` and the read statistics."""
+    stats = ReadStats()
+    return list(iter_records(paths, stats)), stats
+
+
+__all__ = ["GameRecord", "ReadStats", "RECORD_SUFFIXES", "decode_text", "find_record_files", "iter_records",
+           "read_hcpe_table", "read_records", "record_format", "replay", "split_csa_games"]

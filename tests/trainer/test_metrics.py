@@ -1,0 +1,137 @@
+"""Metric functions on hand-made tensors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from maou.data.tensors import Split
+from maou.losses import build_loss
+from maou.config import LossConfig
+from maou.metrics import (
+    SELECTION_METRICS,
+    STAGE_METRICS,
+    Reference,
+    compute_metrics,
+    element_accuracy,
+    evaluate,
+    f1_precision_recall,
+    reference_of,
+    sample_f1,
+    skill,
+)
+
+torch.set_num_threads(1)
+BIG = 20.0
+
+
+def test_selection_metrics_contract():
+    assert SELECTION_METRICS == {1: ("val_accuracy", "maximize"), 2: ("val_f1", "maximize"),
+                                 3: ("val_policy_top1", "maximize")}
+
+
+def test_element_accuracy():
+    logits = torch.tensor([[BIG, -BIG, -BIG, -BIG], [-BIG, -BIG, -BIG, -BIG]])
+    targets = torch.tensor([[1, 0, 0, 1], [0, 0, 0, 0]], dtype=torch.uint8)
+    assert element_accuracy(logits, targets).tolist() == [0.75, 1.0]
+    assert compute_metrics(1, {"reachable": logits}, {"reachable": targets}) == {"val_accuracy": 0.875}
+
+
+def test_f1_precision_recall_per_sample():
+    predicted = torch.tensor([[1, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0], [1, 0, 0, 0]], dtype=torch.bool)
+    actual = torch.tensor([[1, 0, 1, 0], [0, 0, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0]], dtype=torch.bool)
+    f1, precision, recall = f1_precision_recall(predicted, actual)
+    assert f1.tolist() == [0.5, 1.0, 0.0, 0.0]          # both empty = 1
+    assert precision.tolist() == [0.5, 1.0, 0.0, 0.0]
+    assert recall.tolist() == [0.5, 1.0, 0.0, 0.0]
+
+
+def test_stage2_metrics_and_trivial_predictors():
+    actual = torch.tensor([[1, 1, 0, 0, 0, 0, 0, 0], [1, 0, 0, 0, 0, 0, 0, 0]], dtype=torch.uint8)
+    all_negative = torch.full((2, 8), -BIG)
+    m = compute_metrics(2, {"legal_moves": all_negative}, {"legal_moves": actual})
+    assert m["val_f1"] == 0.0 and m["val_pred_pos_rate"] == 0.0 and m["val_recall"] == 0.0
+    assert m["val_label_pos_rate"] == pytest.approx(3 / 16)
+    # all-positive F1 per row: 2*2/(8+2) and 2*1/(8+1)
+    assert m["val_f1_all_positive"] == pytest.approx((0.4 + 2 / 9) / 2)
+    perfect = compute_metrics(2, {"legal_moves": (actual.float() * 2 - 1) * BIG}, {"legal_moves": actual})
+    assert perfect["val_f1"] == perfect["val_precision"] == perfect["val_recall"] == 1.0
+    assert sample_f1(torch.full((1, 8), -BIG), torch.zeros(1, 8)).tolist() == [1.0]
+
+
+def test_stage3_metrics_by_hand():
+    policy_target = torch.tensor([[0.0, 3.0, 1.0], [2.0, 0.0, 2.0], [0.0, 0.0, 5.0]])   # raw counts; row 2 ties
+    policy_logits = torch.tensor([[0.0, 5.0, 0.0], [0.0, 0.0, 5.0], [5.0, 0.0, 0.0]])
+    value_target = torch.tensor([1.0, 0.0, 0.75])
+    value_logits = torch.tensor([2.0, -1.0, -0.5])
+    m = compute_metrics(3, {"policy": policy_logits, "value": value_logits},
+                        {"policy": policy_target, "value": value_target}, Reference(value_mean=0.5, top_move=2))
+    assert m["val_policy_top1"] == pytest.approx(2 / 3)          # a tie with the most played move counts
+    assert m["val_policy_top1_baseline"] == pytest.approx(2 / 3)  # label 2 is top in rows 2 and 3
+    p = torch.sigmoid(value_logits)
+    assert m["val_value_brier"] == pytest.approx(float(((p - value_target) ** 2).mean()))
+    assert m["val_value_accuracy"] == pytest.approx(2 / 3)        # row 3: 0.38 vs 0.75
+    assert m["val_value_mean"] == pytest.approx(float(p.mean()))
+    assert m["val_value_std"] == pytest.approx(float(p.std(unbiased=False)))
+    assert m["val_value_label_std"] == pytest.approx(float(value_target.std(unbiased=False)))
+    t = policy_target / policy_target.sum(1, keepdim=True)
+    log_q = torch.log_softmax(policy_logits, 1)
+    assert m["val_policy_ce"] == pytest.approx(float(-(t * log_q).sum(1).mean()), rel=1e-5)
+    assert m["val_policy_entropy"] == pytest.approx(float(-(log_q.exp() * log_q).sum(1).mean()), rel=1e-5)
+    uniform = compute_metrics(3, {"policy": torch.zeros(3, 3), "value": value_logits},
+                              {"policy": policy_target, "value": value_target})
+    assert uniform["val_policy_entropy"] == pytest.approx(math.log(3))
+
+
+def test_value_skill_of_the_constant_mean_predictor_is_zero():
+    g = torch.Generator().manual_seed(0)
+    value_target = (torch.rand(200, generator=g) < 0.5).float()
+    train_mean = 0.54
+    constant = torch.full((200,), math.log(train_mean / (1 - train_mean)))   # logit of the train mean
+    outputs = {"policy": torch.zeros(200, 4), "value": constant}
+    targets = {"policy": torch.ones(200, 4), "value": value_target}
+    m = compute_metrics(3, outputs, targets, Reference(value_mean=train_mean))
+    assert m["val_value_skill"] == pytest.approx(0.0, abs=1e-5)
+    assert m["val_value_std"] == pytest.approx(0.0, abs=1e-6)                  # the report's collapse signature
+    good = compute_metrics(3, {**outputs, "value": (value_target * 2 - 1) * 3}, targets, Reference(value_mean=train_mean))
+    assert good["val_value_skill"] > 0.5 and good["val_value_accuracy"] == 1.0
+    assert skill(torch.ones(3), torch.zeros(3)) == 0.0
+
+
+def test_reference_of_training_split():
+    policy = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.6, 0.4], [1.0, 0.0, 0.0]])
+    ref = reference_of({"policy": policy, "value": torch.tensor([1.0, 0.0, 0.5])})
+    assert ref == Reference(value_mean=0.5, top_move=1)
+    assert reference_of({"reachable": torch.zeros(2, 3)}) == Reference()
+
+
+class _Fixed(nn.Module):
+    """Stage 1 'model' with one dropout layer: outputs depend on train/eval mode."""
+
+    stage = 1
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.drop = nn.Dropout(0.5)
+        self.bias = nn.Parameter(torch.full((4,), -BIG))
+
+    def forward(self, board, hand):
+        return {"reachable": self.drop(self.bias.expand(board.shape[0], 4))}
+
+
+def test_evaluate_uses_eval_mode_and_restores_modes():
+    model = _Fixed()
+    model.train()
+    model.drop.eval()   # a deliberately mixed state (a frozen part) must come back as it was
+    targets = torch.zeros(10, 4, dtype=torch.uint8)
+    targets[:, 0] = 1
+    split = Split(torch.zeros(10, 9, 9, dtype=torch.uint8), torch.zeros(10, 14, dtype=torch.uint8),
+                  {"reachable": targets})
+    m = evaluate(model, build_loss(1, LossConfig()), split, Reference(), batch_size=3)
+    assert set(m) == {"val_loss", *STAGE_METRICS[1]}
+    assert m["val_accuracy"] == 0.75
+    assert m["val_loss"] == pytest.approx(BIG / 4, rel=1e-3)
+    assert model.training and not model.drop.training
