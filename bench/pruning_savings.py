@@ -3,9 +3,15 @@
     .venv/bin/python bench/pruning_savings.py [--spec sweeps/stage3-collapse.yaml]
 
 Runs the spec twice on temporary SQLite storages (pruning on, pruning off) and prints, per
-configuration: its final value skill when run to the end (the ground truth of "collapsed"), whether
-and at what share of the budget it was pruned, then trial-steps and wall time saved and the winner
-of each run (they must be the same).
+configuration: its final value skill and spread when run to the end (the ground truth), whether and
+at what share of the budget it was pruned, the value skill curves, then trial-steps and wall time
+saved and the winner of each run.
+
+Ground truth: a configuration *collapsed* when, run to the end without pruning, its value head
+ends as a constant with no skill (final ``val_value_skill <= 0.01`` and prediction std below 0.1 x
+the label std: the report's "value head predicting the label mean"). Exit status 1 when a collapsed
+configuration was not pruned within ``--within`` of its budget, a healthy one was pruned, or the
+winners differ.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ def run(spec, storage_dir: Path, pruning: bool):
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spec", default=str(REPO / "sweeps" / "stage3-collapse.yaml"))
+    parser.add_argument("--within", type=float, default=0.15, help="share of the budget a collapse must be cut by")
     args = parser.parse_args()
 
     from maou.spec import load_spec
@@ -51,15 +58,26 @@ def main() -> int:
         off, trials_off, wall_off = run(spec, Path(tmp), pruning=False)
 
     full = {(t.user_attrs["config_key"], t.user_attrs["seed"]): t for t in trials_off}
-    print(f"{'configuration':<72} {'seed':>4} {'final skill':>11} {'value std':>9} {'pruned at':>14}  reason")
+    problems = []
+    print(f"{'configuration':<110} {'seed':>4} {'final skill':>11} {'std/label':>9} {'truth':>9} "
+          f"{'pruned at':>11}  reason")
     for t in sorted(trials_on, key=lambda t: t.number):
         ref = full[(t.user_attrs["config_key"], t.user_attrs["seed"])]
         final = ref.user_attrs.get("final_metrics", {})
-        pruned = (f"{t.user_attrs['prune_step']} ({t.user_attrs['prune_step'] / ref.user_attrs['max_steps']:.0%})"
-                  if t.state.name == "PRUNED" else "-")
-        print(f"{json.dumps(t.user_attrs['overrides'], sort_keys=True):<72} {t.user_attrs['seed']:>4} "
-              f"{final.get('val_value_skill', float('nan')):>11.4f} {final.get('val_value_std', float('nan')):>9.4f} "
-              f"{pruned:>14}  {t.user_attrs.get('prune_reason', '')}")
+        skill, std = final.get("val_value_skill", float("nan")), final.get("val_value_std", float("nan"))
+        ratio = std / final.get("val_value_label_std", float("nan"))
+        collapsed = skill <= 0.01 and ratio < 0.1
+        share = t.user_attrs["prune_step"] / ref.user_attrs["max_steps"] if t.state.name == "PRUNED" else None
+        config = json.dumps(t.user_attrs["overrides"], sort_keys=True)
+        if collapsed and (share is None or share > args.within):
+            problems.append(f"collapsed but not pruned within {args.within:.0%}: {config}")
+        if not collapsed and share is not None:
+            problems.append(f"healthy but pruned ({t.user_attrs.get('prune_reason')}): {config}")
+        pruned = f"{t.user_attrs['prune_step']} ({share:.0%})" if share is not None else "-"
+        print(f"{config:<110} {t.user_attrs['seed']:>4} {skill:>11.4f} {ratio:>9.3f} "
+              f"{'collapsed' if collapsed else 'healthy':>9} {pruned:>11}  {t.user_attrs.get('prune_reason', '')}")
+        if share is not None:
+            print(f"{'':>8}{t.user_attrs.get('prune_detail', '')}")
     print("\nvalue skill curves (run to the end, without pruning; | marks where pruning stopped it):")
     for t in sorted(trials_on, key=lambda t: t.number):
         ref = full[(t.user_attrs["config_key"], t.user_attrs["seed"])]
@@ -80,7 +98,11 @@ def main() -> int:
     print(f"winner with pruning:    {json.dumps(on.carried, sort_keys=True)}")
     print(f"winner without pruning: {json.dumps(off.carried, sort_keys=True)}")
     print("same winner" if on.carried == off.carried else "DIFFERENT WINNERS")
-    return 0 if on.carried == off.carried else 1
+    if on.carried != off.carried:
+        problems.append("the winners differ")
+    for problem in problems:
+        print(f"PROBLEM: {problem}")
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":

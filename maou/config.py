@@ -104,6 +104,9 @@ class TrainConfig:
     epochs: float | None = None
     #: Evaluate on the validation set every this many optimizer steps (and at the end).
     eval_every: int = 50
+    #: Also evaluate the untrained model, as step 0: the reference a diverging run is measured
+    #: against (a run that blows up before its first scheduled evaluation is otherwise its own best).
+    eval_at_start: bool = True
     seed: int = 0
     #: ``auto`` picks CUDA when available, else CPU.
     device: str = "auto"

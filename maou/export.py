@@ -2,6 +2,7 @@
 
 ``results/<sweep>/trials.csv``   one row per trial: params, state, metrics, prune reason
 ``results/<sweep>/steps.csv``    one row per step and configuration: mean, std, n, winner, margin
+``results/<sweep>/prune_reasons.csv`` trials per step, state and prune reason (how much each detector cut)
 ``results/<sweep>/best.yaml``    the winning resolved training config (runnable with ``sweep train``)
 ``results/<sweep>/best-args.txt`` the same as upstream ``maou learn-model`` flags
 """
@@ -106,6 +107,16 @@ def step_rows(study) -> list[dict[str, Any]]:
     return rows
 
 
+def reason_rows(study) -> list[dict[str, Any]]:
+    """How many trials of a step ended in each state, pruned ones split by their prune reason."""
+    from collections import Counter
+
+    counts = Counter((t.state.name, t.user_attrs.get("prune_reason", "unrecorded") if t.state.name == "PRUNED" else "")
+                     for t in study.get_trials(deepcopy=False))
+    return [{"study": study.study_name, "step": study.user_attrs.get("step"), "state": state,
+             "prune_reason": reason, "trials": n} for (state, reason), n in sorted(counts.items())]
+
+
 def export_sweep(spec, out_dir: str | Path | None = None, storage_url: str | None = None) -> dict[str, Path]:
     import optuna
     import pandas as pd
@@ -121,11 +132,14 @@ def export_sweep(spec, out_dir: str | Path | None = None, storage_url: str | Non
     studies = [optuna.load_study(study_name=n, storage=storage) for n in names]
     out = Path(out_dir or f"results/{spec.name}")
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"trials": out / "trials.csv", "steps": out / "steps.csv"}
+    paths = {"trials": out / "trials.csv", "steps": out / "steps.csv", "prune_reasons": out / "prune_reasons.csv"}
     pd.DataFrame([r for s in studies for r in trial_rows(s)]).to_csv(paths["trials"], index=False)
     pd.DataFrame([r for s in studies for r in step_rows(s)],
                  columns=["study", "step", "config", "mean", "std", "n", "pruned", "failed", "winner",
                           "carried", "adopted", "margin", "noise", "threshold"]).to_csv(paths["steps"], index=False)
+    pd.DataFrame([r for s in studies for r in reason_rows(s)],
+                 columns=["study", "step", "state", "prune_reason", "trials"]).to_csv(paths["prune_reasons"],
+                                                                                     index=False)
     last = next((s for s in reversed(studies) if s.user_attrs.get("decision")), None)
     if last is not None:
         winner_key = last.user_attrs["decision"]["winner_key"]
@@ -152,7 +166,13 @@ def cli_export(args) -> int:
     paths = export_sweep(spec, args.out, args.storage)
     console = Console()
     for name, path in paths.items():
-        console.print(f"{name:>9}: {path}")
+        console.print(f"{name:>13}: {path}")
+    import pandas as pd
+
+    reasons = pd.read_csv(paths["prune_reasons"])
+    pruned = reasons[reasons["state"] == "PRUNED"].groupby("prune_reason")["trials"].sum()
+    if len(pruned):
+        console.print("pruned trials by reason: " + ", ".join(f"{r}: {n}" for r, n in pruned.items()))
     if "best_args" in paths:
         console.print(f"upstream flags: {paths['best_args'].read_text().strip()}")
     return 0

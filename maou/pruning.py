@@ -214,13 +214,19 @@ class ValueCollapseDetector(Detector):
        (needs two or more evaluations);
     3. no progress: skill rose by less than ``min_skill_gain`` and the spread ratio
        (std / label std) by less than ``min_std_ratio_gain`` over W (best later value minus the
-       first).
+       first), and the spread did not grow steadily (rising at every evaluation of W and by at
+       least ``min_std_growth`` of its first value: a slow start, common while the backbone is
+       still near its initialisation, is not a collapse). Skills below ``skill_floor`` count as
+       the floor when measuring progress: a saturated head whose loss shrinks from 1e5 to 1e2
+       times the constant predictor's is still a constant, not learning.
     """
 
     std_ratio: float = 0.1
     max_skill: float = 0.01
     min_skill_gain: float = 0.005
     min_std_ratio_gain: float = 0.025
+    min_std_growth: float = 0.25
+    skill_floor: float = -1.0
     accuracy_tolerance: float = 1e-6
     patience: int = 3
 
@@ -229,6 +235,9 @@ class ValueCollapseDetector(Detector):
         _check(self.max_skill < 1.0, f"max_skill must be < 1, got {self.max_skill!r}")
         _check(self.min_skill_gain > 0.0, f"min_skill_gain must be > 0, got {self.min_skill_gain!r}")
         _check(self.min_std_ratio_gain > 0.0, f"min_std_ratio_gain must be > 0, got {self.min_std_ratio_gain!r}")
+        _check(self.min_std_growth > 0.0, f"min_std_growth must be > 0, got {self.min_std_growth!r}")
+        _check(self.skill_floor < self.max_skill,
+               f"skill_floor must be < max_skill ({self.max_skill!r}), got {self.skill_floor!r}")
         _check(self.accuracy_tolerance >= 0.0, f"accuracy_tolerance must be >= 0, got {self.accuracy_tolerance!r}")
         _check_patience(self.patience)
 
@@ -248,9 +257,11 @@ class ValueCollapseDetector(Detector):
                       and max(accs) - min(accs) <= self.accuracy_tolerance)  # type: ignore[type-var, operator]
         if not (spread_collapsed or acc_frozen):
             return None
-        if _gain(skills) >= self.min_skill_gain:
+        if _gain([max(k, self.skill_floor) for k in skills]) >= self.min_skill_gain:
             return None
         if ratios_known and _gain(ratios) >= self.min_std_ratio_gain:  # type: ignore[arg-type]
+            return None
+        if ratios_known and _grows_steadily(ratios, self.min_std_growth):  # type: ignore[arg-type]
             return None
         parts = [f"skill {skills[-1]:.4f} <= {self.max_skill:g}"]
         if ratios_known:
@@ -264,6 +275,12 @@ class ValueCollapseDetector(Detector):
             parts.append(f"mean prediction {mean:.4f}")
         return Collapse("value_collapse", f"value head constant over {len(window)} evaluations "
                         f"({_steps(window)}): {'; '.join(parts)}; no progress", window[-1][0])
+
+
+def _grows_steadily(values: Sequence[float], min_growth: float) -> bool:
+    """Rising at every step of ``values`` and by at least ``min_growth`` x the first value overall."""
+    return (len(values) > 1 and all(b > a for a, b in zip(values, values[1:]))
+            and values[-1] - values[0] >= min_growth * values[0])
 
 
 def _ratio(metrics: Mapping[str, Any]) -> float | None:
@@ -408,6 +425,8 @@ class ValueCollapseConfig:
     max_skill: float = 0.01
     min_skill_gain: float = 0.005
     min_std_ratio_gain: float = 0.025
+    min_std_growth: float = 0.25
+    skill_floor: float = -1.0
     accuracy_tolerance: float = 1e-6
     patience: int | None = None
     grace_fraction: float | None = None
@@ -417,6 +436,8 @@ class ValueCollapseConfig:
         require(self.max_skill < 1.0, "max_skill", "must be < 1")
         require(self.min_skill_gain > 0.0, "min_skill_gain", "must be > 0")
         require(self.min_std_ratio_gain > 0.0, "min_std_ratio_gain", "must be > 0")
+        require(self.min_std_growth > 0.0, "min_std_growth", "must be > 0")
+        require(self.skill_floor < self.max_skill, "skill_floor", "must be < max_skill")
         require(self.accuracy_tolerance >= 0.0, "accuracy_tolerance", "must be >= 0")
         _check_overrides(self.patience, self.grace_fraction)
 
@@ -566,8 +587,8 @@ def build_monitor(stage: int, config: PruningConfig, max_steps: int) -> Collapse
     v = config.value
     if stage == 3 and v.enabled:
         detectors.append(Grace(ValueCollapseDetector(v.std_ratio, v.max_skill, v.min_skill_gain,
-                                                     v.min_std_ratio_gain, v.accuracy_tolerance,
-                                                     patience(v)), grace(v)))
+                                                     v.min_std_ratio_gain, v.min_std_growth, v.skill_floor,
+                                                     v.accuracy_tolerance, patience(v)), grace(v)))
     u = config.uniform_policy
     if stage == 3 and u.enabled:
         detectors.append(Grace(UniformPolicyDetector(u.tolerance, u.min_drop, NUM_MOVE_LABELS, patience(u)),

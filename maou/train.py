@@ -1,7 +1,8 @@
 """Train one stage: one flat loop (cleanrl style), metrics out through a callback.
 
 ``train_stage(config, data, report=...)`` evaluates on the validation split every
-``config.eval_every`` optimizer steps and at the end, and calls ``report(step, metrics)``; when
+``config.eval_every`` optimizer steps and at the end (and, with ``config.eval_at_start``, the
+untrained model as step 0, without ``train_loss``), and calls ``report(step, metrics)``; when
 ``report`` returns a string the run stops with it as ``stop_reason`` (that is how a sweep prunes).
 A NaN or infinite training loss ends the run with ``stop_reason == "nan_loss"`` after one last
 report whose ``train_loss`` is NaN. This module never imports Optuna or Ray.
@@ -210,6 +211,14 @@ def train_stage(config: TrainConfig, data: StageData, report: Report | None = No
     best_step, stop_reason, step, samples = 0, None, 0, 0
     data_time = eval_time = 0.0
     loop_started = time.perf_counter()
+    if config.eval_at_start:  # step 0: the untrained model, the baseline divergence is measured from
+        eval_started = time.perf_counter()
+        metrics = {"lr": learning_rate(o, 0, max_steps), "epoch": 0.0}
+        metrics.update(evaluate(model, loss_fn, val, reference, eval_batch, amp_dtype))
+        history.append((0, metrics))
+        reason = report(0, metrics) if report is not None else None
+        stop_reason = str(reason) if reason else None
+        eval_time += time.perf_counter() - eval_started
     while step < max_steps and stop_reason is None:
         fetch_started = time.perf_counter()
         if cursor >= rows:  # a new epoch: a fresh seeded permutation, on the device
@@ -246,7 +255,7 @@ def train_stage(config: TrainConfig, data: StageData, report: Report | None = No
         metrics = {"train_loss": train_loss, "lr": lr, "epoch": samples / rows}
         metrics.update(evaluate(model, loss_fn, val, reference, eval_batch, amp_dtype))
         history.append((step, metrics))
-        value = metrics.get(selection, float("nan"))
+        value = metrics.get(selection, float("nan"))  # best: over trained steps (step 0 excluded)
         if math.isfinite(value) and (best_metrics is None or (
                 value > best_metrics[selection] if direction == "maximize" else value < best_metrics[selection])):
             best_metrics, best_step = metrics, step

@@ -98,8 +98,8 @@ def cli_train(args) -> int:
             progress.update(task, completed=step, total=max_steps)
 
         def report(step: int, metrics: dict[str, float]) -> None:
-            status = (f"train_loss {metrics['train_loss']:.4g}  val_loss {metrics['val_loss']:.4g}  "
-                      f"{selection} {metrics[selection]:.4f}")
+            train_loss = f"train_loss {metrics['train_loss']:.4g}  " if "train_loss" in metrics else "untrained  "
+            status = f"{train_loss}val_loss {metrics['val_loss']:.4g}  {selection} {metrics[selection]:.4f}"
             progress.update(task, status=status)
             progress.console.print(f"step {step}: {status}")
             return None

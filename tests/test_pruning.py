@@ -114,6 +114,43 @@ def test_slow_value_head_growing_spread_is_not_pruned():
     assert first_hit(build_monitor(3, PruningConfig(), BUDGET), history) is None
 
 
+def test_slow_start_near_initialisation_is_not_pruned():
+    # Measured on a 2x16 network at lr 1e-3, batch 64, evaluated every 4 steps: skill ~0 and a tiny
+    # but steadily growing spread for the first dozen evaluations (the backbone still near its init).
+    stds = [0.013, 0.016, 0.020, 0.026, 0.033, 0.042, 0.051, 0.059, 0.066, 0.071, 0.074, 0.076]
+    skills = [-0.002, -0.003, -0.004, -0.005, -0.004, -0.004, -0.002, 0.001, 0.002, 0.001, 0.001, 0.0]
+    accs = [0.494, 0.477, 0.480, 0.482, 0.523, 0.508, 0.502, 0.514, 0.510, 0.523, 0.541, 0.541]
+    history = [stage3(EVERY * (i + 1), skill=k, std=d, acc=a, label_std=0.5)
+               for i, (k, d, a) in enumerate(zip(skills, stds, accs))]
+    assert first_hit(build_monitor(3, PruningConfig(), BUDGET), history) is None
+    # without the steady-growth rule the same history would be cut at its third evaluation
+    strict = ValueCollapseDetector(min_std_growth=10.0)
+    assert first_hit(strict, history).step == 3 * EVERY
+
+
+def test_value_head_at_the_mean_after_a_blow_up_is_caught():
+    # Measured (2x32, MSE + SGD lr 2.0, batch 1024, no warmup or clipping; every 10 steps): the
+    # network blows up, then settles with the value head at the label mean, accuracy on two values.
+    stds = [0.000, 0.000, 0.067, 0.244, 0.125, 0.025, 0.011, 0.009, 0.009, 0.010, 0.010, 0.010]
+    skills = [-13664.7, -3538.1, -100.7, -4.84, -0.219, 0.0, -0.0001, -0.0002, 0.0001, 0.0, 0.0, 0.0]
+    accs = [0.495, 0.495, 0.497, 0.486, 0.497, 0.495, 0.495, 0.495, 0.495, 0.506, 0.506, 0.495]
+    history = [stage3(10 * (i + 1), skill=k, std=d, acc=a, label_std=0.4996)
+               for i, (k, d, a) in enumerate(zip(skills, stds, accs))]
+    hit = first_hit(ValueCollapseDetector(), history)
+    # the first window of three settled evaluations (60-80); the blow-up itself is divergence's job
+    assert hit is not None and hit.reason == "value_collapse" and hit.step == 80
+
+
+def test_saturated_value_head_recovering_from_a_blow_up_is_still_constant():
+    # Measured (2x16, MSE + SGD lr 2.0, batch 256, steps 8-28): every prediction 0.000 while the
+    # BCE-based skill "improves" from -3.6e5 to -157: the head is a constant, not learning.
+    skills = [-359663.2, -1041.7, -247.3, -164.8, -157.4, -165.5]
+    history = [stage3(4 * (i + 1), skill=k, std=0.0, acc=0.482, label_std=0.4996) for i, k in enumerate(skills)]
+    hit = first_hit(ValueCollapseDetector(), history)
+    assert hit is not None and hit.step == 12 and "accuracy 0.4820 unchanged" in hit.detail
+    assert first_hit(ValueCollapseDetector(skill_floor=-1e9), history) is None  # counting raw gains
+
+
 def test_noisy_healthy_value_head_is_never_pruned():
     noise = [0.03, -0.02, 0.01, -0.04, 0.02, 0.0, -0.01, 0.04, -0.03, 0.01] * 2
     history = [stage3(EVERY * (i + 1), skill=0.2 + n, std=0.2 + n, acc=0.66 + n / 4)
@@ -279,6 +316,8 @@ def test_per_detector_overrides():
 @pytest.mark.parametrize("make, message", [
     (lambda: ValueCollapseDetector(patience=0), "patience must be an integer >= 1, got 0"),
     (lambda: ValueCollapseDetector(std_ratio=0.0), "std_ratio must be in (0, 1], got 0.0"),
+    (lambda: ValueCollapseDetector(skill_floor=0.5), "skill_floor must be < max_skill (0.01), got 0.5"),
+    (lambda: ValueCollapseDetector(min_std_growth=0.0), "min_std_growth must be > 0, got 0.0"),
     (lambda: DivergenceDetector(factor=0.5), "factor must be > 1, got 0.5"),
     (lambda: LegalMovesCollapseDetector(min_pred_pos_rate=2.0), "min_pred_pos_rate must be in [0, 1), got 2.0"),
     (lambda: UniformPolicyDetector(tolerance=-1.0), "tolerance must be > 0, got -1.0"),

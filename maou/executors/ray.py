@@ -199,7 +199,7 @@ class _StepState:
         history = list(job.history)
         step, final = history[-1] if history else (0, {})
         sign = 1.0 if self.trials.direction == "maximize" else -1.0
-        scored = [(s, m) for s, m in history if _finite(m.get(self.trials.metric))]
+        scored = [(s, m) for s, m in history if s > 0 and _finite(m.get(self.trials.metric))]  # step 0: untrained
         best_step, best = max(scored, key=lambda sm: sign * sm[1][self.trials.metric]) if scored else (step, final)
         return JobResult(final_metrics=final, best_metrics=best, best_step=best_step, steps_done=step,
                          max_steps=int(job.config.get("max_steps") or step), stop_reason=job.collapse.reason,

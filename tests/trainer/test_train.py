@@ -31,16 +31,18 @@ def test_stage1_learns(stage_data, tiny_config):
     assert len(data.train) == STAGE1_ROWS_NUM and data.val is data.train
     seen = []
     result = train_stage(tiny_config(1, optim={"lr": 1e-2}), data, report=lambda s, m: seen.append(s))
-    assert seen == [100, 200] and [s for s, _ in result.history] == [100, 200]
+    # step 0 is the untrained model (eval_at_start), then every eval_every steps
+    assert seen == [0, 100, 200] and [s for s, _ in result.history] == [0, 100, 200]
     _assert_metric_keys(1, result.final_metrics)
+    assert "train_loss" not in result.history[0][1]
     first, final = result.history[0][1]["val_accuracy"], result.final_metrics["val_accuracy"]
-    print(f"stage 1 val_accuracy {first:.4f} -> {final:.4f} (all-zeros {ALL_ZEROS_STAGE1_ACCURACY})")
+    print(f"stage 1 val_accuracy {first:.4f} (untrained) -> {final:.4f} (all-zeros {ALL_ZEROS_STAGE1_ACCURACY})")
     assert final > ALL_ZEROS_STAGE1_ACCURACY + 0.03
     assert result.steps_done == result.max_steps == 200 and not result.stopped_early and result.stop_reason is None
     # 18 batches an epoch (the last one partial): 200 steps = 11 epochs and 2 batches
     assert math.ceil(STAGE1_ROWS_NUM / 64) == 18
     assert result.final_metrics["epoch"] == pytest.approx(11 + 2 * 64 / STAGE1_ROWS_NUM)
-    assert result.best_metrics["val_accuracy"] == max(m["val_accuracy"] for _, m in result.history)
+    assert result.best_metrics["val_accuracy"] == max(m["val_accuracy"] for s, m in result.history if s > 0)
     assert result.device == "cpu" and result.samples_per_s > 0 and result.checkpoint is None
 
 
@@ -125,6 +127,20 @@ def test_init_from_a_different_architecture_is_a_clear_error(stage_data, tiny_co
 
 # ---- stopping ------------------------------------------------------------------------------------
 
+def test_step0_evaluates_the_untrained_model_and_can_stop_the_run(stage_data, tiny_config):
+    data = stage_data(1)
+    stopped = train_stage(tiny_config(1), data, report=lambda s, m: "refused" if s == 0 else None)
+    assert stopped.steps_done == 0 and stopped.stop_reason == "refused" and stopped.stopped_early
+    assert [s for s, _ in stopped.history] == [0] and stopped.final_metrics["epoch"] == 0.0
+    assert stopped.best_step == 0  # nothing trained: the untrained model is all there is
+    # the best evaluation is chosen among trained steps, even when training made things worse
+    worse = train_stage(tiny_config(1, optim={"lr": 10.0, "grad_clip": 0.0, "warmup_fraction": 0.0},
+                                    max_steps=20, eval_every=10), data)
+    assert [s for s, _ in worse.history] == [0, 10, 20] and worse.best_step in (10, 20)
+    off = train_stage(tiny_config(1, eval_at_start=False, max_steps=20, eval_every=10), data)
+    assert [s for s, _ in off.history] == [10, 20]
+
+
 def test_nan_loss_stops_the_run_with_a_last_report(stage_data, tiny_config):
     reports = []
     result = train_stage(tiny_config(1, optim={"lr": 1e30, "grad_clip": 0.0, "warmup_fraction": 0.0},
@@ -151,7 +167,7 @@ def test_report_returning_a_reason_stops_the_run(stage_data, tiny_config):
 
     result = train_stage(tiny_config(1, max_steps=100, eval_every=10), stage_data(1), report=report)
     assert result.stop_reason == "pruned: value collapse" and result.stopped_early
-    assert result.steps_done == 20 and [s for s, _ in result.history] == [10, 20] and result.max_steps == 100
+    assert result.steps_done == 20 and [s for s, _ in result.history] == [0, 10, 20] and result.max_steps == 100
 
 
 # ---- budget, schedule, evaluation subset -----------------------------------------------------------
@@ -223,7 +239,7 @@ def test_sweep_train_cli_writes_checkpoint_and_metrics(tmp_path, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps_done"] == 20 and metrics["stop_reason"] is None
     assert metrics["config"]["optim"]["lr"] == 0.01 and metrics["config"]["batch_size"] == 32
-    assert [h["step"] for h in metrics["history"]] == [10, 20]
+    assert [h["step"] for h in metrics["history"]] == [0, 10, 20]  # 0: the untrained model
     assert SELECTION_METRICS[1][0] in metrics["final_metrics"] and "best_metrics" in metrics
     assert yaml.safe_load((out / "config.yaml").read_text())["optim"]["lr"] == 0.01
     checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
