@@ -45,6 +45,17 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def epoch_indices(rows: int, batch: int, steps: int, seed: int, device: torch.device):
+    """``steps`` batches of row indices, a fresh seeded permutation each epoch, as train_stage draws them."""
+    generator = torch.Generator().manual_seed(seed)
+    order, cursor = None, rows
+    for _ in range(steps):
+        if cursor >= rows:
+            order, cursor = torch.randperm(rows, generator=generator).to(device), 0
+        yield order[cursor: cursor + batch]
+        cursor += batch
+
+
 def bare_loop(config, split: Split, device: torch.device, steps: int) -> float:
     """A hand-written loop over the same model and data; returns samples/s."""
     torch.manual_seed(config.seed)
@@ -53,17 +64,11 @@ def bare_loop(config, split: Split, device: torch.device, steps: int) -> float:
                                   fused=True if device.type == "cuda" else None)
     data = split.to(device)
     board, hand, target = data.board, data.hand, data.targets["legal_moves"]
-    rows, batch = len(data), config.batch_size
-    generator = torch.Generator().manual_seed(config.seed)
+    batch = config.batch_size
     amp = device.type == "cuda" and config.amp
-    order, cursor = None, rows
     sync(device)
     started = time.perf_counter()
-    for _ in range(steps):
-        if cursor >= rows:
-            order, cursor = torch.randperm(rows, generator=generator).to(device), 0
-        index = order[cursor: cursor + batch]
-        cursor += batch
+    for index in epoch_indices(len(data), batch, steps, config.seed, device):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             logits = model(board[index], hand[index])["legal_moves"]
         loss = F.binary_cross_entropy_with_logits(logits.float(), target[index].float())
@@ -78,16 +83,9 @@ def bare_loop(config, split: Split, device: torch.device, steps: int) -> float:
 def fetch_only(split: Split, device: torch.device, batch: int, steps: int) -> float:
     """Seconds to take ``steps`` batches alone (permutation, slicing, gathers), as train_stage does."""
     data = split.to(device)
-    rows = len(data)
-    generator = torch.Generator().manual_seed(0)
-    order, cursor = None, rows
     sync(device)
     started = time.perf_counter()
-    for _ in range(steps):
-        if cursor >= rows:
-            order, cursor = torch.randperm(rows, generator=generator).to(device), 0
-        index = order[cursor: cursor + batch]
-        cursor += batch
+    for index in epoch_indices(len(data), batch, steps, 0, device):
         data.batch(index)
     sync(device)
     return time.perf_counter() - started

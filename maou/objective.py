@@ -279,14 +279,17 @@ class StepTrials:
         """Record one evaluation; return a stop reason when the trial should be pruned."""
         job.history.append((step, metrics))
         value = metrics.get(self.metric)
-        if value is not None and math.isfinite(value):
+        # step 0 is the untrained model: it stays out of Optuna's intermediate values (pruners
+        # compare a trial's best value so far, and initialisation noise is no evidence); the
+        # collapse detectors and the trial's ``curves`` see it
+        if step > 0 and value is not None and math.isfinite(value):
             job.trial.report(value, step)
         if self.view is not None:
             self.view.trial_reported(self, job, step, metrics)
         if not self.spec.pruning.enabled:
             return None
         job.collapse = job.monitor.check(job.history)
-        if job.collapse is None and job.trial.should_prune():
+        if job.collapse is None and step > 0 and job.trial.should_prune():
             job.collapse = Collapse("optuna_pruner", f"{self.spec.pruning.optuna.kind} pruner: "
                                     f"{self.metric}={value} at step {step}", step)
         return job.collapse.reason if job.collapse is not None else None

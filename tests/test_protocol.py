@@ -24,14 +24,21 @@ def make_spec(steps, seeds=3, **extra) -> SweepSpec:
 class FakeTrainer:
     """Stands in for training: accuracy is a known function of the config plus seed noise."""
 
-    def __init__(self, score, noise=0.01, nan_when=None):
+    def __init__(self, score, noise=0.01, nan_when=None, untrained=None):
         self.score, self.noise, self.nan_when, self.calls = score, noise, nan_when, []
+        self.untrained = untrained  # config -> the step-0 value (the trainer's eval_at_start)
 
     def __call__(self, config, report, checkpoint_dir):
         self.calls.append(config)
         target = self.score(config) + self.noise * ((config["seed"] % 3) - 1)
         history, stop = [], None
+        if self.untrained is not None:
+            value = self.untrained(config)
+            history.append((0, {"val_accuracy": value, "val_loss": 1 - value}))
+            stop = report(0, history[-1][1])
         for step in (10, 20, 30, 40):
+            if stop:
+                break
             value = target * step / 40
             metrics = {"val_accuracy": value, "val_loss": 1 - value, "train_loss": 1 - value}
             if self.nan_when and self.nan_when(config):
@@ -110,6 +117,24 @@ def test_a_pruned_configuration_never_wins():
     assert not decision.adopted and decision.winner.overrides == {}
     pruned = next(s for s in decision.stats if s.overrides == {"optim.lr": 0.01})
     assert pruned.pruned == 3 and set(pruned.prune_reasons) <= {"non_finite", "nan_loss"}
+
+
+def test_optuna_pruner_ignores_the_untrained_step_0():
+    # Untrained models differ by initialisation noise only (step 0 falls with the seed); trained,
+    # seeds 0-2 are equal and seed 3 is clearly worse. A median pruner cuts seed 3 at step 10, and
+    # never a trial for being below the median at step 0.
+    trainer = FakeTrainer(lambda c: 0.7 if c["seed"] == 3 else 0.9, noise=0.0,
+                          untrained=lambda c: 0.5 - 0.01 * c["seed"])
+    spec = make_spec([{"name": "baseline"}], seeds=4,
+                     pruning={"optuna": {"kind": "median", "n_startup_trials": 1}})
+    storage = optuna.storages.InMemoryStorage()
+    run_sweep(spec, executor=LocalExecutor(trainer), storage=storage)
+    trials = optuna.load_study(study_name="fake/01-baseline", storage=storage).get_trials()
+    states = {t.params["seed"]: t.state.name for t in trials}
+    assert states == {0: "COMPLETE", 1: "COMPLETE", 2: "COMPLETE", 3: "PRUNED"}
+    worse = next(t for t in trials if t.params["seed"] == 3)
+    assert worse.user_attrs["prune_reason"] == "optuna_pruner" and worse.user_attrs["prune_step"] == 10
+    assert sorted(worse.intermediate_values) == [10]  # the untrained step 0 is not Optuna's
 
 
 def test_a_failing_trial_is_recorded_and_the_sweep_goes_on():

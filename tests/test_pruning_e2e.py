@@ -57,7 +57,7 @@ def test_collapsed_config_is_pruned_early_with_its_reason(collapse_run):
     assert collapsed.user_attrs["prune_reason"] == "divergence"
     step = collapsed.user_attrs["prune_step"]
     assert step == EVAL_EVERY
-    assert sorted(collapsed.intermediate_values) == [0, step]
+    assert sorted(collapsed.intermediate_values) == [step]  # step 0 only in the curves
     assert collapsed.user_attrs["steps_done"] == step
     assert "val_loss" in collapsed.user_attrs["prune_detail"]
     curves = collapsed.user_attrs["curves"]

@@ -98,7 +98,7 @@ def test_ray_trials_carry_curves_placement_and_ray_files_under_runs(both_runs):
         assert "cuda_visible_devices" in t.user_attrs
         assert t.user_attrs["config"]["threads"] == 1
         if t.state == TrialState.COMPLETE:
-            assert sorted(t.intermediate_values) == [0, 10, 20]  # step 0: the untrained model
+            assert sorted(t.intermediate_values) == [10, 20]  # step 0 (untrained) stays out
             assert Path(t.user_attrs["checkpoint"]).is_file()
             assert t.user_attrs["final_metrics"]["val_accuracy"] == pytest.approx(t.value)
     ray_dir = remote.runs_path / "ray"
@@ -135,7 +135,7 @@ def test_a_dead_worker_is_retried_and_a_python_error_is_not(ray_session, tmp_pat
     crashed = by_key[(0.003, 0)]
     assert (Path(crashed.user_attrs["checkpoint"]).parent / "crashed-once").is_file()
     assert crashed.state == TrialState.COMPLETE and crashed.user_attrs["ray_failures"] == 1
-    assert crashed.user_attrs["steps_done"] == 20 and sorted(crashed.intermediate_values) == [0, 10, 20]
+    assert crashed.user_attrs["steps_done"] == 20 and sorted(crashed.intermediate_values) == [10, 20]
     assert crashed.value == pytest.approx(crashed.intermediate_values[20])
     assert by_key[(0.003, 1)].state == TrialState.COMPLETE and "ray_failures" not in by_key[(0.003, 1)].user_attrs
     for seed in (0, 1):  # a Python exception is a result: FAIL with its traceback, no retry
