@@ -50,9 +50,11 @@ def main() -> int:
     parser.add_argument("--within", type=float, default=0.15, help="share of the budget a collapse must be cut by")
     args = parser.parse_args()
 
+    from maou.pruning import ValueCollapseConfig
     from maou.spec import load_spec
 
     spec = load_spec(args.spec)
+    truth = ValueCollapseConfig()  # the default value-collapse thresholds define "collapsed", whatever the spec tunes
     with tempfile.TemporaryDirectory() as tmp:
         on, trials_on, wall_on = run(spec, Path(tmp), pruning=True)
         off, trials_off, wall_off = run(spec, Path(tmp), pruning=False)
@@ -66,7 +68,7 @@ def main() -> int:
         final = ref.user_attrs.get("final_metrics", {})
         skill, std = final.get("val_value_skill", float("nan")), final.get("val_value_std", float("nan"))
         ratio = std / final.get("val_value_label_std", float("nan"))
-        collapsed = skill <= 0.01 and ratio < 0.1
+        collapsed = skill <= truth.max_skill and ratio < truth.std_ratio
         share = t.user_attrs["prune_step"] / ref.user_attrs["max_steps"] if t.state.name == "PRUNED" else None
         config = json.dumps(t.user_attrs["overrides"], sort_keys=True)
         if collapsed and (share is None or share > args.within):

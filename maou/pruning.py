@@ -18,7 +18,7 @@ from __future__ import annotations
 import abc
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence
 
 from maou.shogi.shapes import MOVE_LABELS_NUM
@@ -580,23 +580,21 @@ def build_monitor(stage: int, config: PruningConfig, max_steps: int) -> Collapse
     detectors: list[Detector] = []
     if config.non_finite.enabled:
         detectors.append(NonFiniteDetector(ignore=config.non_finite.ignore))
-    d = config.divergence
-    if d.enabled:
-        detectors.append(Grace(DivergenceDetector(d.metric, d.factor, d.min_increase, patience(d)),
-                               grace(d), trim_history=False))
-    v = config.value
-    if stage == 3 and v.enabled:
-        detectors.append(Grace(ValueCollapseDetector(v.std_ratio, v.max_skill, v.min_skill_gain,
-                                                     v.min_std_ratio_gain, v.min_std_growth, v.skill_floor,
-                                                     v.accuracy_tolerance, patience(v)), grace(v)))
-    u = config.uniform_policy
-    if stage == 3 and u.enabled:
-        detectors.append(Grace(UniformPolicyDetector(u.tolerance, u.min_drop, NUM_MOVE_LABELS, patience(u)),
-                               grace(u)))
-    lm = config.legal_moves
-    if stage == 2 and lm.enabled:
-        detectors.append(Grace(LegalMovesCollapseDetector(lm.min_pred_pos_rate, lm.f1_margin, lm.min_f1_gain,
-                                                          lm.min_loss_drop, patience(lm)), grace(lm)))
+    def detector(cls: type, section: Any) -> Detector:
+        """``cls`` with every threshold ``section`` shares with it by name, patience resolved."""
+        shared = {f.name for f in fields(cls)} & {f.name for f in fields(section)}
+        shared.discard("patience")
+        return cls(**{name: getattr(section, name) for name in shared}, patience=patience(section))
+
+    if config.divergence.enabled:
+        detectors.append(Grace(detector(DivergenceDetector, config.divergence), grace(config.divergence),
+                               trim_history=False))
+    if stage == 3 and config.value.enabled:
+        detectors.append(Grace(detector(ValueCollapseDetector, config.value), grace(config.value)))
+    if stage == 3 and config.uniform_policy.enabled:
+        detectors.append(Grace(detector(UniformPolicyDetector, config.uniform_policy), grace(config.uniform_policy)))
+    if stage == 2 and config.legal_moves.enabled:
+        detectors.append(Grace(detector(LegalMovesCollapseDetector, config.legal_moves), grace(config.legal_moves)))
     return CollapseMonitor(detectors, stage, max_steps)
 
 

@@ -211,13 +211,17 @@ def train_stage(config: TrainConfig, data: StageData, report: Report | None = No
     best_step, stop_reason, step, samples = 0, None, 0, 0
     data_time = eval_time = 0.0
     loop_started = time.perf_counter()
+
+    def evaluate_and_report(at: int, metrics: dict[str, float]) -> str | None:
+        """Validation metrics into ``metrics``, onto the history, out through ``report``: its stop reason."""
+        metrics.update(evaluate(model, loss_fn, val, reference, eval_batch, amp_dtype))
+        history.append((at, metrics))
+        reason = report(at, metrics) if report is not None else None
+        return str(reason) if reason else None
+
     if config.eval_at_start:  # step 0: the untrained model, the baseline divergence is measured from
         eval_started = time.perf_counter()
-        metrics = {"lr": learning_rate(o, 0, max_steps), "epoch": 0.0}
-        metrics.update(evaluate(model, loss_fn, val, reference, eval_batch, amp_dtype))
-        history.append((0, metrics))
-        reason = report(0, metrics) if report is not None else None
-        stop_reason = str(reason) if reason else None
+        stop_reason = evaluate_and_report(0, {"lr": learning_rate(o, 0, max_steps), "epoch": 0.0})
         eval_time += time.perf_counter() - eval_started
     while step < max_steps and stop_reason is None:
         fetch_started = time.perf_counter()
@@ -253,17 +257,12 @@ def train_stage(config: TrainConfig, data: StageData, report: Report | None = No
         eval_started = time.perf_counter()
         train_loss = running.mean_and_reset()
         metrics = {"train_loss": train_loss, "lr": lr, "epoch": samples / rows}
-        metrics.update(evaluate(model, loss_fn, val, reference, eval_batch, amp_dtype))
-        history.append((step, metrics))
+        reason = evaluate_and_report(step, metrics)
         value = metrics.get(selection, float("nan"))  # best: over trained steps (step 0 excluded)
         if math.isfinite(value) and (best_metrics is None or (
                 value > best_metrics[selection] if direction == "maximize" else value < best_metrics[selection])):
             best_metrics, best_step = metrics, step
-        reason = report(step, metrics) if report is not None else None
-        if not math.isfinite(train_loss):
-            stop_reason = NAN_LOSS
-        elif reason:
-            stop_reason = str(reason)
+        stop_reason = NAN_LOSS if not math.isfinite(train_loss) else reason
         eval_time += time.perf_counter() - eval_started
 
     # ---- wrap up ----
