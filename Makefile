@@ -3,19 +3,28 @@ PY ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo bench clean
+.PHONY: install test test-fast lint demo bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
 	$(VENV)/bin/python -m pip install -q torch==2.13.0
-	$(VENV)/bin/python -m pip install -q -e '.[test]'
+	$(VENV)/bin/python -m pip install -q -e '.[test,lint]'
 	touch $(STAMP)
 
 install: $(STAMP)
 
+# everything: unit tests, real sweeps through the CLI, Ray sessions (a few minutes on 2 cores)
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q
+
+# unit tests only (no real sweeps, no Ray): under a minute
+test-fast: $(STAMP)
+	$(VENV)/bin/python -m pytest -q -m "not slow and not ray"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check maou tests bench
+	$(VENV)/bin/mypy
 
 demo: $(STAMP)
 	$(VENV)/bin/sweep run sweeps/demo.yaml

@@ -29,13 +29,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from maou.data.build import (  # noqa: E402
-    aggregate_stage3,
-    build_datasets,
-    encode_unique,
-    extract_positions,
-    legal_masks,
-)
+from maou.data.build import build_datasets  # noqa: E402
+from maou.data.positions import aggregate_stage3, encode_unique, extract_positions, legal_masks  # noqa: E402
 from maou.data.records import read_records  # noqa: E402
 
 GOAL_STAGE2 = 50_000

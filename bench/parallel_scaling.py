@@ -31,9 +31,9 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 import yaml  # noqa: E402
 
-from maou.job import JobResult  # noqa: E402
-from maou.spec import SweepSpec  # noqa: E402
 from maou.strict import from_dict  # noqa: E402
+from maou.sweep.spec import SweepSpec  # noqa: E402
+from maou.trainer.result import TrainResult  # noqa: E402
 
 STAGE1 = {
     "name": "scaling-stage1", "stage": 1, "description": "Stage 1 stand-in for the smoke sweep",
@@ -45,11 +45,12 @@ STAGE1 = {
 }
 
 
-def noop_trainer(config, report, checkpoint_dir) -> JobResult:
+def noop_trainer(config, report, checkpoint_dir) -> TrainResult:
     """No training at all: one evaluation, then the result (measures orchestration alone)."""
     metrics = {"val_f1": 0.5, "val_accuracy": 0.5, "train_loss": 1.0, "val_loss": 1.0}
     report(1, metrics)
-    return JobResult(metrics, metrics, 1, 1, 1, None, 0.0, "cpu", None, None, [(1, metrics)])
+    return TrainResult(stage=config.stage, steps_done=1, max_steps=1, stop=None, final_metrics=metrics,
+                       best_metrics=metrics, best_step=1, history=[(1, metrics)])
 
 
 def load(args, tmp: Path, tag: str) -> SweepSpec:
@@ -84,7 +85,7 @@ def trial_walls(spec: SweepSpec) -> list[float]:
 
 
 def timed_sweep(spec: SweepSpec, executor) -> tuple[float, list[float]]:
-    from maou.protocol import run_sweep
+    from maou.sweep.protocol import run_sweep
 
     started = time.perf_counter()
     run_sweep(spec, executor=executor)
@@ -99,8 +100,8 @@ def main() -> int:
     parser.add_argument("--max-steps", type=int, default=None, help="override the spec's budget.max_steps")
     args = parser.parse_args()
 
-    from maou.executors.local import LocalExecutor
-    from maou.job import dataset_dir_and_hash
+    from maou.sweep.executors.local import LocalExecutor
+    from maou.sweep.job import dataset_of
 
     with tempfile.TemporaryDirectory(prefix="maou-scaling-") as name:
         tmp = Path(name)
@@ -108,14 +109,14 @@ def main() -> int:
         print(f"sweep {local.name}: stage {local.stage}, steps {[s.name for s in local.steps]}, "
               f"seeds {list(local.seed_list)}, max_steps {local.budget.max_steps}, {os.cpu_count()} CPUs")
         started = time.perf_counter()
-        dataset_dir_and_hash(local.base_config())  # datasets built once, outside the timings
+        dataset_of(local.base_config())  # datasets built once, outside the timings
         print(f"datasets ready in {time.perf_counter() - started:.1f}s")
 
         local_wall, local_trials = timed_sweep(local, LocalExecutor())
         print(f"local, sequential:  {local_wall:7.1f}s wall, {len(local_trials)} trials, "
               f"{statistics.fmean(local_trials):.2f}s per trial")
 
-        from maou.executors.ray import RayExecutor, init_ray
+        from maou.sweep.executors.ray import RayExecutor, init_ray
 
         remote = load(args, tmp, "ray")
         started = time.perf_counter()
@@ -127,7 +128,7 @@ def main() -> int:
               f"{statistics.fmean(ray_trials):.2f}s per trial (start to finish, concurrent)")
 
         noop = dataclasses.replace(load(args, tmp, "noop"), name=f"{local.name}-noop")
-        noop_wall, noop_trials = timed_sweep(noop, RayExecutor(noop.executor, run_job=noop_trainer))
+        noop_wall, noop_trials = timed_sweep(noop, RayExecutor(noop.executor, train=noop_trainer))
 
         print()
         print(f"speedup (local wall / ray wall):           {local_wall / ray_wall:5.2f}x "

@@ -19,15 +19,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import torch
+import torch.nn.functional as F
 
-from maou.config import train_config_from_dict  # noqa: E402
-from maou.data.tensors import Split, StageData  # noqa: E402
-from maou.models import build_model  # noqa: E402
-from maou.strict import with_overrides  # noqa: E402
-from maou.shogi.shapes import BOARD_SHAPE, MOVE_LABELS_NUM, PIECE_IDS_NUM, PIECES_IN_HAND_NUM  # noqa: E402
-from maou.train import resolve_device, train_stage  # noqa: E402
+from maou.shogi.shapes import BOARD_SHAPE, MOVE_LABELS_NUM, PIECE_IDS_NUM, PIECES_IN_HAND_NUM
+from maou.strict import with_overrides
+from maou.trainer.config import train_config_from_dict
+from maou.trainer.loop import resolve_device, train_stage
+from maou.trainer.models import build_model
+from maou.trainer.tensors import Split, StageData
 
 
 def synthetic_stage2(rows: int, seed: int = 0) -> Split:
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     config = train_config_from_dict({
         "stage": 2, "model": {"arch": args.arch, "blocks": args.blocks, "channels": args.channels},
-        "batch_size": args.batch, "max_steps": args.steps, "eval_every": args.steps, "eval_rows": 256,
+        "batch_size": args.batch, "budget": {"max_steps": args.steps, "eval_every": args.steps}, "eval_rows": 256,
         "device": str(device), "threads": args.threads, "amp": args.amp})
     split = synthetic_stage2(args.rows)
     data = StageData(2, split, synthetic_stage2(512, seed=1))
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.channels} channels, batch {args.batch}, {args.steps} steps, {args.rows} rows, "
           f"threads {torch.get_num_threads()}")
 
-    warm = with_overrides(config, {"max_steps": 5, "eval_every": 5})
+    warm = with_overrides(config, {"budget.max_steps": 5, "budget.eval_every": 5})
     train_stage(warm, data)                      # warm-up: allocator, cudnn autotuning, thread pools
     bare_loop(warm, split, device, 5)
 

@@ -1,12 +1,16 @@
 """Strict, typed loading of nested frozen dataclasses from plain dicts (YAML).
 
-One mechanism serves the training config and the sweep spec:
+One mechanism serves the training config, the sweep spec and the pruning rules:
 
 * unknown keys are rejected with their dotted path (``loss.gama_neg: unknown key``);
 * values are type-checked against the annotations (``int`` is accepted where ``float`` is
   expected, ``bool`` is never accepted as a number);
-* a dataclass may validate its own values in ``__post_init__`` by calling :func:`require`; the
-  error is re-raised with the full path of the offending key.
+* a dataclass validates its own values in ``__post_init__`` with :func:`require`; the error is
+  re-raised with the full path of the offending key and its value;
+* a field marked ``inline`` (``field(metadata=INLINE)``) takes the keys of its enclosing mapping
+  that are not the enclosing dataclass's own: a wrapper and the object it wraps read as one
+  section (``pruning.divergence: {enabled: false, factor: 3}``);
+* generic dataclasses (``Rule[DivergenceDetector]``) are resolved through their type arguments.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import types
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 T = TypeVar("T")
+#: Field metadata of an inline field (see the module docstring).
+INLINE = {"inline": True}
 
 
 class ConfigError(ValueError):
@@ -27,16 +33,18 @@ class ConfigError(ValueError):
         super().__init__(f"{path}: {message}" if path else message)
 
 
-class _FieldError(ValueError):
-    def __init__(self, key: str, message: str) -> None:
-        self.key = key
-        super().__init__(message)
+class FieldError(ValueError):
+    """Raised by :func:`require`: field ``key`` of a dataclass holds ``value``, which breaks ``rule``."""
+
+    def __init__(self, key: str, rule: str, value: Any) -> None:
+        self.key, self.rule, self.value = key, rule, value
+        super().__init__(f"{key} {rule}, got {value!r}")
 
 
-def require(condition: bool, key: str, message: str) -> None:
-    """Validation helper for ``__post_init__``: raise for field ``key`` when ``condition`` fails."""
+def require(obj: Any, key: str, condition: bool, rule: str) -> None:
+    """Validation helper for ``__post_init__``: field ``key`` of ``obj`` must satisfy ``rule``."""
     if not condition:
-        raise _FieldError(key, message)
+        raise FieldError(key, rule, getattr(obj, key, None))
 
 
 def _join(path: str, key: str | int) -> str:
@@ -51,32 +59,54 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp)).replace("typing.", "")
 
 
+def dataclass_of(tp: Any) -> type | None:
+    """The dataclass behind ``tp`` (itself, or the origin of a generic alias), else None."""
+    cls = get_origin(tp) or tp
+    return cls if isinstance(cls, type) and dataclasses.is_dataclass(cls) else None
+
+
+def field_types(tp: Any) -> dict[str, Any]:
+    """Field name -> annotation of dataclass ``tp``, type variables replaced by ``tp``'s arguments."""
+    cls = dataclass_of(tp)
+    assert cls is not None, tp
+    hints = get_type_hints(cls)
+    params = getattr(cls, "__parameters__", ())
+    if params and get_args(tp):
+        binding = dict(zip(params, get_args(tp)))
+        hints = {k: binding.get(v, v) for k, v in hints.items()}
+    return hints
+
+
+def _inline_field(cls: type) -> dataclasses.Field | None:
+    return next((f for f in dataclasses.fields(cls) if f.metadata.get("inline")), None)
+
+
+def known_keys(tp: Any) -> set[str]:
+    """The keys a mapping for dataclass ``tp`` may hold (inline fields contribute theirs)."""
+    cls = dataclass_of(tp)
+    assert cls is not None
+    keys = {f.name for f in dataclasses.fields(cls) if f.init and not f.metadata.get("inline")}
+    inline = _inline_field(cls)
+    if inline is not None:
+        keys |= known_keys(field_types(tp)[inline.name])
+    return keys
+
+
 def convert(tp: Any, value: Any, path: str) -> Any:
     """Convert ``value`` to annotation ``tp`` or raise :class:`ConfigError` naming ``path``."""
     origin = get_origin(tp)
     if tp is Any:
         return value
     if origin in (Union, types.UnionType):
-        options = get_args(tp)
-        if value is None and type(None) in options:
-            return None
-        errors = []
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return convert(option, value, path)
-            except ConfigError as exc:
-                errors.append(exc.bare_message)
-        names = " or ".join(_type_name(o) for o in options)
-        raise ConfigError(f"expected {names}, got {value!r}", path)
+        return _convert_union(tp, value, path)
     if origin is Literal:
         allowed = get_args(tp)
         if value not in allowed or isinstance(value, bool) != any(isinstance(a, bool) for a in allowed):
             raise ConfigError(f"must be one of {', '.join(repr(a) for a in allowed)}; got {value!r}", path)
         return value
-    if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
+    cls = dataclass_of(tp)
+    if cls is not None:
+        if isinstance(value, cls):
             return value
         if not isinstance(value, dict):
             raise ConfigError(f"expected a mapping, got {value!r}", path)
@@ -94,6 +124,25 @@ def convert(tp: Any, value: Any, path: str) -> Any:
         key_type, value_type = get_args(tp) or (Any, Any)
         return {convert(key_type, k, _join(path, str(k))): convert(value_type, v, _join(path, str(k)))
                 for k, v in value.items()}
+    return _convert_scalar(tp, value, path)
+
+
+def _convert_union(tp: Any, value: Any, path: str) -> Any:
+    options = get_args(tp)
+    if value is None and type(None) in options:
+        return None
+    for option in options:
+        if option is type(None):
+            continue
+        try:
+            return convert(option, value, path)
+        except ConfigError:
+            continue
+    names = " or ".join(_type_name(o) for o in options)
+    raise ConfigError(f"expected {names}, got {value!r}", path)
+
+
+def _convert_scalar(tp: Any, value: Any, path: str) -> Any:
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"expected true or false, got {value!r}", path)
@@ -115,34 +164,52 @@ def convert(tp: Any, value: Any, path: str) -> Any:
     raise ConfigError(f"expected {_type_name(tp)}, got {value!r}", path)
 
 
-def from_dict(cls: type[T], data: dict[str, Any] | None, path: str = "") -> T:
+def _construct(cls: Any, kwargs: dict[str, Any], path: str) -> Any:
+    """``cls(**kwargs)``, a :class:`FieldError` of its validation re-raised with the key's path."""
+    try:
+        return cls(**kwargs)
+    except FieldError as exc:
+        raise ConfigError(f"{exc.rule} (got {exc.value!r})", _join(path, exc.key)) from None
+
+
+def from_dict(cls: type[T] | Any, data: dict[str, Any] | None, path: str = "") -> T:
     """Build dataclass ``cls`` from ``data``, strictly. ``path`` prefixes error messages."""
     data = {} if data is None else data
     if not isinstance(data, dict):
         raise ConfigError(f"expected a mapping, got {data!r}", path)
-    hints = get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    target = dataclass_of(cls)
+    assert target is not None, cls
+    hints = field_types(cls)
+    fields = {f.name: f for f in dataclasses.fields(target) if f.init}
+    inline = _inline_field(target)
+    own = {name for name in fields if inline is None or name != inline.name}
+    allowed = known_keys(cls)
     for key in data:
-        if key not in fields:
-            known = ", ".join(sorted(fields))
-            raise ConfigError(f"unknown key (known keys: {known})", _join(path, str(key)))
-    kwargs = {}
-    for name, field in fields.items():
+        if key not in allowed:
+            raise ConfigError(f"unknown key (known keys: {', '.join(sorted(allowed))})", _join(path, str(key)))
+    kwargs: dict[str, Any] = {}
+    for name in own:
+        field = fields[name]
         if name in data:
             kwargs[name] = convert(hints[name], data[name], _join(path, name))
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             raise ConfigError("missing required key", _join(path, name))
-    try:
-        return cls(**kwargs)
-    except _FieldError as exc:
-        raise ConfigError(f"{exc} (got {kwargs.get(exc.key, getattr(cls, exc.key, None))!r})",
-                          _join(path, exc.key)) from None
+    if inline is not None:
+        kwargs[inline.name] = from_dict(hints[inline.name], {k: v for k, v in data.items() if k not in own}, path)
+    return _construct(target, kwargs, path)
 
 
 def to_dict(obj: Any) -> Any:
-    """Plain-data (YAML/JSON-ready) form of a dataclass tree."""
+    """Plain-data (YAML/JSON-ready) form of a dataclass tree (inline fields flattened)."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(obj):
+            value = to_dict(getattr(obj, f.name))
+            if f.metadata.get("inline"):
+                out.update(value)
+            else:
+                out[f.name] = value
+        return out
     if isinstance(obj, (list, tuple)):
         return [to_dict(v) for v in obj]
     if isinstance(obj, dict):
@@ -153,30 +220,48 @@ def to_dict(obj: Any) -> Any:
 def dotted_keys(cls: type) -> set[str]:
     """Every leaf key of dataclass ``cls`` in dotted form (``loss.gamma_neg``)."""
     keys: set[str] = set()
-    hints = get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        tp = hints[f.name]
-        if dataclasses.is_dataclass(tp):
-            keys |= {f"{f.name}.{k}" for k in dotted_keys(tp)}
+    for name, tp in field_types(cls).items():
+        if dataclass_of(tp) is not None:
+            keys |= {f"{name}.{k}" for k in dotted_keys(tp)}
         else:
-            keys.add(f.name)
+            keys.add(name)
     return keys
 
 
+def lookup(obj: Any, dotted: str) -> Any:
+    """The value at dotted key ``dotted`` of a dataclass tree (``loss.gamma_neg``)."""
+    value = obj
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
+
+
 def with_overrides(obj: T, overrides: dict[str, Any], path: str = "") -> T:
-    """A copy of dataclass ``obj`` with dotted-key ``overrides`` applied and re-validated."""
-    data = to_dict(obj)
+    """A copy of dataclass ``obj`` with dotted-key ``overrides`` applied, each value type-checked
+    and every touched section re-validated. Errors name ``path`` and the dotted key."""
     for dotted, value in overrides.items():
-        node = data
-        parts = dotted.split(".")
-        for i, part in enumerate(parts[:-1]):
-            if not isinstance(node.get(part), dict):
-                raise ConfigError("unknown key", _join(path, ".".join(parts[: i + 1])))
-            node = node[part]
-        if parts[-1] not in node:
-            raise ConfigError("unknown key", _join(path, dotted))
-        node[parts[-1]] = value
-    return from_dict(type(obj), data, path)
+        obj = _replace_leaf(obj, dotted.split("."), value, path, "")
+    return obj
 
 
-__all__ = ["ConfigError", "require", "convert", "from_dict", "to_dict", "dotted_keys", "with_overrides"]
+def _replace_leaf(obj: Any, parts: list[str], value: Any, path: str, prefix: str) -> Any:
+    name = parts[0]
+    dotted = f"{prefix}{name}"
+    hints = field_types(type(obj)) if dataclasses.is_dataclass(obj) else {}
+    if name not in hints:
+        raise ConfigError("unknown key", _join(path, dotted))
+    if len(parts) == 1:
+        new = convert(hints[name], value, _join(path, dotted))
+    else:
+        child = getattr(obj, name)
+        if not dataclasses.is_dataclass(child):
+            raise ConfigError("unknown key", _join(path, ".".join([dotted, *parts[1:]])))
+        new = _replace_leaf(child, parts[1:], value, path, f"{dotted}.")
+    try:
+        return dataclasses.replace(obj, **{name: new})
+    except FieldError as exc:
+        raise ConfigError(f"{exc.rule} (got {exc.value!r})", _join(path, f"{prefix}{exc.key}")) from None
+
+
+__all__ = ["ConfigError", "FieldError", "INLINE", "convert", "dataclass_of", "dotted_keys", "field_types",
+           "from_dict", "known_keys", "lookup", "require", "to_dict", "with_overrides"]

@@ -1,4 +1,4 @@
-"""Shared fixtures. ``../shared`` (golden data, engine games) is optional: tests that need it skip."""
+"""Shared fixtures. The golden data of the upstream trainer is vendored in ``tests/golden``."""
 
 from __future__ import annotations
 
@@ -8,15 +8,14 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("MAOU_SHARED", REPO.parent / "shared"))
-GOLDEN = SHARED / "golden"
+GOLDEN = REPO / "tests" / "golden"
 BUNDLED_GAMES = REPO / "data" / "games"
 
 
 @pytest.fixture(scope="session")
 def golden_dir() -> Path:
-    if not GOLDEN.is_dir():
-        pytest.skip(f"golden data not present at {GOLDEN}")
+    """Golden data of the upstream trainer (see tests/golden/README.md); part of the repository."""
+    assert GOLDEN.is_dir(), f"golden data missing at {GOLDEN}: it is part of the repository"
     return GOLDEN
 
 
@@ -31,8 +30,8 @@ def _torch_threads():
 @pytest.fixture(scope="session")
 def bundled_data_dir(tmp_path_factory) -> Path:
     """Stage 1/2/3 datasets built once per test session from the bundled corpus (data/games)."""
-    from maou.config import DataConfig
     from maou.data.build import ensure_datasets
+    from maou.trainer.config import DataConfig
 
     out = tmp_path_factory.mktemp("bundled-data")
     return ensure_datasets(DataConfig(games=(str(BUNDLED_GAMES),), dir=str(out)), progress=False)

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import optuna
 import pytest
 
-from maou.executors.local import LocalExecutor
-from maou.job import JobResult
-from maou.protocol import ConfigStats, collect_stats, decide, run_sweep
-from maou.spec import Selection, SweepSpec
 from maou.strict import from_dict
+from maou.sweep.decision import ConfigStats, collect_stats, decide
+from maou.sweep.executors.local import LocalExecutor
+from maou.sweep.identity import ConfigKey
+from maou.sweep.protocol import run_sweep
+from maou.sweep.spec import Selection, SweepSpec
+from maou.trainer.result import TrainResult
 
 
 def make_spec(steps, seeds=3, **extra) -> SweepSpec:
@@ -30,7 +31,7 @@ class FakeTrainer:
 
     def __call__(self, config, report, checkpoint_dir):
         self.calls.append(config)
-        target = self.score(config) + self.noise * ((config["seed"] % 3) - 1)
+        target = self.score(config) + self.noise * ((config.seed % 3) - 1)
         history, stop = [], None
         if self.untrained is not None:
             value = self.untrained(config)
@@ -47,16 +48,16 @@ class FakeTrainer:
             stop = report(step, metrics)
             if stop:
                 break
-        return JobResult(final_metrics=history[-1][1], best_metrics=history[-1][1], best_step=history[-1][0],
-                         steps_done=history[-1][0], max_steps=40, stop_reason=stop, wall_time_s=0.0,
-                         device="cpu", checkpoint=None, dataset_hash=None, history=history)
+        return TrainResult(stage=config.stage, final_metrics=history[-1][1], best_metrics=history[-1][1],
+                           best_step=history[-1][0], steps_done=history[-1][0], max_steps=40, stop=stop,
+                           history=history)
 
 
 def lr_batch_score(config):
     score = 0.90
-    if config["optim"]["lr"] == 0.01:
+    if config.optim.lr == 0.01:
         score += 0.05  # clearly better than the seed noise
-    if config["batch_size"] == 128:
+    if config.batch_size == 128:
         score += 0.001  # better on the mean, but well inside the seed noise
     return score
 
@@ -110,7 +111,7 @@ def test_decisions_and_rule_are_recorded_on_the_studies():
 
 def test_a_pruned_configuration_never_wins():
     # lr 0.01 would score best, but its runs go NaN: pruned, so the carried config stays.
-    trainer = FakeTrainer(lr_batch_score, nan_when=lambda c: c["optim"]["lr"] == 0.01)
+    trainer = FakeTrainer(lr_batch_score, nan_when=lambda c: c.optim.lr == 0.01)
     spec = make_spec(STEPS[:2])
     outcome = run_sweep(spec, executor=LocalExecutor(trainer))
     decision = outcome.decisions[1]
@@ -123,8 +124,8 @@ def test_optuna_pruner_ignores_the_untrained_step_0():
     # Untrained models differ by initialisation noise only (step 0 falls with the seed); trained,
     # seeds 0-2 are equal and seed 3 is clearly worse. A median pruner cuts seed 3 at step 10, and
     # never a trial for being below the median at step 0.
-    trainer = FakeTrainer(lambda c: 0.7 if c["seed"] == 3 else 0.9, noise=0.0,
-                          untrained=lambda c: 0.5 - 0.01 * c["seed"])
+    trainer = FakeTrainer(lambda c: 0.7 if c.seed == 3 else 0.9, noise=0.0,
+                          untrained=lambda c: 0.5 - 0.01 * c.seed)
     spec = make_spec([{"name": "baseline"}], seeds=4,
                      pruning={"optuna": {"kind": "median", "n_startup_trials": 1}})
     storage = optuna.storages.InMemoryStorage()
@@ -139,7 +140,7 @@ def test_optuna_pruner_ignores_the_untrained_step_0():
 
 def test_a_failing_trial_is_recorded_and_the_sweep_goes_on():
     def trainer(config, report, checkpoint_dir):
-        if config["optim"]["lr"] == 0.0001:
+        if config.optim.lr == 0.0001:
             raise RuntimeError("CUDA out of memory (simulated)")
         return FakeTrainer(lr_batch_score)(config, report, checkpoint_dir)
 
@@ -150,7 +151,7 @@ def test_a_failing_trial_is_recorded_and_the_sweep_goes_on():
 
 
 def stats(key, values, pruned=0):
-    return ConfigStats(json.dumps(key), key, values=list(values), pruned=pruned)
+    return ConfigStats(ConfigKey.of(key), values=list(values), pruned=pruned)
 
 
 @pytest.mark.parametrize("direction,values,adopted", [
@@ -161,7 +162,7 @@ def stats(key, values, pruned=0):
 def test_noise_rule(direction, values, adopted):
     carried = stats({}, [0.70, 0.71, 0.72] if direction == "maximize" else [0.70, 0.71, 0.72])
     challenger = stats({"loss.gamma_neg": 2.0}, values)
-    decision = decide({carried.config_key: carried, challenger.config_key: challenger}, carried.config_key,
+    decision = decide({carried.key: carried, challenger.key: challenger}, carried.key,
                       direction, Selection(noise_sigmas=2.0))
     assert decision.adopted is adopted
     expected_noise = math.sqrt(0.01 ** 2 / 3 + 0.01 ** 2 / 3)
@@ -171,9 +172,9 @@ def test_noise_rule(direction, values, adopted):
 
 def test_min_margin_and_single_seed():
     carried, challenger = stats({}, [0.70]), stats({"optim.lr": 0.01}, [0.705])
-    pool = {carried.config_key: carried, challenger.config_key: challenger}
-    assert decide(pool, carried.config_key, "maximize", Selection()).adopted  # no noise estimate: any gain
-    assert not decide(pool, carried.config_key, "maximize", Selection(min_margin=0.01)).adopted
+    pool = {carried.key: carried, challenger.key: challenger}
+    assert decide(pool, carried.key, "maximize", Selection()).adopted  # no noise estimate: any gain
+    assert not decide(pool, carried.key, "maximize", Selection(min_margin=0.01)).adopted
 
 
 def test_collect_stats_skips_interrupted_trials():

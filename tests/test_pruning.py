@@ -1,5 +1,5 @@
-"""Collapse detectors on synthetic histories, their strict config, and the Optuna layer (real,
-in-memory studies). No training here."""
+"""Collapse detectors on synthetic histories, the rules and monitor built from their strict config,
+and the Optuna layer (real, in-memory studies). No training here."""
 
 from __future__ import annotations
 
@@ -8,12 +8,11 @@ import math
 import optuna
 import pytest
 
-from maou.pruning import (
-    AnyOf,
-    Collapse,
+from maou.strict import ConfigError, from_dict
+from maou.sweep.pruning import (
+    Armed,
     CollapseMonitor,
     DivergenceDetector,
-    Grace,
     LegalMovesCollapseDetector,
     NonFiniteDetector,
     OptunaPrunerConfig,
@@ -24,9 +23,8 @@ from maou.pruning import (
     build_optuna_pruner,
     grace_steps,
     pruning_config_from_dict,
-    record_collapse,
 )
-from maou.strict import ConfigError, from_dict
+from maou.trainer.result import Stop
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -55,10 +53,18 @@ def stage2(step: int, *, f1: float, pred_rate: float, val_loss: float = 0.2,
     }
 
 
-def first_hit(detector, history):
-    """Feed the history one evaluation at a time, as the trainer does; the first Collapse."""
+def armed(detector, patience=3):
+    """A detector alone, armed with no grace period (divergence's default patience is 1)."""
+    return Armed(detector, 0, patience, trim_history=not detector.whole_history)
+
+
+def first_hit(checker, history):
+    """Feed the history one evaluation at a time, as the trainer does; the first Stop. A bare
+    detector is armed with the default patience (3, or divergence's 1)."""
+    if not hasattr(checker, "rules") and not isinstance(checker, Armed):
+        checker = armed(checker, checker.default_patience or 3)
     for i in range(1, len(history) + 1):
-        hit = detector.check(history[:i])
+        hit = checker.check(history[:i])
         if hit is not None:
             return hit
     return None
@@ -159,7 +165,7 @@ def test_noisy_healthy_value_head_is_never_pruned():
 
 
 def test_value_detector_needs_patience_evaluations_and_tolerates_missing_keys():
-    detector = ValueCollapseDetector(patience=3)
+    detector = armed(ValueCollapseDetector(), patience=3)
     history = collapsed_value_history(3)
     assert detector.check(history[:2]) is None
     assert detector.check(history) is not None
@@ -174,15 +180,15 @@ def test_grace_respected():
     hit = first_hit(build_monitor(3, config, BUDGET), collapsed_value_history())
     # grace = 300 steps: the window is the evaluations at 300, 350, 400.
     assert hit is not None and hit.step == 400
-    assert Grace(ValueCollapseDetector(), 300).check(collapsed_value_history(5)) is None
+    assert Armed(ValueCollapseDetector(), 300, 3).check(collapsed_value_history(5)) is None
 
 
 def test_grace_trims_history_for_window_detectors():
     # Two collapsed-looking evaluations before the grace, one after: not enough after grace.
     history = collapsed_value_history(3)
-    assert ValueCollapseDetector().check(history) is not None
-    assert Grace(ValueCollapseDetector(), 2 * EVERY).check(history) is None
-    assert Grace(ValueCollapseDetector(), 2 * EVERY, trim_history=False).check(history) is not None
+    assert ValueCollapseDetector().check(history, 3) is not None
+    assert Armed(ValueCollapseDetector(), 2 * EVERY, 3).check(history) is None
+    assert Armed(ValueCollapseDetector(), 2 * EVERY, 3, trim_history=False).check(history) is not None
 
 
 # --- non-finite, divergence -----------------------------------------------------------------------
@@ -193,11 +199,11 @@ def test_nan_is_immediate_even_within_grace():
     history = [stage3(5, skill=0.0, std=0.1, acc=0.5)]
     history[0][1]["train_loss"] = float("nan")
     hit = monitor.check(history)
-    assert hit == Collapse("non_finite", "non-finite metrics at step 5: train_loss=nan", 5)
+    assert hit == Stop("non_finite", "non-finite metrics at step 5: train_loss=nan", 5)
     inf = [(10, {"val_loss": 1.0, "val_f1": float("inf")})]
-    assert NonFiniteDetector().check(inf).reason == "non_finite"
-    assert NonFiniteDetector(ignore=("val_f1",)).check(inf) is None
-    assert NonFiniteDetector().check([(10, {"val_loss": 1.0})]) is None
+    assert NonFiniteDetector().check(inf, 1).reason == "non_finite"
+    assert NonFiniteDetector(ignore=("val_f1",)).check(inf, 1) is None
+    assert NonFiniteDetector().check([(10, {"val_loss": 1.0})], 1) is None
 
 
 def test_divergence():
@@ -212,8 +218,8 @@ def test_divergence():
     tiny = [(EVERY * (i + 1), {"val_loss": v}) for i, v in enumerate([0.01, 0.002, 0.009, 0.02])]
     assert first_hit(DivergenceDetector(), tiny) is None
     # Patience 2 needs two consecutive evaluations above the limit.
-    assert DivergenceDetector(patience=2).check(history[:7]) is None
-    assert DivergenceDetector(patience=2).check(history).step == 8 * EVERY
+    assert DivergenceDetector().check(history[:7], 2) is None
+    assert DivergenceDetector().check(history, 2).step == 8 * EVERY
 
 
 def test_divergence_counts_best_loss_from_before_the_grace():
@@ -275,19 +281,20 @@ def test_policy_leaving_uniform_slowly_is_not_pruned():
 # --- combinators, monitor, parameters ------------------------------------------------------------
 
 
-def test_any_of_returns_the_first_hit_in_order():
+def test_monitor_returns_the_first_hit_in_order():
     history = collapsed_value_history(3)
     history[-1][1]["val_loss"] = float("inf")
-    both = AnyOf(ValueCollapseDetector(), NonFiniteDetector())
+    both = CollapseMonitor([armed(ValueCollapseDetector()), armed(NonFiniteDetector())])
     assert both.check(history).reason == "value_collapse"
-    assert AnyOf(NonFiniteDetector(), ValueCollapseDetector()).check(history).reason == "non_finite"
-    assert AnyOf().check(history) is None
+    assert CollapseMonitor([armed(NonFiniteDetector()), armed(ValueCollapseDetector())]).check(history).reason \
+        == "non_finite"
+    assert CollapseMonitor([]).check(history) is None
 
 
 def test_build_monitor_picks_detectors_per_stage():
     def kinds(stage, config=PruningConfig()):
         monitor = build_monitor(stage, config, BUDGET)
-        return [type(getattr(d, "detector", d)).__name__ for d in monitor.detectors]
+        return [type(rule.detector).__name__ for rule in monitor.rules]
 
     assert kinds(1) == ["NonFiniteDetector", "DivergenceDetector"]
     assert kinds(2) == ["NonFiniteDetector", "DivergenceDetector", "LegalMovesCollapseDetector"]
@@ -298,7 +305,7 @@ def test_build_monitor_picks_detectors_per_stage():
     assert kinds(3, pruning_config_from_dict({"enabled": False})) == []
     monitor = build_monitor(3, PruningConfig(), BUDGET)
     assert isinstance(monitor, CollapseMonitor) and monitor.max_steps == BUDGET and monitor.stage == 3
-    assert [d.min_step for d in monitor.detectors[1:]] == [50, 50, 50]
+    assert [rule.min_step for rule in monitor.rules[1:]] == [50, 50, 50]
     assert grace_steps(0.05, 200) == 10 and grace_steps(0.05, 10) == 0
 
 
@@ -306,22 +313,25 @@ def test_per_detector_overrides():
     config = pruning_config_from_dict({"patience": 4, "value": {"patience": 2, "grace_fraction": 0.0},
                                        "uniform_policy": {"grace_fraction": 0.2}})
     monitor = build_monitor(3, config, BUDGET)
-    _, divergence, value, policy = monitor.detectors
-    assert divergence.detector.patience == 1 and divergence.min_step == 50
-    assert value.detector.patience == 2 and value.min_step == 0
-    assert policy.detector.patience == 4 and policy.min_step == 200
+    _, divergence, value, policy = monitor.rules
+    assert divergence.patience == 1 and divergence.min_step == 50
+    assert value.patience == 2 and value.min_step == 0
+    assert policy.patience == 4 and policy.min_step == 200
+    # a detector's own default patience (divergence: 1) yields to the rule's
+    explicit = build_monitor(3, pruning_config_from_dict({"divergence": {"patience": 2}}), BUDGET)
+    assert explicit.rules[1].patience == 2
     assert first_hit(monitor, collapsed_value_history()).step == 2 * EVERY
 
 
 @pytest.mark.parametrize("make, message", [
-    (lambda: ValueCollapseDetector(patience=0), "patience must be an integer >= 1, got 0"),
+    (lambda: Armed(ValueCollapseDetector(), patience=0), "patience must be an integer >= 1, got 0"),
     (lambda: ValueCollapseDetector(std_ratio=0.0), "std_ratio must be in (0, 1], got 0.0"),
     (lambda: ValueCollapseDetector(skill_floor=0.5), "skill_floor must be < max_skill (0.01), got 0.5"),
     (lambda: ValueCollapseDetector(min_std_growth=0.0), "min_std_growth must be > 0, got 0.0"),
     (lambda: DivergenceDetector(factor=0.5), "factor must be > 1, got 0.5"),
     (lambda: LegalMovesCollapseDetector(min_pred_pos_rate=2.0), "min_pred_pos_rate must be in [0, 1), got 2.0"),
     (lambda: UniformPolicyDetector(tolerance=-1.0), "tolerance must be > 0, got -1.0"),
-    (lambda: Grace(NonFiniteDetector(), -5), "min_step must be an integer >= 0, got -5"),
+    (lambda: Armed(NonFiniteDetector(), -5), "min_step must be an integer >= 0, got -5"),
     (lambda: build_monitor(4, PruningConfig(), 100), "stage must be 1, 2 or 3, got 4"),
     (lambda: build_monitor(3, PruningConfig(), 0), "max_steps must be an integer >= 1, got 0"),
 ])
@@ -331,13 +341,28 @@ def test_bad_detector_parameters_name_the_value(make, message):
     assert str(err.value) == message
 
 
+def test_a_rule_needing_a_metric_its_stage_does_not_report_is_refused():
+    # divergence on the training loss works for every stage; a stage that did not report the
+    # metric a rule reads would silently switch that rule off, so building the monitor fails
+    assert build_monitor(1, pruning_config_from_dict({"divergence": {"metric": "train_loss"}}), BUDGET)
+    import dataclasses
+
+    from maou.stages import stage
+
+    renamed = dataclasses.replace(stage(3), metrics=tuple(m.replace("val_value_skill", "val_value_skil")
+                                                           for m in stage(3).metrics))
+    with pytest.raises(ValueError, match="pruning.value needs val_value_skill, which stage 3"):
+        build_monitor(renamed, PruningConfig(), BUDGET)
+
+
 # --- config ---------------------------------------------------------------------------------------
 
 
 def test_config_defaults_and_strict_loading():
     config = from_dict(PruningConfig, {"patience": 2, "value": {"std_ratio": 0.05},
                                        "optuna": {"kind": "median", "n_startup_trials": 3}}, "pruning")
-    assert config.patience == 2 and config.value.std_ratio == 0.05 and config.value.max_skill == 0.01
+    assert config.patience == 2 and config.value.detector.std_ratio == 0.05
+    assert config.value.detector.max_skill == 0.01
     assert config.optuna.kind == "median" and config.optuna.n_startup_trials == 3
     assert from_dict(PruningConfig, None, "pruning") == PruningConfig()
     assert from_dict(PruningConfig, {"optuna": {"max_resource": 20}}).optuna.max_resource == 20
@@ -429,7 +454,9 @@ def test_end_to_end_collapsed_trial_is_pruned_with_its_reason():
             trial.report(metrics["val_value_skill"], step)
             collapse = monitor.check(seen)
             if collapse is not None:
-                record_collapse(trial, collapse)
+                trial.set_user_attr("prune_reason", collapse.reason)
+                trial.set_user_attr("prune_step", collapse.step)
+                trial.set_user_attr("prune_detail", collapse.detail)
                 raise optuna.TrialPruned(collapse.detail)
             if trial.should_prune():
                 raise optuna.TrialPruned()
@@ -449,6 +476,6 @@ def test_module_does_not_import_torch():
     import subprocess
     import sys
 
-    code = "import sys, maou.pruning; print('torch' in sys.modules, 'optuna' in sys.modules)"
+    code = "import sys, maou.sweep.pruning; print('torch' in sys.modules, 'optuna' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]

@@ -11,7 +11,6 @@ import optuna
 import pandas as pd
 import pytest
 import yaml
-
 from sweep_helpers import run_cli, tmp_spec
 
 pytestmark = pytest.mark.slow

@@ -15,15 +15,16 @@ from pathlib import Path
 
 import optuna
 import pytest
+import ray_fakes
 import yaml
 from optuna.trial import TrialState
-
-import ray_fakes
-from maou.executors.local import LocalExecutor
-from maou.protocol import run_sweep
-from maou.spec import Executor, SweepSpec
-from maou.strict import from_dict
 from sweep_helpers import REPO, SWEEP
+
+from maou.strict import from_dict
+from maou.sweep.executors.local import LocalExecutor
+from maou.sweep.identity import ConfigKey
+from maou.sweep.protocol import run_sweep
+from maou.sweep.spec import Executor, SweepSpec
 
 RAY = Executor(kind="ray", cpus_per_trial=1, max_concurrent=2, max_retries=1)
 
@@ -51,7 +52,7 @@ def outcome_table(url: str) -> dict[tuple[str, str, int], tuple[str, float | Non
 @pytest.fixture(scope="module")
 def ray_session():
     os.environ["RAY_AUTH_MODE"] = "disabled"
-    from maou.executors.ray import init_ray
+    from maou.sweep.executors.ray import init_ray
 
     ray = init_ray(RAY)
     ray.cloudpickle.register_pickle_by_value(ray_fakes)  # workers need not import tests/
@@ -62,7 +63,7 @@ def ray_session():
 @pytest.fixture(scope="module")
 def both_runs(ray_session, tmp_path_factory):
     """The same sweep (baseline, then lr in {0.01, 1e30}: the second diverges) locally and on Ray."""
-    from maou.executors.ray import RayExecutor
+    from maou.sweep.executors.ray import RayExecutor
 
     tmp = tmp_path_factory.mktemp("compare")
     steps = [{"name": "baseline"}, {"name": "lr", "grid": {"optim.lr": [0.01, 1e30]}}]
@@ -117,17 +118,18 @@ def test_a_diverging_configuration_is_pruned_with_its_reason(both_runs):
         assert t.user_attrs["prune_reason"] in {"non_finite", "nan_loss"}
         assert t.user_attrs["prune_detail"]
         assert t.user_attrs["stop_reason"] in {"non_finite", "nan_loss"}
-    stats = {s.config_key: s for s in ray_outcome.decisions[1].stats}
-    assert stats['{"optim.lr":1e+30}'].pruned == 2
+    stats = {s.key: s for s in ray_outcome.decisions[1].stats}
+    assert stats[ConfigKey.of({"optim.lr": 1e30})].pruned == 2
+    assert ConfigKey.of({"optim.lr": 1e30}).text == '{"optim.lr":1e+30}'
 
 
 @pytest.mark.ray
 def test_a_dead_worker_is_retried_and_a_python_error_is_not(ray_session, tmp_path):
-    from maou.executors.ray import RayExecutor
+    from maou.sweep.executors.ray import RayExecutor
 
     steps = [{"name": "flaky", "grid": {"optim.lr": [20.0]}}]
     spec = from_dict(SweepSpec, tiny_spec(tmp_path, "flaky", steps))
-    outcome = run_sweep(spec, executor=RayExecutor(spec.executor, run_job=ray_fakes.flaky))
+    outcome = run_sweep(spec, executor=RayExecutor(spec.executor, train=ray_fakes.flaky))
     study = optuna.load_study(study_name="flaky/01-flaky", storage=spec.storage_url)
     by_key = {(t.params["optim.lr"], t.params["seed"]): t for t in study.get_trials()}
     assert len(by_key) == 4 and len(study.get_trials()) == 4
@@ -149,7 +151,7 @@ def test_a_dead_worker_is_retried_and_a_python_error_is_not(ray_session, tmp_pat
 @pytest.mark.ray
 def test_resources_the_local_ray_lacks_and_ray_client_are_refused(ray_session):
     from maou.errors import UserError
-    from maou.executors.ray import init_ray
+    from maou.sweep.executors.ray import init_ray
 
     if ray_session.cluster_resources().get("GPU", 0) == 0:
         with pytest.raises(UserError, match="gpus_per_trial is 1 but the Ray cluster has 0 GPUs"):
@@ -231,8 +233,8 @@ def test_local_runs_and_help_never_import_ray(tmp_path):
     code = ("import sys\n"
             "from maou.cli import main\n"
             "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-            "from maou.protocol import run_sweep\n"
-            "from maou.spec import SweepSpec\n"
+            "from maou.sweep.protocol import run_sweep\n"
+            "from maou.sweep.spec import SweepSpec\n"
             "from maou.strict import from_dict\n"
             "spec = from_dict(SweepSpec, {'name': 'x', 'stage': 1, 'steps': [{'name': 'b'}], 'storage': 'memory:',"
             f" 'runs_dir': {str(tmp_path)!r}, 'base': {{'model': {{'blocks': 1, 'channels': 8}}}},"

@@ -7,12 +7,12 @@ import os
 
 import optuna
 import pytest
+import ray_fakes
 from optuna.trial import TrialState
 
-import ray_fakes
-from maou.protocol import run_sweep
-from maou.spec import SweepSpec
 from maou.strict import from_dict
+from maou.sweep.protocol import run_sweep
+from maou.sweep.spec import SweepSpec
 
 pytestmark = pytest.mark.ray
 
@@ -36,7 +36,7 @@ def two_nodes():
 def test_trials_run_on_both_nodes_of_a_cluster(two_nodes, tmp_path):
     import ray
 
-    from maou.executors.ray import RayExecutor
+    from maou.sweep.executors.ray import RayExecutor
 
     data = {"name": "cluster", "stage": 1, "seeds": 2, "steps": [{"name": "lr", "grid": {"optim.lr": [0.01]}}],
             "base": {"model": {"blocks": 1, "channels": 8}, "optim": {"lr": 0.003}},
@@ -44,7 +44,7 @@ def test_trials_run_on_both_nodes_of_a_cluster(two_nodes, tmp_path):
             "storage": f"sqlite:///{tmp_path}/cluster.db", "runs_dir": str(tmp_path / "runs"),
             "executor": {"kind": "ray", "address": two_nodes.address, "cpus_per_trial": 1, "max_concurrent": 2}}
     spec = from_dict(SweepSpec, data)
-    executor = RayExecutor(spec.executor, run_job=ray_fakes.slow)
+    executor = RayExecutor(spec.executor, train=ray_fakes.slow)
     ray.cloudpickle.register_pickle_by_value(ray_fakes)
     assert not ray.is_initialized()
     run_sweep(spec, executor=executor)  # the executor joins the cluster by its address

@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from maou.cli import main
-from maou.spec import load_spec, step_candidates
 from maou.strict import ConfigError
+from maou.sweep.spec import load_spec, step_candidates
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((REPO / "sweeps").glob("*.yaml"))

@@ -17,7 +17,6 @@ import optuna
 import pandas as pd
 import pytest
 import yaml
-
 from sweep_helpers import REPO, SWEEP, free_port, run_cli, tmp_spec
 
 pytestmark = pytest.mark.slow
@@ -85,7 +84,7 @@ def test_export_writes_files_with_their_columns(smoke_run, tmp_path):
     args = (tmp_path / "out" / "best-args.txt").read_text()
     assert "--stage2-batch-size 64" in args and "--stage2-learning-rate" in args
     # best.yaml is runnable with `sweep train`
-    best["max_steps"], best["eval_every"] = 5, 5
+    best["budget"] = {"max_steps": 5, "eval_every": 5}
     (tmp_path / "best-short.yaml").write_text(yaml.safe_dump(best))
     train = run_cli("train", str(tmp_path / "best-short.yaml"), "--out", str(tmp_path / "retrain"))
     assert train.returncode == 0, train.stdout[-2000:] + train.stderr[-2000:]

@@ -152,7 +152,8 @@ def _read_bytes(path: Path) -> bytes:
 
 def split_csa_games(text: str) -> list[str]:
     """Blocks of a (multi-game) CSA text: games are separated by a line holding only ``/``."""
-    games, current = [], []
+    games: list[str] = []
+    current: list[str] = []
     for line in text.split("\n"):
         if line.strip() == "/":
             games.append("\n".join(current))
@@ -204,7 +205,7 @@ class _Reader:
             return None
         try:
             board, illegal = replay(sfen, moves)
-        except Exception as exc:  # a start position cshogi cannot set
+        except Exception as exc:  # noqa: BLE001 - cshogi raises anything on a bad start position
             self.stats.skip("malformed", where, f"bad start position {sfen!r}: {exc}")
             return None
         if illegal is not None:
@@ -236,7 +237,7 @@ class _Reader:
                 parser = CSA.Parser()
                 parser.parse_csa_str(block)
                 sfen, moves, ending, win = parser.sfen, list(parser.moves), parser.endgame, parser.win
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - a bad block is counted, never fatal
                 self.stats.skip("malformed", where, _short(exc))
             else:
                 record = self.game(source, index, sfen, moves, ending, win, "csa")
@@ -252,7 +253,7 @@ class _Reader:
             parser = KIF.Parser.parse_str(text)
             sfen, moves, ending = parser.sfen, list(parser.moves), parser.endgame or ""
             winner = _winner_from_cshogi(parser.win)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a bad file is counted, never fatal
             self.stats.skip("malformed", where, _short(exc))
             return
         record = self.game(source, 0, sfen, moves, ending, None, "kif", kif_winner=winner)
@@ -262,7 +263,7 @@ class _Reader:
     def hcpe(self, source: str, path: Path) -> Iterator[GameRecord]:
         try:
             table = read_hcpe_table(path)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a bad file is counted, never fatal
             self.stats.skip("malformed", source, _short(exc))
             return
         hcps, move16, results = table
@@ -271,7 +272,7 @@ class _Reader:
             where = f"{source}#{row}"
             try:
                 board.set_hcp(hcp)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - a bad row is counted, never fatal
                 self.stats.skip("malformed", where, f"bad hcp: {_short(exc)}")
                 continue
             if not board.is_ok():

@@ -28,6 +28,7 @@ import shutil
 import subprocess
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,7 +75,7 @@ def find_engine(engine: str) -> str:
 class UsiEngine:
     """Minimal USI client: ``usi``/``isready``/``position``/``go``/``quit`` with deadlines."""
 
-    def __init__(self, path: str, options: dict[str, object] | None = None):
+    def __init__(self, path: str, options: Mapping[str, object] | None = None):
         self.path = path
         self.proc = subprocess.Popen([path], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.DEVNULL, cwd=os.path.dirname(path) or None)
@@ -247,12 +248,4 @@ def play_games(engine: str, games: int, out_dir: str | Path, movetime_ms: int = 
     return summary
 
 
-def cli_selfplay(args) -> int:
-    summary = play_games(args.engine, args.games, args.out, movetime_ms=args.movetime_ms,
-                         max_plies=args.max_plies, seed=args.seed, progress=True)
-    endings = ", ".join(f"{k} {v}" for k, v in summary.endings.most_common())
-    print(f"{summary.games} games ({summary.plies} plies, {endings}) in {summary.seconds:.1f} s -> {args.out}")
-    return 0
-
-
-__all__ = ["ENGINES", "SelfplaySummary", "UsiEngine", "cli_selfplay", "find_engine", "play_game", "play_games"]
+__all__ = ["ENGINES", "SelfplaySummary", "UsiEngine", "find_engine", "play_game", "play_games"]

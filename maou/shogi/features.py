@@ -1,4 +1,4 @@
-"""Position features (DESIGN.md section 3): board ids and hand counts from the mover's view.
+"""Position features (docs/design.md, section 3): board ids and hand counts from the mover's view.
 
 ``board_id_positions`` is (9, 9) uint8 laid out ``[rank y][file x]`` (x = 0 is file 1, y = 0 is
 rank a); with White to move the board is rotated 180 degrees (``sq -> 80 - sq``) and colours are
@@ -53,15 +53,32 @@ def _tables() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarr
     return (ids[0], ids[1]), order
 
 
+def encode_raw(pieces: np.ndarray, hands: np.ndarray, turn: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Vectorised encoding of N positions given as cshogi's raw arrays: ``pieces`` (N, 81) cshogi
+    piece ids by square, ``hands`` (N, 2, 7) hand counts by colour, ``turn`` (N,) side to move.
+    Returns ``board_id_positions`` (N, 9, 9) and ``pieces_in_hand`` (N, 14), uint8, mover's view."""
+    n = len(turn)
+    white = np.asarray(turn).astype(bool)
+    (lut_black, lut_white), order = _tables()
+    boards = np.empty((n, SQUARES_NUM), dtype=np.uint8)
+    boards[~white] = lut_black[pieces[~white][:, order[0]]]
+    boards[white] = lut_white[pieces[white][:, order[1]]]
+    hand = np.where(white[:, None], hands[:, ::-1].reshape(n, PIECES_IN_HAND_NUM),
+                    hands.reshape(n, PIECES_IN_HAND_NUM)).astype(np.uint8)
+    return boards.reshape(n, *BOARD_SHAPE), hand
+
+
+def _raw(board: cshogi.Board) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One board as the (1, ...) raw arrays of :func:`encode_raw` and :func:`position_ids`."""
+    pieces = np.array(board.pieces, dtype=np.uint8).reshape(1, SQUARES_NUM)
+    hands = np.array(board.pieces_in_hand, dtype=np.uint8).reshape(1, 2, HAND_KINDS_NUM)
+    return pieces, hands, np.array([board.turn], dtype=np.uint8)
+
+
 def encode_position(board: cshogi.Board) -> tuple[np.ndarray, np.ndarray]:
     """``(board_id_positions (9, 9) uint8, pieces_in_hand (14,) uint8)`` from the mover's view."""
-    turn = board.turn
-    (lut_black, lut_white), order = _tables()
-    pieces = np.array(board.pieces, dtype=np.uint8)
-    ids = (lut_white if turn else lut_black)[pieces[order[turn]]].reshape(BOARD_SHAPE)
-    hands = board.pieces_in_hand
-    hand = np.array(hands[turn] + hands[1 - turn], dtype=np.uint8)
-    return ids, hand
+    boards, hands = encode_raw(*_raw(board))
+    return boards[0], hands[0]
 
 
 def encode_positions(hcps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -113,18 +130,25 @@ _HAND_COLOURS = np.repeat(np.arange(2), HAND_KINDS_NUM)
 _HAND_KINDS = np.tile(np.arange(HAND_KINDS_NUM), 2)
 
 
+def position_ids(pieces: np.ndarray, hands: np.ndarray, turn: np.ndarray) -> np.ndarray:
+    """Vectorised :func:`position_id` over the raw arrays of :func:`encode_raw`: (N,) uint64."""
+    n = len(turn)
+    if n == 0:
+        return np.zeros(0, dtype=np.uint64)
+    keys, hand_keys, turn_key = _zobrist_keys()
+    ids = np.bitwise_xor.reduce(keys[pieces, _SQUARES], axis=1)
+    ids ^= np.bitwise_xor.reduce(hand_keys[_HAND_COLOURS, _HAND_KINDS, hands.reshape(n, -1).astype(np.intp)], axis=1)
+    ids ^= np.where(np.asarray(turn).astype(bool), np.uint64(turn_key), np.uint64(0))
+    return ids.astype(np.uint64)
+
+
 def position_id(board: cshogi.Board) -> int:
     """64-bit Zobrist id of the absolute position, equal to upstream maou's ``id`` column.
 
     Not cshogi's ``zobrist_hash()``: upstream's Rust board draws its own keys. Used to
     deduplicate positions compatibly with upstream data (``stage2_golden.npz`` ``ids``).
     """
-    keys, hand_keys, turn_key = _zobrist_keys()
-    pieces = np.array(board.pieces, dtype=np.uint8)
-    counts = np.array(board.pieces_in_hand, dtype=np.intp).ravel()
-    h = np.bitwise_xor.reduce(keys[pieces, _SQUARES]) ^ np.bitwise_xor.reduce(
-        hand_keys[_HAND_COLOURS, _HAND_KINDS, counts])
-    return int(h) ^ (turn_key if board.turn == cshogi.WHITE else 0)
+    return int(position_ids(*_raw(board))[0])
 
 
-__all__ = ["encode_position", "encode_positions", "position_id"]
+__all__ = ["encode_position", "encode_positions", "encode_raw", "position_id", "position_ids"]

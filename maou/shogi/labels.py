@@ -1,4 +1,4 @@
-"""Move labels (DESIGN.md section 3): 1496 classes, always from the mover's point of view.
+"""Move labels (docs/design.md, section 3): 1496 classes, always from the mover's point of view.
 
 A move's label depends only on its 16-bit part (cshogi ``move16``: to-square in bits 0-6,
 from-square in bits 7-13, promotion flag in bit 14; a drop has ``from = 81 + piece_type - 1``

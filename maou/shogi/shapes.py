@@ -1,4 +1,4 @@
-"""Every count and array shape of the shogi encoding (DESIGN.md section 3 and 4), in one place.
+"""Every count and array shape of the shogi encoding (docs/design.md, sections 3 and 4), in one place.
 
 Other modules import these names; no other module spells out 1496, 81, 14, 29 or 1105.
 """

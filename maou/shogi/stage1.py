@@ -1,4 +1,4 @@
-"""Stage 1 data (DESIGN.md section 4): the whole universe of one-piece patterns, 1,105 rows.
+"""Stage 1 data (docs/design.md, section 4): the whole universe of one-piece patterns, 1,105 rows.
 
 Rows, in this order:
 

@@ -16,18 +16,11 @@ import pytest
 
 from maou import __version__
 from maou.cli import main as sweep
-from maou.config import DataConfig
 from maou.data import build as build_module
-from maou.data.build import (
-    aggregate_stage3,
-    build_datasets,
-    encode_unique,
-    ensure_datasets,
-    extract_positions,
-    legal_masks,
-    split_games,
-)
+from maou.data.build import build_datasets, ensure_datasets
+from maou.data.positions import aggregate_stage3, encode_unique, extract_positions, legal_masks
 from maou.data.records import read_records
+from maou.data.sources import file_sha256, split_games
 from maou.shogi import (
     BOARD_SHAPE,
     MOVE_LABELS_NUM,
@@ -38,6 +31,7 @@ from maou.shogi import (
     legal_moves_mask,
     position_id,
 )
+from maou.trainer.config import DataConfig
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLED = REPO / "data" / "games"
@@ -175,7 +169,8 @@ def test_stage3_targets(built):
     start_id = position_id(cshogi.Board())
     row = train.column("id").to_numpy().tolist().index(start_id)
     train_games = [records[g.replace(str(games), "")] for g in split["train"]]
-    wins = sum({"black": 1.0, "white": 0.0, "draw": 0.5}[g.winner] for g in train_games if g.sfen == cshogi.STARTING_SFEN)
+    value = {"black": 1.0, "white": 0.0, "draw": 0.5}
+    wins = sum(value[g.winner] for g in train_games if g.sfen == cshogi.STARTING_SFEN)
     assert train.column("count").to_numpy()[row] == len(train_games)
     assert train.column("resultValue").to_numpy()[row] == pytest.approx(wins / len(train_games))
 
@@ -197,7 +192,7 @@ def test_manifests(built):
     for name, entry in manifest["files"].items():
         path = out / name
         assert path.stat().st_size == entry["bytes"]
-        assert build_module._file_sha256(path) == entry["sha256"]
+        assert file_sha256(path) == entry["sha256"]
     for stage in (1, 2, 3):
         stage_manifest = json.loads((out / f"stage{stage}" / "manifest.json").read_text())
         assert stage_manifest["stage"] == stage and stage_manifest["package_version"] == __version__
@@ -206,7 +201,7 @@ def test_manifests(built):
 
 def test_trainer_reads_the_datasets(built):
     pytest.importorskip("torch")
-    from maou.data.tensors import load_stage_data
+    from maou.trainer.tensors import load_stage_data
 
     summary, out, _ = built
     for stage in (2, 3):
@@ -219,12 +214,14 @@ def test_vectorised_encoding_equals_per_board_functions():
     records, _ = read_records(sorted(BUNDLED.glob("*.csa"))[:3] or pytest.skip("no bundled corpus"))
     pos = extract_positions(records)
     boards, hands, ids = encode_unique(pos)
-    fallback = build_module._encode_per_board(pos)
-    assert (boards == fallback[0]).all() and (hands == fallback[1]).all() and (ids == fallback[2]).all()
     masks = legal_masks(pos)
     board = cshogi.Board()
-    for i in range(0, len(pos), 5):
+    for i in range(len(pos)):  # each row again from its HCP, one board at a time
         board.set_hcp(pos.hcp[i])
+        one_board, one_hand = encode_position(board)
+        assert (boards[i] == one_board).all() and (hands[i] == one_hand).all() and ids[i] == position_id(board)
+        if i % 5:
+            continue
         assert (masks[i] == legal_moves_mask(board)).all()
         assert board.zobrist_hash() == int(pos.key[i])
     subset = np.array([3, 1, 4])

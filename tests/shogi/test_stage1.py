@@ -79,7 +79,7 @@ def _row_of(rows: Stage1Rows, piece: int, x: int, y: int) -> int:
 
 def test_target_index_is_9x_plus_y(rows):
     """Targets use move-destination numbering ``9 * x + y``, not the board's ``[y][x]`` flattening."""
-    sq = lambda x, y: 9 * x + y  # noqa: E731
+    sq = lambda x, y: 9 * x + y
     targets = rows.reachable_squares
     assert _target_squares(targets[_row_of(rows, 1, 4, 4)]) == {sq(4, 3)}  # pawn 5e -> 5d
     assert _target_squares(targets[_row_of(rows, 3, 4, 4)]) == {sq(3, 2), sq(5, 2)}  # knight 5e

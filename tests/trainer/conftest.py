@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from maou.config import DataConfig, TrainConfig, train_config_from_dict
 from maou.shogi.shapes import BOARD_SHAPE, MOVE_LABELS_NUM, PIECES_IN_HAND_NUM, SQUARES_NUM
+from maou.trainer.config import DataConfig, TrainConfig, train_config_from_dict
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLED_GAMES = REPO / "data" / "games"
@@ -24,11 +24,15 @@ torch.set_num_threads(1)
 
 
 def make_tiny_config(stage: int, **overrides) -> TrainConfig:
-    """A 2-block, 16-channel, single-thread CPU config; ``overrides`` replace top-level sections."""
-    base = {"stage": stage, "model": {"blocks": 2, "channels": 16}, "batch_size": 64, "max_steps": 200,
-            "eval_every": 100, "device": "cpu", "threads": 1, "seed": 0, "optim": {"lr": 3e-3}}
+    """A 2-block, 16-channel, single-thread CPU config; ``overrides`` replace top-level sections
+    (``max_steps``, ``epochs`` and ``eval_every`` go to the budget)."""
+    base: dict = {"stage": stage, "model": {"blocks": 2, "channels": 16}, "batch_size": 64,
+                  "budget": {"max_steps": 200, "eval_every": 100}, "device": "cpu", "threads": 1, "seed": 0,
+                  "optim": {"lr": 3e-3}}
     for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
+        if key in ("max_steps", "epochs", "eval_every"):  # the budget's keys, for short calls
+            base["budget"][key] = value
+        elif isinstance(value, dict) and isinstance(base.get(key), dict):
             base[key] = {**base[key], **value}
         else:
             base[key] = value
@@ -146,7 +150,7 @@ def dataset_dir(corpus_data_config, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def stage_data(dataset_dir):
     """``stage_data(stage)`` -> StageData, loaded once per stage."""
-    from maou.data.tensors import load_stage_data
+    from maou.trainer.tensors import load_stage_data
 
     cache: dict[int, object] = {}
 

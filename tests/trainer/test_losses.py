@@ -8,16 +8,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from maou.config import LossConfig
-from maou.losses import (
+from maou.trainer.config import LossConfig, ModelConfig
+from maou.trainer.losses import (
     AsymmetricLoss,
     LegalMovesLoss,
     PolicyValueLoss,
     ReachableSquaresLoss,
-    build_loss,
     policy_kl,
     value_loss,
 )
+from maou.trainer.tasks import task_class
+
+
+def build_loss(stage: int, config: LossConfig) -> torch.nn.Module:
+    """The stage's loss over output and target dicts, as its task builds it."""
+    return task_class(stage)(ModelConfig(), config).loss()
 
 torch.set_num_threads(1)
 

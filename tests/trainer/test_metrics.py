@@ -8,29 +8,55 @@ import pytest
 import torch
 from torch import nn
 
-from maou.data.tensors import Split
-from maou.losses import build_loss
-from maou.config import LossConfig
-from maou.metrics import (
-    SELECTION_METRICS,
-    STAGE_METRICS,
+from maou.stages import STAGES, stage
+from maou.trainer.config import LossConfig, ModelConfig
+from maou.trainer.metrics import (
     Reference,
-    compute_metrics,
     element_accuracy,
     evaluate,
     f1_precision_recall,
-    reference_of,
     sample_f1,
     skill,
 )
+from maou.trainer.metrics import (
+    compute_metrics as _compute_metrics,
+)
+from maou.trainer.tasks import task_class
+from maou.trainer.tensors import Split
 
 torch.set_num_threads(1)
 BIG = 20.0
 
 
+def task(stage_number: int):
+    return task_class(stage_number)(ModelConfig(), LossConfig())
+
+
+def compute_metrics(stage_number, outputs, targets, reference=Reference()):
+    return _compute_metrics(task(stage_number), outputs, targets, reference)
+
+
 def test_selection_metrics_contract():
-    assert SELECTION_METRICS == {1: ("val_accuracy", "maximize"), 2: ("val_f1", "maximize"),
-                                 3: ("val_policy_top1", "maximize")}
+    assert {n: (s.selection_metric, s.selection_direction) for n, s in STAGES.items()} == {
+        1: ("val_accuracy", "maximize"), 2: ("val_f1", "maximize"), 3: ("val_policy_top1", "maximize")}
+    for info in STAGES.values():
+        assert info.selection_metric in info.metrics
+
+
+@pytest.mark.parametrize("stage_number", sorted(STAGES))
+def test_every_task_reports_exactly_its_registered_metrics(stage_number):
+    """The registry's metric names are the contract collapse rules and objectives rely on: a
+    metric renamed in a task (or in the registry alone) fails here."""
+    n, info = 6, stage(stage_number)
+    g = torch.Generator().manual_seed(0)
+    outputs, targets = {}, {}
+    for target in info.targets:
+        shape = (n, target.width) if target.width else (n,)
+        outputs[target.name] = torch.randn(shape, generator=g)
+        targets[target.name] = (torch.rand(shape, generator=g) < 0.3).to(torch.uint8 if target.dtype == "uint8"
+                                                                          else torch.float32)
+    reference = task(stage_number).reference(targets)
+    assert {"val_loss", *compute_metrics(stage_number, outputs, targets, reference)} == set(info.metrics)
 
 
 def test_element_accuracy():
@@ -96,16 +122,17 @@ def test_value_skill_of_the_constant_mean_predictor_is_zero():
     m = compute_metrics(3, outputs, targets, Reference(value_mean=train_mean))
     assert m["val_value_skill"] == pytest.approx(0.0, abs=1e-5)
     assert m["val_value_std"] == pytest.approx(0.0, abs=1e-6)                  # the report's collapse signature
-    good = compute_metrics(3, {**outputs, "value": (value_target * 2 - 1) * 3}, targets, Reference(value_mean=train_mean))
+    good = compute_metrics(3, {**outputs, "value": (value_target * 2 - 1) * 3}, targets,
+                           Reference(value_mean=train_mean))
     assert good["val_value_skill"] > 0.5 and good["val_value_accuracy"] == 1.0
     assert skill(torch.ones(3), torch.zeros(3)) == 0.0
 
 
 def test_reference_of_training_split():
     policy = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.6, 0.4], [1.0, 0.0, 0.0]])
-    ref = reference_of({"policy": policy, "value": torch.tensor([1.0, 0.0, 0.5])})
+    ref = task(3).reference({"policy": policy, "value": torch.tensor([1.0, 0.0, 0.5])})
     assert ref == Reference(value_mean=0.5, top_move=1)
-    assert reference_of({"reachable": torch.zeros(2, 3)}) == Reference()
+    assert task(1).reference({"reachable": torch.zeros(2, 3)}) == Reference()
 
 
 class _Fixed(nn.Module):
@@ -130,8 +157,9 @@ def test_evaluate_uses_eval_mode_and_restores_modes():
     targets[:, 0] = 1
     split = Split(torch.zeros(10, 9, 9, dtype=torch.uint8), torch.zeros(10, 14, dtype=torch.uint8),
                   {"reachable": targets})
-    m = evaluate(model, build_loss(1, LossConfig()), split, Reference(), batch_size=3)
-    assert set(m) == {"val_loss", *STAGE_METRICS[1]}
+    stage1 = task(1)
+    m = evaluate(model, stage1, stage1.loss(), split, Reference(), batch_size=3)
+    assert set(m) == set(stage(1).metrics)
     assert m["val_accuracy"] == 0.75
     assert m["val_loss"] == pytest.approx(BIG / 4, rel=1e-3)
     assert model.training and not model.drop.training

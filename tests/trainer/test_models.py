@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from maou.config import TrainConfig, train_config_from_dict
-from maou.models import StageModel, build_model
 from maou.shogi.shapes import BOARD_SHAPE, MOVE_LABELS_NUM, PIECE_IDS_NUM, PIECES_IN_HAND_NUM, REACHABLE_SQUARES_NUM
+from maou.trainer.config import TrainConfig, train_config_from_dict
+from maou.trainer.models import StageModel, build_model
 
 torch.set_num_threads(1)
 
@@ -37,7 +37,8 @@ def test_outputs_per_stage(arch):
         assert all(torch.isfinite(v).all() for v in out.values())
         # uint8 and long inputs give the same outputs
         model.eval()
-        assert torch.equal(model(board, hand)[next(iter(shapes))], model(board.long(), hand.float())[next(iter(shapes))])
+        key = next(iter(shapes))
+        assert torch.equal(model(board, hand)[key], model(board.long(), hand.float())[key])
 
 
 def test_backbone_is_shared_and_heads_are_per_stage():

@@ -10,18 +10,20 @@ import torch
 import yaml
 
 from maou.cli import main
-from maou.data.tensors import Split, StageData, load_stage_data
 from maou.errors import UserError
-from maou.metrics import SELECTION_METRICS, STAGE_METRICS, TRAIN_METRICS
-from maou.models import build_model
 from maou.shogi.shapes import BOARD_SHAPE, MOVE_LABELS_NUM, PIECES_IN_HAND_NUM, REACHABLE_SQUARES_NUM, STAGE1_ROWS_NUM
-from maou.train import CHECKPOINT_NAME, learning_rate, load_backbone, total_steps, train_stage
+from maou.stages import stage
+from maou.trainer.checkpoint import CHECKPOINT_NAME, load_backbone
+from maou.trainer.loop import learning_rate, train_stage
+from maou.trainer.models import build_model
+from maou.trainer.result import Stop
+from maou.trainer.tensors import Split, StageData, load_stage_data
 
 ALL_ZEROS_STAGE1_ACCURACY = 0.902
 
 
-def _assert_metric_keys(stage: int, metrics: dict[str, float]) -> None:
-    assert set(metrics) == set(TRAIN_METRICS) | set(STAGE_METRICS[stage])
+def _assert_metric_keys(stage_number: int, metrics: dict[str, float]) -> None:
+    assert set(metrics) == set(stage(stage_number).reported_metrics)
 
 
 # ---- each stage learns ----------------------------------------------------------------------------
@@ -129,7 +131,7 @@ def test_init_from_a_different_architecture_is_a_clear_error(stage_data, tiny_co
 
 def test_step0_evaluates_the_untrained_model_and_can_stop_the_run(stage_data, tiny_config):
     data = stage_data(1)
-    stopped = train_stage(tiny_config(1), data, report=lambda s, m: "refused" if s == 0 else None)
+    stopped = train_stage(tiny_config(1), data, report=lambda s, m: Stop("refused", "", s) if s == 0 else None)
     assert stopped.steps_done == 0 and stopped.stop_reason == "refused" and stopped.stopped_early
     assert [s for s, _ in stopped.history] == [0] and stopped.final_metrics["epoch"] == 0.0
     assert stopped.best_step == 0  # nothing trained: the untrained model is all there is
@@ -163,10 +165,11 @@ def test_poisoned_input_stops_the_run_at_once(stage_data, tiny_config):
 
 def test_report_returning_a_reason_stops_the_run(stage_data, tiny_config):
     def report(step, metrics):
-        return "pruned: value collapse" if step >= 20 else None
+        return Stop("value_collapse", "pruned", step) if step >= 20 else None
 
     result = train_stage(tiny_config(1, max_steps=100, eval_every=10), stage_data(1), report=report)
-    assert result.stop_reason == "pruned: value collapse" and result.stopped_early
+    assert result.stop_reason == "value_collapse" and result.stopped_early
+    assert result.stop == Stop("value_collapse", "pruned", 20)
     assert result.steps_done == 20 and [s for s, _ in result.history] == [0, 10, 20] and result.max_steps == 100
 
 
@@ -174,7 +177,7 @@ def test_report_returning_a_reason_stops_the_run(stage_data, tiny_config):
 
 def test_epochs_are_converted_to_steps(stage_data, tiny_config):
     config = tiny_config(1, max_steps=None, epochs=2.0, batch_size=256, eval_every=1000)
-    assert total_steps(config, STAGE1_ROWS_NUM) == 2 * math.ceil(STAGE1_ROWS_NUM / 256)
+    assert config.budget.total_steps(STAGE1_ROWS_NUM, config.batch_size) == 2 * math.ceil(STAGE1_ROWS_NUM / 256)
     result = train_stage(config, stage_data(1))
     assert result.steps_done == result.max_steps == 10
     assert result.final_metrics["epoch"] == pytest.approx(2.0, abs=0.5)
@@ -226,7 +229,7 @@ def test_missing_dataset_is_a_clear_error(tmp_path):
 # ---- the CLI -------------------------------------------------------------------------------------
 
 def _write_config(path, **values):
-    base = {"stage": 1, "model": {"blocks": 1, "channels": 8}, "max_steps": 20, "eval_every": 10,
+    base = {"stage": 1, "model": {"blocks": 1, "channels": 8}, "budget": {"max_steps": 20, "eval_every": 10},
             "device": "cpu", "threads": 1}
     path.write_text(yaml.safe_dump({**base, **values}))
     return path
@@ -240,7 +243,7 @@ def test_sweep_train_cli_writes_checkpoint_and_metrics(tmp_path, capsys):
     assert metrics["steps_done"] == 20 and metrics["stop_reason"] is None
     assert metrics["config"]["optim"]["lr"] == 0.01 and metrics["config"]["batch_size"] == 32
     assert [h["step"] for h in metrics["history"]] == [0, 10, 20]  # 0: the untrained model
-    assert SELECTION_METRICS[1][0] in metrics["final_metrics"] and "best_metrics" in metrics
+    assert stage(1).selection_metric in metrics["final_metrics"] and "best_metrics" in metrics
     assert yaml.safe_load((out / "config.yaml").read_text())["optim"]["lr"] == 0.01
     checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
     assert checkpoint["stage"] == 1 and "backbone" in checkpoint and "heads" in checkpoint
@@ -252,7 +255,8 @@ def test_sweep_train_cli_stage2_builds_or_reuses_the_datasets(corpus_data_config
         pytest.skip("no bundled corpus or dataset builder")
     data = {"games": list(corpus_data_config.games), "dir": corpus_data_config.dir,
             "val_fraction": corpus_data_config.val_fraction}
-    config = _write_config(tmp_path / "stage2.yaml", stage=2, data=data, max_steps=4, eval_every=4, eval_rows=64)
+    config = _write_config(tmp_path / "stage2.yaml", stage=2, data=data, budget={"max_steps": 4, "eval_every": 4},
+                           eval_rows=64)
     assert main(["train", str(config), "--out", str(tmp_path / "run")]) == 0
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["stage"] == 2 and "val_f1" in metrics["final_metrics"]
@@ -276,7 +280,7 @@ def test_the_trainer_core_never_imports_optuna_or_ray():
     import subprocess
     import sys
 
-    code = ("import sys, maou.train, maou.train_cli, maou.metrics, maou.losses, maou.data.tensors, maou.models; "
+    code = ("import sys, maou.trainer.loop, maou.trainer.tasks, maou.trainer.checkpoint, maou.cli.train; "
             "bad = [m for m in ('optuna', 'ray') if m in sys.modules]; print(*bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr

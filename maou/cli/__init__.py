@@ -1,0 +1,46 @@
+"""The ``sweep`` command line: one module per command group (``data``, ``train``, the sweep
+commands), each adding its parsers and handlers. Handlers import what they need when they run,
+so ``sweep --help`` never imports torch, optuna or ray."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from maou import __version__
+from maou.cli import data, sweep, train
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sweep",
+        description="Hyperparameter sweeps for staged shogi training (reachable squares, legal moves, "
+        "policy+value), recorded in an Optuna storage.",
+    )
+    parser.add_argument("--version", action="version", version=f"maou-sweep {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    data.add_commands(commands)
+    train.add_commands(commands)
+    sweep.add_commands(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    name = args.command if args.command != "data" else f"data {args.data_command}"
+    from maou.errors import UserError
+    from maou.strict import ConfigError
+
+    try:
+        return int(args.handler(args) or 0)
+    except (UserError, ConfigError) as exc:
+        print(f"sweep {name}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""``sweep run``, ``sweep status``, ``sweep export`` and ``sweep dashboard``: one sweep spec each."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    run = commands.add_parser("run", help="run a sweep spec step by step (resumes if interrupted)")
+    run.add_argument("spec", metavar="SPEC.yaml")
+    run.add_argument("--executor", choices=["local", "ray"], default=None, help="override the spec's executor kind")
+    run.add_argument("--storage", default=None, help="override the spec's Optuna storage URL")
+    run.set_defaults(handler=run_command)
+
+    status = commands.add_parser("status", help="show the steps, trials and winners of a sweep")
+    status.add_argument("spec", metavar="SPEC.yaml")
+    status.add_argument("--storage", default=None, help="override the spec's Optuna storage URL")
+    status.set_defaults(handler=status_command)
+
+    export = commands.add_parser("export", help="write trials.csv, steps.csv, best.yaml, best-args.txt")
+    export.add_argument("spec", metavar="SPEC.yaml")
+    export.add_argument("--out", default=None, metavar="DIR", help="default results/<sweep name>")
+    export.add_argument("--storage", default=None, help="override the spec's Optuna storage URL")
+    export.set_defaults(handler=export_command)
+
+    dashboard = commands.add_parser("dashboard", help="serve optuna-dashboard on the sweep's storage")
+    dashboard.add_argument("spec", metavar="SPEC.yaml")
+    dashboard.add_argument("--port", type=int, default=8080)
+    dashboard.add_argument("--host", default="127.0.0.1")
+    dashboard.add_argument("--storage", default=None, help="override the spec's Optuna storage URL")
+    dashboard.set_defaults(handler=dashboard_command)
+
+
+def _spec(args: argparse.Namespace) -> Any:
+    from maou.sweep.spec import load_spec
+
+    spec = load_spec(args.spec)
+    if getattr(args, "executor", None):
+        spec = dataclasses.replace(spec, executor=dataclasses.replace(spec.executor, kind=args.executor))
+    return spec
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from maou.cli.view import SweepView
+    from maou.sweep.protocol import run_sweep
+
+    spec = _spec(args)
+    console = Console()
+    url = args.storage or spec.storage_url
+    console.print(f"[bold]sweep {spec.name}[/]: stage {spec.stage}, {len(spec.steps)} steps, "
+                  f"seeds {list(spec.seed_list)}, executor {spec.executor.kind}, storage {url}")
+    started = time.perf_counter()
+    outcome = run_sweep(spec, storage_url=url, view=SweepView(console))
+    elapsed = time.perf_counter() - started
+    console.rule("[bold]done")
+    console.print(f"winner: {json.dumps(outcome.carried, sort_keys=True) or '(base config)'}")
+    console.print(f"wall time: {elapsed:.1f}s · studies: {', '.join(outcome.study_names)}")
+    console.print(f"next: sweep export {args.spec}    ·    sweep dashboard {args.spec}")
+    return 0
+
+
+def status_table(spec: Any, storage_url: str | None = None) -> Any:
+    import optuna
+    from rich.table import Table
+
+    from maou.sweep.decision import RecordedDecision
+    from maou.sweep.storage import open_storage, step_study_names
+
+    storage = open_storage(storage_url or spec.storage_url)
+    names = step_study_names(storage, spec.name)
+    table = Table(title=f"sweep {spec.name} ({storage_url or spec.storage_url})")
+    for column in ("step", "complete", "pruned", "failed", "running", "prune reasons", "winner", "mean", "decision"):
+        table.add_column(column)
+    for index in range(len(spec.steps)):
+        name = spec.study_name(index)
+        if name not in names:
+            table.add_row(name, "-", "-", "-", "-", "", "", "", "not started")
+            continue
+        study = optuna.load_study(study_name=name, storage=storage)
+        trials = study.get_trials(deepcopy=False)
+        states = Counter(t.state.name for t in trials)
+        reasons = Counter(t.user_attrs.get("prune_reason", "?") for t in trials if t.state.name == "PRUNED")
+        decision = RecordedDecision.of_study(study)
+        winner = mean = verdict = ""
+        if decision is not None:
+            winner = str(decision.winner_key)
+            entry = decision.winner
+            mean = f"{entry.mean:.4f} ± {entry.std:.4f}" if entry and entry.mean is not None else ""
+            verdict = (f"adopted (margin {decision.margin:.4g} > {decision.threshold:.4g})"
+                       if decision.adopted else "kept carried")
+        table.add_row(name, str(states.get("COMPLETE", 0)), str(states.get("PRUNED", 0)),
+                      str(states.get("FAIL", 0)), str(states.get("RUNNING", 0)),
+                      ", ".join(f"{r}: {n}" for r, n in reasons.items()), winner, mean, verdict or "in progress")
+    return table
+
+
+def status_command(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    Console().print(status_table(_spec(args), args.storage))
+    return 0
+
+
+def export_command(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from maou.sweep.export import export_sweep
+
+    export = export_sweep(_spec(args), args.out, args.storage)
+    console = Console()
+    for name, path in export.paths.items():
+        console.print(f"{name:>13}: {path}")
+    if export.pruned:
+        console.print("pruned trials by reason: " + ", ".join(f"{r}: {n}" for r, n in sorted(export.pruned.items())))
+    if "best_args" in export.paths:
+        console.print(f"upstream flags: {export.paths['best_args'].read_text().strip()}")
+    return 0
+
+
+def dashboard_command_line(storage_url: str, host: str, port: int) -> list[str]:
+    from maou.errors import UserError
+
+    exe = Path(sys.executable).with_name("optuna-dashboard")
+    program = str(exe) if exe.exists() else shutil.which("optuna-dashboard")
+    if program is None:
+        raise UserError("optuna-dashboard is not installed (pip install optuna-dashboard)")
+    return [program, storage_url, "--host", host, "--port", str(port)]
+
+
+def dashboard_command(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from maou.errors import UserError
+
+    spec = _spec(args)
+    url = args.storage or spec.storage_url
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
+        raise UserError(f"no storage at {url}; run `sweep run {args.spec}` first")
+    command = dashboard_command_line(url, args.host, args.port)
+    Console().print(f"optuna-dashboard on http://{args.host}:{args.port}/dashboard/ (Ctrl-C to stop)")
+    return subprocess.call(command)

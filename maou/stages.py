@@ -1,0 +1,98 @@
+"""The stage registry: each training stage declared once, in plain data (no torch, no Optuna).
+
+A stage is its targets (names, widths, how they are stored), the metrics its evaluation reports,
+the metric a sweep selects on by default, the collapse rules that apply to it, where its data
+comes from, the prefix of upstream ``maou learn-model`` flags, and the trainer task that builds
+its heads, loss and per-row statistics (imported lazily by the trainer: ``module:Class``).
+
+Adding a stage is one entry here, its task class in :mod:`maou.trainer.tasks`, and its dataset
+writer in :mod:`maou.data.build`. Every other module looks stages up with :func:`stage`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from maou.shogi.shapes import MOVE_LABELS_NUM, REACHABLE_SQUARES_NUM
+
+Direction = Literal["maximize", "minimize"]
+#: Reported at every evaluation of every stage, next to the stage's own ``val_*`` metrics.
+TRAIN_METRICS = ("train_loss", "lr", "epoch")
+
+
+@dataclass(frozen=True)
+class Target:
+    """One target tensor: its key (the model output of the same name), the Arrow column it is
+    read from, its width per row (0 for a scalar), and its stored dtype."""
+
+    name: str
+    column: str
+    width: int
+    dtype: Literal["uint8", "float32"]
+
+
+@dataclass(frozen=True)
+class Stage:
+    number: int
+    title: str
+    targets: tuple[Target, ...]
+    #: ``val_*`` metrics every evaluation reports (``val_loss`` included).
+    metrics: tuple[str, ...]
+    selection_metric: str
+    selection_direction: Direction
+    #: Sections of ``pruning`` whose collapse rule applies (in the order they are checked).
+    rules: tuple[str, ...]
+    #: ``games``: datasets built from game records; ``synthetic``: the fixed Stage 1 rows.
+    data_source: Literal["games", "synthetic"]
+    #: Prefix of upstream's stage-specific ``maou learn-model`` flags (``--stage2-``), or ``--``.
+    upstream_prefix: str
+    #: ``module:Class`` of the trainer task (heads, loss, per-row statistics).
+    task: str
+
+    @property
+    def reported_metrics(self) -> tuple[str, ...]:
+        return TRAIN_METRICS + self.metrics
+
+    @property
+    def target_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.targets)
+
+
+_ALWAYS = ("non_finite", "divergence")
+
+STAGES: dict[int, Stage] = {s.number: s for s in (
+    Stage(1, "reachable squares",
+          targets=(Target("reachable", "reachableSquares", REACHABLE_SQUARES_NUM, "uint8"),),
+          metrics=("val_loss", "val_accuracy"),
+          selection_metric="val_accuracy", selection_direction="maximize",
+          rules=_ALWAYS, data_source="synthetic", upstream_prefix="--stage1-",
+          task="maou.trainer.tasks:ReachableSquares"),
+    Stage(2, "legal moves",
+          targets=(Target("legal_moves", "legalMovesLabel", MOVE_LABELS_NUM, "uint8"),),
+          metrics=("val_loss", "val_f1", "val_precision", "val_recall", "val_pred_pos_rate",
+                   "val_label_pos_rate", "val_f1_all_positive"),
+          selection_metric="val_f1", selection_direction="maximize",
+          rules=(*_ALWAYS, "legal_moves"), data_source="games", upstream_prefix="--stage2-",
+          task="maou.trainer.tasks:LegalMoves"),
+    Stage(3, "policy + value",
+          targets=(Target("policy", "moveLabel", MOVE_LABELS_NUM, "float32"),
+                   Target("value", "resultValue", 0, "float32")),
+          metrics=("val_loss", "val_policy_top1", "val_policy_ce", "val_policy_entropy",
+                   "val_policy_top1_baseline", "val_value_bce", "val_value_brier", "val_value_accuracy",
+                   "val_value_std", "val_value_label_std", "val_value_mean", "val_value_skill"),
+          selection_metric="val_policy_top1", selection_direction="maximize",
+          rules=(*_ALWAYS, "value", "uniform_policy"), data_source="games", upstream_prefix="--",
+          task="maou.trainer.tasks:PolicyValue"),
+)}
+
+
+def stage(number: int) -> Stage:
+    """The registered stage ``number``; ValueError naming the bad value otherwise."""
+    if isinstance(number, bool) or number not in STAGES:
+        *first, last = STAGES
+        raise ValueError(f"stage must be {', '.join(map(str, first))} or {last}, got {number!r}")
+    return STAGES[number]
+
+
+__all__ = ["STAGES", "Stage", "TRAIN_METRICS", "Target", "stage"]

@@ -1,0 +1,34 @@
+"""Run a step's trials one after another in this process."""
+
+from __future__ import annotations
+
+import traceback
+
+from maou.sweep.job import TrainFn, run_job, train_on_datasets
+from maou.sweep.recorder import TrialHandle
+from maou.sweep.step import StepRun
+from maou.trainer.result import Stop
+
+
+class LocalExecutor:
+    def __init__(self, train: TrainFn = train_on_datasets) -> None:
+        #: The training function; tests pass a fake trainer with the same signature.
+        self.train = train
+
+    def run(self, step: StepRun) -> None:
+        recorder = step.recorder
+        while (started := step.next_job()) is not None:
+            handle, job = started
+
+            def report(step: int, metrics: dict[str, float], handle: TrialHandle = handle) -> Stop | None:
+                return recorder.report(handle, step, metrics)
+
+            try:
+                result = run_job(job, report, self.train)
+            except KeyboardInterrupt:
+                recorder.interrupt(handle)
+                raise
+            except Exception:  # noqa: BLE001 - a trial's error is recorded on the trial; the sweep goes on
+                recorder.finish(handle, None, error=traceback.format_exc())
+                continue
+            recorder.finish(handle, result)

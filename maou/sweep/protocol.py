@@ -1,0 +1,172 @@
+"""The step-by-step search protocol: run each step's study, decide its winner, carry it on.
+
+Each step is one Optuna study ``<sweep>/<NN>-<step>``. A step's trials are planned
+(:mod:`maou.sweep.planner`), run by an executor through the trial recorder
+(:mod:`maou.sweep.recorder`), and decided (:mod:`maou.sweep.decision`); the decision, its numbers
+and the rule are written on the study as user attributes, and its winner is carried into the
+next step as fixed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from maou.errors import UserError
+from maou.strict import to_dict
+from maou.sweep.decision import StepDecision, collect_stats, decide
+from maou.sweep.recorder import Objective, TrialRecorder
+from maou.sweep.spec import WINNER_OF, SweepSpec, load_spec
+from maou.sweep.step import StepContext, open_step
+
+
+def fingerprint(spec: SweepSpec) -> dict[str, Any]:
+    """What makes trials of a step comparable: if any of it changes, the step must not be mixed."""
+    base = to_dict(spec.base_config())
+    base.pop("seed", None)
+    return {"stage": spec.stage, "base": base, "metric": spec.objective_metric,
+            "direction": spec.objective_direction, "reduce": spec.objective.reduce}
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix[:-1]: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}{k}."))
+    return out
+
+
+def check_fingerprint(study: optuna.Study, spec: SweepSpec) -> None:
+    """Record the spec's fingerprint on a new study; refuse one that was run with another setup."""
+    old = study.user_attrs.get("fingerprint")
+    new = json.loads(json.dumps(fingerprint(spec)))
+    if old is None:
+        study.set_user_attr("fingerprint", new)
+        return
+    if old == new:
+        return
+    a, b = _flatten(old), _flatten(new)
+    changes = [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    raise UserError(f"study {study.study_name!r} was run with a different setup ({'; '.join(changes[:6])}); "
+                    f"its trials would not be comparable. Rename the sweep or delete its storage.")
+
+
+def resolve_winner_of(reference: str) -> str:
+    """``winner-of:SPEC`` -> the checkpoint of that sweep's winning trial (best seed of the winner)."""
+    from maou.sweep.storage import open_storage, step_study_names
+
+    match = WINNER_OF.match(reference)
+    assert match is not None, reference
+    other = load_spec(match.group("spec"))
+    storage = open_storage(other.storage_url)
+    names = step_study_names(storage, other.name)
+    if len(names) < len(other.steps):
+        raise UserError(f"{reference}: sweep {other.name!r} has not finished; run `sweep run {match.group('spec')}`")
+    study = optuna.load_study(study_name=names[-1], storage=storage)
+    winner_key = study.user_attrs.get("decision", {}).get("winner_key")
+    trials = [t for t in study.trials if t.user_attrs.get("config_key") == winner_key and t.value is not None
+              and t.user_attrs.get("checkpoint")]
+    if not trials:
+        raise UserError(f"{reference}: no checkpoint recorded for the winner of {other.name!r}")
+    best = (max if other.objective_direction == "maximize" else min)(trials, key=lambda t: t.value or 0.0)
+    path = best.user_attrs["checkpoint"]
+    if not Path(path).is_file():
+        raise UserError(f"{reference}: the winner's checkpoint {path} is missing")
+    return path
+
+
+def train_rows(spec: SweepSpec, dataset_dir: str | None) -> int:
+    """Training rows of the spec's stage: the manifest's count, or the synthetic rows' number."""
+    if dataset_dir is None:
+        from maou.shogi.shapes import STAGE1_ROWS_NUM
+
+        return STAGE1_ROWS_NUM
+    manifest = json.loads((Path(dataset_dir) / f"stage{spec.stage}" / "manifest.json").read_text())
+    return int(manifest.get("rows", {}).get("train", 0))
+
+
+@dataclass
+class SweepOutcome:
+    decisions: list[StepDecision]
+    carried: dict[str, Any]
+    study_names: list[str]
+
+
+def _sampler(spec: SweepSpec, index: int) -> optuna.samplers.BaseSampler:
+    search = spec.steps[index].search
+    if search is None:
+        return optuna.samplers.RandomSampler(seed=0)  # every grid trial is enqueued; never sampled
+    if search.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=search.sampler_seed)
+    if search.sampler == "qmc":
+        return optuna.samplers.QMCSampler(seed=search.sampler_seed)
+    return optuna.samplers.RandomSampler(seed=search.sampler_seed)
+
+
+def _objective(spec: SweepSpec) -> Objective:
+    kind = spec.pruning.optuna.kind
+    return Objective(spec.objective_metric, spec.objective_direction, spec.objective.reduce,
+                     optuna_pruner=kind if spec.pruning.enabled and kind != "none" else None)
+
+
+def run_sweep(spec: SweepSpec, storage_url: str | None = None, executor: Any = None, view: Any = None,
+              storage: Any = None) -> SweepOutcome:
+    """Run (or resume) every step of ``spec`` in order; returns each step's decision.
+
+    ``storage`` (an Optuna storage object) takes precedence over ``storage_url`` and the spec's URL.
+    """
+    from maou.sweep.executors import make_executor
+    from maou.sweep.job import dataset_of
+    from maou.sweep.pruning import build_optuna_pruner
+    from maou.sweep.storage import open_storage, sweep_lock
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    url = storage_url or spec.storage_url
+    executor = executor if executor is not None else make_executor(spec.executor)
+    storage = storage if storage is not None else open_storage(url)
+    base = spec.base_config()
+    dataset_dir, dataset_hash = dataset_of(base)
+    resolved: dict[str, str] = {}
+
+    def resolve_init(reference: str) -> str:
+        if reference not in resolved:
+            resolved[reference] = resolve_winner_of(reference)
+        return resolved[reference]
+
+    context = StepContext(spec, base, dataset_hash, train_rows(spec, dataset_dir), resolve_init)
+    objective = _objective(spec)
+    carried: dict[str, Any] = {}
+    decisions: list[StepDecision] = []
+    studies: list[optuna.Study] = []
+    with sweep_lock(url, spec.name):
+        for index, step in enumerate(spec.steps):
+            study = optuna.create_study(
+                study_name=spec.study_name(index), storage=storage, direction=objective.direction,
+                load_if_exists=True, sampler=_sampler(spec, index),
+                pruner=build_optuna_pruner(spec.pruning.optuna) if spec.pruning.enabled else None)
+            check_fingerprint(study, spec)
+            for name, value in (("sweep", spec.name), ("step", step.name), ("step_index", index),
+                                ("description", step.description), ("carried_in", carried)):
+                study.set_user_attr(name, value)
+            run = open_step(context, index, study, TrialRecorder(study, objective, view), carried, studies)
+            if view is not None:
+                view.step_started(spec, index, study, run)
+            executor.run(run)
+            decision = decide(collect_stats(study.get_trials(deepcopy=False)), run.carried_key,
+                              objective.direction, spec.selection)
+            study.set_user_attr("decision", decision.as_attrs())
+            carried = dict(decision.winner.overrides)
+            study.set_user_attr("carried_out", carried)
+            decisions.append(decision)
+            studies.append(study)
+            if view is not None:
+                view.step_finished(spec, index, study, decision)
+    return SweepOutcome(decisions, carried, [s.study_name for s in studies])
+
+
+__all__ = ["SweepOutcome", "check_fingerprint", "fingerprint", "resolve_winner_of", "run_sweep"]

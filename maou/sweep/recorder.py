@@ -1,0 +1,240 @@
+"""The trial recorder: the only writer of trials to the Optuna storage.
+
+Every trial of a step goes through one :class:`TrialRecorder`: :meth:`~TrialRecorder.start` (a
+RUNNING trial with its configuration), :meth:`~TrialRecorder.report` (an evaluation: intermediate
+value, Optuna's pruner), :meth:`~TrialRecorder.finish` (COMPLETE, PRUNED with the stop that ended
+it, or FAIL with the error), :meth:`~TrialRecorder.interrupt` (FAIL ``interrupted``: run again on
+resume), :meth:`~TrialRecorder.copy` (a finished trial of an earlier step reused) and
+:meth:`~TrialRecorder.fail_stale` (trials a dead driver left RUNNING). Executors call it and
+nothing else calls ``study.tell``.
+
+A trial is one (configuration, seed). Its Optuna params are the step's searched keys and the seed;
+its user attributes carry the rest of its story (resolved config, metrics, stop reason, ...).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
+from optuna.trial import FrozenTrial, TrialState
+
+from maou.stages import Direction
+from maou.sweep.planner import Training
+from maou.trainer.result import History, Stop, TrainResult
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+INTERRUPTED = "interrupted"
+OPTUNA_PRUNER = "optuna_pruner"
+#: Metrics whose whole curve is kept on each trial (``curves`` user attribute), beside the
+#: objective's intermediate values: what a person checks when a run looks wrong.
+CURVE_METRICS = ("train_loss", "val_loss", "val_f1", "val_pred_pos_rate", "val_policy_top1",
+                 "val_policy_entropy", "val_value_skill", "val_value_std", "val_value_accuracy", "val_accuracy")
+
+
+def is_interrupted(trial: FrozenTrial) -> bool:
+    """A FAIL left by an interrupted run: not a result, run again on resume."""
+    return trial.state == TrialState.FAIL and trial.user_attrs.get("fail_reason") == INTERRUPTED
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    return round(value, 6) if value is not None and math.isfinite(value) else None
+
+
+def curves(history: History) -> dict[str, list[Any]]:
+    """The evaluation history as columns: ``step`` and each of :data:`CURVE_METRICS` present."""
+    out: dict[str, list[Any]] = {"step": [step for step, _ in history]}
+    for name in CURVE_METRICS:
+        if any(name in metrics for _, metrics in history):
+            out[name] = [_finite_or_none(metrics.get(name)) for _, metrics in history]
+    return out
+
+
+def suggest(trial: optuna.Trial, name: str, dist: BaseDistribution) -> Any:
+    """Ask ``trial`` for parameter ``name`` from distribution ``dist`` through the public API."""
+    if isinstance(dist, CategoricalDistribution):
+        return trial.suggest_categorical(name, list(dist.choices))
+    if isinstance(dist, IntDistribution):
+        return trial.suggest_int(name, dist.low, dist.high, step=dist.step, log=dist.log)
+    return trial.suggest_float(name, dist.low, dist.high, step=dist.step, log=dist.log)  # type: ignore[attr-defined]
+
+
+class Observer(Protocol):
+    """What a view is told as trials run (``maou.cli.view``); every method may be a no-op."""
+
+    def trial_started(self, handle: TrialHandle) -> None: ...
+    def trial_reported(self, handle: TrialHandle, step: int, metrics: dict[str, float]) -> None: ...
+    def trial_finished(self, handle: TrialHandle, state: TrialState, reason: str) -> None: ...
+
+
+class _Silent:
+    def trial_started(self, handle: TrialHandle) -> None:
+        pass
+
+    def trial_reported(self, handle: TrialHandle, step: int, metrics: dict[str, float]) -> None:
+        pass
+
+    def trial_finished(self, handle: TrialHandle, state: TrialState, reason: str) -> None:
+        pass
+
+
+@dataclass
+class TrialHandle:
+    """A trial in flight: its Optuna trial, what it trains, what it reported so far."""
+
+    trial: optuna.Trial
+    training: Training
+    started: float = field(default_factory=time.time)
+    history: History = field(default_factory=list)
+    #: The stop Optuna's pruner answered (the job's own stops come back in its result).
+    stop: Stop | None = None
+
+    @property
+    def number(self) -> int:
+        return self.trial.number
+
+
+@dataclass(frozen=True)
+class Objective:
+    metric: str
+    direction: Direction
+    reduce: str = "final"
+    #: The kind of Optuna pruner consulted after every evaluation (None: none is).
+    optuna_pruner: str | None = None
+
+
+class TrialRecorder:
+    """Writes the trials of one step study."""
+
+    def __init__(self, study: optuna.Study, objective: Objective, observer: Observer | None = None) -> None:
+        self.study, self.objective = study, objective
+        self.observer: Observer = observer if observer is not None else _Silent()
+
+    # ------------------------------------------------------------------ starting
+    def fail_stale(self) -> int:
+        """Trials left RUNNING or WAITING by a driver that died: FAIL ``interrupted``."""
+        stale = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
+        for frozen in stale:
+            trial = self.study.ask() if frozen.state == TrialState.WAITING else optuna.trial.Trial(
+                self.study, frozen._trial_id)
+            trial.set_user_attr("fail_reason", INTERRUPTED)
+            self.study.tell(trial.number, state=TrialState.FAIL)
+        return len(stale)
+
+    def propose(self, distributions: dict[str, BaseDistribution], searched: tuple[str, ...],
+                seed: int) -> tuple[optuna.Trial, dict[str, Any]]:
+        """A new trial whose searched keys the study's sampler proposes (the seed is fixed)."""
+        self.study.enqueue_trial({"seed": seed}, skip_if_exists=False)
+        trial = self.study.ask()
+        values = {key: suggest(trial, key, distributions[key]) for key in searched}
+        suggest(trial, "seed", distributions["seed"])
+        return trial, values
+
+    def start(self, training: Training, params: dict[str, Any], distributions: dict[str, BaseDistribution],
+              attrs: dict[str, Any], trial: optuna.Trial | None = None) -> TrialHandle:
+        """The trial of ``training`` RUNNING in the study (``trial`` when :meth:`propose` made it)."""
+        if trial is None:
+            self.study.enqueue_trial({**params, "seed": training.seed}, skip_if_exists=False)
+            trial = self.study.ask()
+            for key, dist in distributions.items():
+                suggest(trial, key, dist)
+        for name, value in attrs.items():
+            trial.set_user_attr(name, value)
+        handle = TrialHandle(trial, training)
+        self.observer.trial_started(handle)
+        return handle
+
+    def copy(self, source: FrozenTrial, params: dict[str, Any], distributions: dict[str, BaseDistribution],
+             step_name: str) -> None:
+        """A finished trial of an earlier step, added to this study as it is (``reused_from``)."""
+        params = {**params, "seed": source.user_attrs["seed"]}
+        self.study.add_trial(optuna.trial.create_trial(
+            state=source.state, value=source.value if source.state == TrialState.COMPLETE else None,
+            params=params, distributions={k: distributions[k] for k in params},
+            user_attrs={**source.user_attrs, "step": step_name,
+                        "reused_from": f"{source.user_attrs.get('study', '?')}#{source.number}"},
+            intermediate_values=dict(source.intermediate_values)))
+
+    # ------------------------------------------------------------------ running
+    def report(self, handle: TrialHandle, step: int, metrics: dict[str, float]) -> Stop | None:
+        """Record one evaluation; a :class:`Stop` when Optuna's pruner cuts the trial.
+
+        Step 0 is the untrained model: it stays out of Optuna's intermediate values (pruners
+        compare a trial's best value so far, and initialisation noise is no evidence); the
+        collapse rules and the trial's ``curves`` see it."""
+        handle.history.append((step, metrics))
+        value = metrics.get(self.objective.metric)
+        if step > 0 and value is not None and math.isfinite(value):
+            handle.trial.report(value, step)
+        self.observer.trial_reported(handle, step, metrics)
+        if self.objective.optuna_pruner and step > 0 and handle.trial.should_prune():
+            handle.stop = Stop(OPTUNA_PRUNER, f"{self.objective.optuna_pruner} pruner: "
+                               f"{self.objective.metric}={value} at step {step}", step)
+            return handle.stop
+        return None
+
+    def annotate(self, handle: TrialHandle, attrs: dict[str, Any]) -> None:
+        """Facts an executor learns about a running trial (where it ran, how often it was retried)."""
+        for name, value in attrs.items():
+            handle.trial.set_user_attr(name, value)
+
+    # ------------------------------------------------------------------ ending
+    def finish(self, handle: TrialHandle, result: TrainResult | None, error: str | None = None) -> TrialState:
+        """Tell Optuna how the trial ended, with its metrics and stop reason on the trial."""
+        trial = handle.trial
+        trial.set_user_attr("wall_time_s", round(time.time() - handle.started, 3))
+        trial.set_user_attr("curves", curves(handle.history))
+        if result is not None:
+            self._record_result(trial, result)
+        value: float | None = None
+        reason = ""
+        if error is not None:
+            reason = "error: " + (error.strip().splitlines() or [""])[-1]
+            trial.set_user_attr("fail_reason", "error")
+            trial.set_user_attr("error", error[-4000:])
+            state = TrialState.FAIL
+        elif result is not None and result.stop is not None:
+            reason = result.stop.reason
+            trial.set_user_attr("prune_reason", result.stop.reason)
+            trial.set_user_attr("prune_detail", result.stop.detail)
+            trial.set_user_attr("prune_step", int(result.stop.step))
+            state = TrialState.PRUNED
+        else:
+            assert result is not None
+            metrics = result.final_metrics if self.objective.reduce == "final" else result.best_metrics
+            value = metrics.get(self.objective.metric)
+            state = TrialState.COMPLETE
+            if value is None or not math.isfinite(value):
+                reason = f"objective metric {self.objective.metric} missing or not finite"
+                trial.set_user_attr("fail_reason", reason)
+                state = TrialState.FAIL
+        if state == TrialState.COMPLETE:
+            self.study.tell(trial, value)
+        else:
+            self.study.tell(trial, state=state)
+        self.observer.trial_finished(handle, state, reason)
+        return state
+
+    @staticmethod
+    def _record_result(trial: optuna.Trial, result: TrainResult) -> None:
+        # non-finite values become null: the storage and the dashboard expect strict JSON
+        trial.set_user_attr("final_metrics", {k: _finite_or_none(v) for k, v in result.final_metrics.items()})
+        trial.set_user_attr("best_metrics", {k: _finite_or_none(v) for k, v in result.best_metrics.items()})
+        for name in ("best_step", "steps_done", "max_steps", "stop_reason", "device", "checkpoint"):
+            trial.set_user_attr(name, getattr(result, name))
+        if result.dataset_hash:
+            trial.set_user_attr("dataset_hash", result.dataset_hash)
+
+    def interrupt(self, handle: TrialHandle) -> None:
+        """A trial that ended without an outcome (the driver was interrupted): run again on resume."""
+        handle.trial.set_user_attr("fail_reason", INTERRUPTED)
+        self.study.tell(handle.trial, state=TrialState.FAIL)
+        self.observer.trial_finished(handle, TrialState.FAIL, INTERRUPTED)
+
+
+__all__ = ["CURVE_METRICS", "FINISHED", "INTERRUPTED", "Objective", "Observer", "TrialHandle", "TrialRecorder",
+           "curves", "is_interrupted", "suggest"]

@@ -1,0 +1,239 @@
+"""Sweep specs: YAML -> frozen, validated dataclasses, before any training starts.
+
+A spec names a stage, a base training config, a budget, an objective, seeds, a storage, an
+executor, pruning rules and an ordered list of steps. Every error names the key path and the bad
+value (``steps[1].grid.loss.gamma_neg: must be >= 0 (got -1)``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from maou.stages import STAGES, Direction, stage
+from maou.strict import ConfigError, dotted_keys, from_dict, require, with_overrides
+from maou.sweep.pruning import PruningConfig
+from maou.trainer.config import Budget, DataConfig, TrainConfig, default_budget
+
+#: Keys a step may search over: every leaf of the training config but the stage and the data.
+SEARCHABLE_KEYS = frozenset(k for k in dotted_keys(TrainConfig)
+                            if k != "stage" and not k.startswith("data."))
+#: A value of ``init_from`` naming another sweep: that sweep's winning checkpoint.
+WINNER_OF = re.compile(r"^winner-of:(?P<spec>.+)$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass(frozen=True)
+class Objective:
+    #: Validation metric to optimise; default: the stage's selection metric.
+    metric: str | None = None
+    direction: Literal["maximize", "minimize"] | None = None
+    #: ``final``: the metric at the end of training; ``best``: the best evaluation of the run.
+    reduce: Literal["final", "best"] = "final"
+
+
+@dataclass(frozen=True)
+class Selection:
+    """When a step's best configuration replaces the carried one."""
+
+    #: Adopt only when mean improvement > noise_sigmas * standard error of the difference of means.
+    noise_sigmas: float = 1.0
+    #: ...and larger than this absolute margin.
+    min_margin: float = 0.0
+
+    def __post_init__(self) -> None:
+        require(self, "noise_sigmas", self.noise_sigmas >= 0, "must be >= 0")
+        require(self, "min_margin", self.min_margin >= 0, "must be >= 0")
+
+
+@dataclass(frozen=True)
+class Executor:
+    kind: Literal["local", "ray"] = "local"
+    #: Ray cluster address: null starts a local Ray, ``auto`` or HOST:6379 joins a running cluster.
+    address: str | None = None
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    max_concurrent: int = 2
+    #: Re-run a trial whose worker process died this many times.
+    max_retries: int = 1
+
+    def __post_init__(self) -> None:
+        require(self, "cpus_per_trial", self.cpus_per_trial > 0, "must be > 0")
+        require(self, "gpus_per_trial", self.gpus_per_trial >= 0, "must be >= 0")
+        require(self, "max_concurrent", self.max_concurrent >= 1, "must be >= 1")
+        require(self, "max_retries", self.max_retries >= 0, "must be >= 0")
+
+
+@dataclass(frozen=True)
+class ParamRange:
+    """A searched parameter of a sampled step: a numeric range or a list of choices."""
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    integer: bool = False
+    choices: tuple[Any, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.choices is not None:
+            require(self, "choices", len(self.choices) > 0, "must not be empty")
+            require(self, "choices", self.low is None and self.high is None, "give choices or low/high, not both")
+        else:
+            require(self, "low", self.low is not None and self.high is not None, "set low and high (or choices)")
+            low, high = float(self.low or 0.0), float(self.high or 0.0)
+            require(self, "high", low < high, f"must be > low ({self.low})")
+            require(self, "low", not self.log or low > 0, "must be > 0 when log is true")
+
+
+@dataclass(frozen=True)
+class Search:
+    sampler: Literal["tpe", "random", "qmc"] = "tpe"
+    trials: int = 10
+    params: dict[str, ParamRange] = field(default_factory=dict)
+    sampler_seed: int = 0
+
+    def __post_init__(self) -> None:
+        require(self, "trials", self.trials >= 1, "must be >= 1")
+        require(self, "params", len(self.params) > 0, "must name at least one parameter")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One scientific question. ``grid`` is a cartesian product over dotted keys; ``configs`` an
+    explicit list of override sets; ``search`` a sampled range. None of them: the baseline (the
+    carried configuration alone). The carried configuration always competes."""
+
+    name: str
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+    configs: list[dict[str, Any]] = field(default_factory=list)
+    search: Search | None = None
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        require(self, "name", bool(_NAME.match(self.name)), "letters, digits, '.', '_' and '-' only")
+        modes = sum([bool(self.grid), bool(self.configs), self.search is not None])
+        require(self, "grid", modes <= 1, "give one of grid, configs or search per step")
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    name: str
+    stage: int
+    steps: tuple[Step, ...]
+    description: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    #: The training config every trial starts from (all TrainConfig keys but stage and data).
+    base: dict[str, Any] = field(default_factory=dict)
+    budget: Budget = field(default_factory=default_budget)
+    objective: Objective = field(default_factory=Objective)
+    #: Seeds every configuration runs with: a list, or a count (seeds 0..n-1).
+    seeds: tuple[int, ...] | int = (0,)
+    storage: str | None = None
+    executor: Executor = field(default_factory=Executor)
+    pruning: PruningConfig = field(default_factory=PruningConfig)
+    selection: Selection = field(default_factory=Selection)
+    #: Where trial checkpoints go (default runs/<name>).
+    runs_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        require(self, "name", bool(_NAME.match(self.name)), "letters, digits, '.', '_' and '-' only")
+        require(self, "stage", self.stage in STAGES, f"must be one of {', '.join(map(str, STAGES))}")
+        require(self, "steps", len(self.steps) > 0, "must list at least one step")
+        names = [s.name for s in self.steps]
+        require(self, "steps", len(set(names)) == len(names), f"step names must be unique, got {names}")
+        require(self, "seeds", len(self.seed_list) > 0, "must give at least one seed")
+        require(self, "seeds", len(set(self.seed_list)) == len(self.seed_list), "seeds must be unique")
+
+    @property
+    def seed_list(self) -> tuple[int, ...]:
+        return tuple(range(self.seeds)) if isinstance(self.seeds, int) else tuple(self.seeds)
+
+    @property
+    def storage_url(self) -> str:
+        return self.storage or f"sqlite:///studies/{self.name}.db"
+
+    @property
+    def runs_path(self) -> Path:
+        return Path(self.runs_dir or f"runs/{self.name}")
+
+    def study_name(self, index: int) -> str:
+        return f"{self.name}/{index + 1:02d}-{self.steps[index].name}"
+
+    @property
+    def objective_metric(self) -> str:
+        return self.objective.metric or stage(self.stage).selection_metric
+
+    @property
+    def objective_direction(self) -> Direction:
+        return self.objective.direction or stage(self.stage).selection_direction
+
+    def base_config(self) -> TrainConfig:
+        """The base training config with the spec's stage, data and budget applied."""
+        for key in ("stage", "data", "budget"):
+            if key in self.base:
+                raise ConfigError(f"set this in the top-level {key} key, not in base", f"base.{key}")
+        data = {**self.base, "stage": self.stage, "data": self.data, "budget": self.budget}
+        return from_dict(TrainConfig, data, "base")
+
+
+def step_candidates(step: Step) -> list[dict[str, Any]]:
+    """The override sets a grid or configs step proposes (the carried set is added by the protocol)."""
+    if step.configs:
+        return [dict(c) for c in step.configs]
+    if step.grid:
+        keys = list(step.grid)
+        return [dict(zip(keys, values)) for values in itertools.product(*(step.grid[k] for k in keys))]
+    return []
+
+
+def _validate_overrides(base: TrainConfig, overrides: dict[str, Any], path: str) -> None:
+    for key, value in overrides.items():
+        if key not in SEARCHABLE_KEYS:
+            raise ConfigError("not a searchable training key (e.g. loss.gamma_neg, optim.lr)", f"{path}.{key}")
+        if key == "init_from" and isinstance(value, str) and WINNER_OF.match(value):
+            continue
+        with_overrides(base, {key: value}, path=path)
+
+
+def validate(spec: SweepSpec) -> None:
+    """Check every step's keys and values against the training config, without training."""
+    base = spec.base_config()
+    for i, step in enumerate(spec.steps):
+        path = f"steps[{i}]"
+        for key, values in step.grid.items():
+            if not values:
+                raise ConfigError("empty grid: give at least one value", f"{path}.grid.{key}")
+            for value in values:
+                _validate_overrides(base, {key: value}, f"{path}.grid")
+        for j, overrides in enumerate(step.configs):
+            _validate_overrides(base, overrides, f"{path}.configs[{j}]")
+        if step.search is not None:
+            for key in step.search.params:
+                if key not in SEARCHABLE_KEYS:
+                    raise ConfigError("not a searchable training key", f"{path}.search.params.{key}")
+    reported = stage(spec.stage).reported_metrics
+    if spec.objective.metric is not None and spec.objective.metric not in reported:
+        raise ConfigError(f"stage {spec.stage} reports {', '.join(reported)}; got {spec.objective.metric!r}",
+                          "objective.metric")
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    """Read and validate a sweep spec (``yaml.safe_load``); raises :class:`ConfigError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"no such sweep spec: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    spec: SweepSpec = from_dict(SweepSpec, data)
+    validate(spec)
+    return spec

@@ -1,0 +1,151 @@
+"""One step's study at run time: its plan made Optuna's, handed to an executor job by job.
+
+:func:`open_step` reads what the step's study (and the earlier steps') already hold, asks the pure
+planner (:mod:`maou.sweep.planner`) what remains, copies reusable trials and returns a
+:class:`StepRun`. An executor pulls ``(handle, job)`` pairs with :meth:`StepRun.next_job` until it
+answers ``None``, runs each job and tells the recorder (:attr:`StepRun.recorder`) how it went.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+
+import maou
+from maou.strict import lookup, to_dict, with_overrides
+from maou.sweep.identity import ConfigKey
+from maou.sweep.job import Job
+from maou.sweep.planner import Pair, StepPlan, Training, configuration, plan_step
+from maou.sweep.recorder import FINISHED, TrialHandle, TrialRecorder
+from maou.sweep.spec import WINNER_OF, Step, SweepSpec
+from maou.trainer.config import TrainConfig
+
+#: An executor's last word on a job's config (its threads, absolute paths) before it is recorded.
+Adjust = Callable[[TrainConfig], TrainConfig]
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What every step of one sweep run shares."""
+
+    spec: SweepSpec
+    base: TrainConfig
+    dataset_hash: str | None
+    train_rows: int
+    #: ``winner-of:SPEC`` -> that sweep's winning checkpoint.
+    resolve_init: Callable[[str], str]
+
+
+def distributions(step: Step, plan: StepPlan[Any], seeds: tuple[int, ...]) -> dict[str, BaseDistribution]:
+    """The Optuna distribution of each searched key (the seed included)."""
+    dists: dict[str, BaseDistribution] = {}
+    for key in plan.searched:
+        if step.search is not None:
+            r = step.search.params[key]
+            if r.choices is not None:
+                dists[key] = CategoricalDistribution(list(r.choices))
+            elif r.integer:
+                assert r.low is not None and r.high is not None
+                dists[key] = IntDistribution(int(r.low), int(r.high), log=r.log, step=int(r.step or 1))
+            else:
+                assert r.low is not None and r.high is not None
+                dists[key] = FloatDistribution(r.low, r.high, log=r.log, step=r.step)
+        else:
+            values = list(dict.fromkeys(lookup(config, key) for config in plan.candidates.values()))
+            dists[key] = CategoricalDistribution(values)
+    dists["seed"] = CategoricalDistribution(list(seeds))
+    return dists
+
+
+def open_step(context: StepContext, index: int, study: optuna.Study, recorder: TrialRecorder,
+              carried: dict[str, Any], earlier: list[optuna.Study]) -> StepRun:
+    """The step's remaining work: stale trials failed, reusable ones copied, the rest queued."""
+    spec, step = context.spec, context.spec.steps[index]
+    recorder.fail_stale()
+    trials = study.get_trials(deepcopy=False)
+    finished: set[Pair] = {_pair(t) for t in trials if t.state in FINISHED}
+    sampled: dict[ConfigKey, TrainConfig] = {}
+    if step.search is not None:  # what the sampler proposed in earlier runs of this step
+        for key, _ in (_pair(t) for t in trials if t.state in FINISHED):
+            sampled.setdefault(key, with_overrides(context.base, key.overrides, "trial"))
+    reusable: dict[Pair, optuna.trial.FrozenTrial] = {}
+    for other in earlier:
+        for t in other.get_trials(deepcopy=False, states=FINISHED):
+            reusable.setdefault(_pair(t), t)
+    plan = plan_step(step, index, context.base, carried, spec.seed_list, finished, sampled, reusable)
+    dists = distributions(step, plan, spec.seed_list)
+    for training, source in plan.to_copy:
+        recorder.copy(source, plan.params(training.config), dists, step.name)
+    return StepRun(context, index, plan, dists, recorder)
+
+
+def _pair(trial: optuna.trial.FrozenTrial) -> Pair:
+    return ConfigKey.parse(trial.user_attrs["config_key"]), int(trial.user_attrs["seed"])
+
+
+class StepRun:
+    """The trainings of one step still to run, started one by one through the recorder."""
+
+    def __init__(self, context: StepContext, index: int, plan: StepPlan[Any],
+                 dists: dict[str, BaseDistribution], recorder: TrialRecorder) -> None:
+        self.context, self.index, self.plan, self.recorder = context, index, plan, recorder
+        self.step = context.spec.steps[index]
+        self.distributions = dists
+        self.queue: deque[Training] = deque(plan.to_train)
+        self.samples_to_draw = plan.samples_to_draw
+
+    @property
+    def study(self) -> optuna.Study:
+        return self.recorder.study
+
+    @property
+    def carried_key(self) -> ConfigKey:
+        return self.plan.carried_key
+
+    def pending(self) -> int:
+        """Trainings known to be left (a search step's unsampled configurations included)."""
+        return len(self.queue) + self.samples_to_draw * len(self.context.spec.seed_list)
+
+    def next_job(self, adjust: Adjust | None = None) -> tuple[TrialHandle, Job] | None:
+        """Start the next trial (RUNNING in the study) and its job, or ``None`` when the step is done."""
+        trial = None
+        if self.queue:
+            training = self.queue.popleft()
+        elif self.samples_to_draw > 0:
+            # The sampler proposes the configuration; its first seed runs now, the others queue.
+            seeds = self.context.spec.seed_list
+            trial, values = self.recorder.propose(self.distributions, self.plan.searched, seeds[0])
+            config = configuration(self.plan.carried, values, f"steps[{self.index}].search")
+            key = ConfigKey.between(config, self.context.base)
+            self.plan.candidates.setdefault(key, config)
+            training, *others = (Training(key, configuration(config, {"seed": s}, "trial")) for s in seeds)
+            self.queue.extend(others)
+            self.samples_to_draw -= 1
+        else:
+            return None
+        return self._start(training, adjust, trial)
+
+    def _start(self, training: Training, adjust: Adjust | None, trial: optuna.Trial | None) -> tuple[TrialHandle, Job]:
+        config = training.config
+        init = config.init_from
+        if init is not None and WINNER_OF.match(init):
+            config = with_overrides(config, {"init_from": self.context.resolve_init(init)}, "trial")
+        if adjust is not None:
+            config = adjust(config)
+        ctx, spec = self.context, self.context.spec
+        attrs = {"study": self.study.study_name, "step": self.step.name, "seed": training.seed,
+                 "config_key": training.key.text, "overrides": training.key.overrides, "config": to_dict(config),
+                 "package_version": maou.__version__, "dataset_hash": ctx.dataset_hash,
+                 "metric": self.recorder.objective.metric, "direction": self.recorder.objective.direction}
+        handle = self.recorder.start(training, self.plan.params(training.config), self.distributions, attrs, trial)
+        checkpoint_dir = spec.runs_path / f"{self.index + 1:02d}-{self.step.name}" / f"trial-{handle.number}"
+        max_steps = config.budget.total_steps(ctx.train_rows, config.batch_size)
+        return handle, Job(handle.number, config, str(checkpoint_dir), spec.pruning, max_steps)
+
+
+__all__ = ["Adjust", "StepContext", "StepRun", "distributions", "open_step"]

@@ -1,0 +1,137 @@
+"""Validation metrics: held-out rows, eval mode, no gradients. The metric names are a contract
+declared in the stage registry (:mod:`maou.stages`); each stage's task (:mod:`maou.trainer.tasks`)
+computes them from the per-row primitives here.
+
+Every evaluation reports ``train_loss`` (mean training loss since the previous evaluation), ``lr``,
+``epoch`` (float) and ``val_loss``, plus per stage:
+
+* 1: ``val_accuracy`` (element accuracy over the 81 squares; all-zeros scores about 0.902);
+* 2: ``val_f1`` (per-sample F1 at threshold 0.5, averaged over samples; both empty = 1),
+  ``val_precision``, ``val_recall`` (per sample, averaged; an empty denominator counts 1 when
+  prediction and label are both empty, else 0), ``val_pred_pos_rate``, ``val_label_pos_rate``,
+  ``val_f1_all_positive`` (the trivial predict-everything predictor);
+* 3: ``val_policy_top1`` (the argmax is a most played move), ``val_policy_ce``,
+  ``val_policy_entropy`` (nats), ``val_policy_top1_baseline`` (always the training set's most
+  frequent top move), ``val_value_bce``, ``val_value_brier``, ``val_value_accuracy``
+  (prediction and target on the same side of 0.5), ``val_value_std`` (std of sigmoid
+  predictions), ``val_value_label_std``, ``val_value_mean``, ``val_value_skill``
+  (1 - BCE / BCE of the constant training-label mean).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from maou.trainer.tasks import Task
+
+
+@dataclass(frozen=True)
+class Reference:
+    """Constants of the training split that the Stage 3 baselines predict."""
+
+    value_mean: float = 0.5
+    top_move: int = 0
+
+
+# ---- per-row quantities (hand-made tensors in the tests) -----------------------------------------
+
+def element_accuracy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per row: share of elements where (logit > 0) equals (target > 0.5)."""
+    return ((logits.float() > 0) == (targets.float() > 0.5)).float().mean(dim=1)
+
+
+def _ratio(numerator: torch.Tensor, denominator: torch.Tensor, both_empty: torch.Tensor) -> torch.Tensor:
+    value = numerator / denominator.clamp_min(1)
+    return torch.where(denominator > 0, value, both_empty.float())
+
+
+def f1_precision_recall(predicted: torch.Tensor, actual: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Per row F1, precision and recall of boolean sets; an empty denominator scores 1 only when
+    both sets are empty."""
+    predicted, actual = predicted.bool(), actual.bool()
+    tp = (predicted & actual).sum(dim=1).float()
+    n_pred, n_true = predicted.sum(dim=1).float(), actual.sum(dim=1).float()
+    both_empty = (n_pred == 0) & (n_true == 0)
+    return (_ratio(2 * tp, n_pred + n_true, both_empty), _ratio(tp, n_pred, both_empty),
+            _ratio(tp, n_true, both_empty))
+
+
+def sample_f1(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per row F1 at probability threshold 0.5 (logit > 0)."""
+    return f1_precision_recall(logits.float() > 0, targets.float() > 0.5)[0]
+
+
+def all_positive_f1(targets: torch.Tensor) -> torch.Tensor:
+    """Per row F1 of predicting every label positive."""
+    actual = targets.float() > 0.5
+    return f1_precision_recall(torch.ones_like(actual), actual)[0]
+
+
+def top1_hits(policy_logits: torch.Tensor, policy_target: torch.Tensor) -> torch.Tensor:
+    """Per row: 1 when the predicted move is a most played one (ties count), else 0."""
+    return _hits(policy_logits.float().argmax(dim=1), policy_target)
+
+
+def top_move_hits(move: int, policy_target: torch.Tensor) -> torch.Tensor:
+    """Per row: 1 when always predicting ``move`` hits a most played move (the top-1 baseline)."""
+    return _hits(torch.full((policy_target.shape[0],), move, dtype=torch.long, device=policy_target.device),
+                 policy_target)
+
+
+def _hits(predicted: torch.Tensor, policy_target: torch.Tensor) -> torch.Tensor:
+    target = policy_target.float()
+    best = target.max(dim=1).values
+    return ((target.gather(1, predicted.unsqueeze(1)).squeeze(1) >= best) & (best > 0)).float()
+
+
+def constant_bce(targets: torch.Tensor, constant: float) -> torch.Tensor:
+    """Per row BCE of always predicting ``constant`` (clamped away from 0 and 1)."""
+    c = min(max(constant, 1e-6), 1 - 1e-6) if math.isfinite(constant) else float("nan")
+    t = targets.float()
+    return -(t * math.log(c) + (1 - t) * math.log1p(-c)) if math.isfinite(c) else torch.full_like(t, c)
+
+
+def skill(bce: torch.Tensor, reference_bce: torch.Tensor) -> float:
+    """1 - mean BCE / mean BCE of a reference predictor (0 when the reference is already perfect)."""
+    denominator = float(reference_bce.mean())
+    return 1.0 - float(bce.mean()) / denominator if denominator > 1e-12 else 0.0
+
+
+# ---- batches -> metrics -------------------------------------------------------------------------
+
+def compute_metrics(task: Task, outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor],
+                    reference: Reference = Reference()) -> dict[str, float]:
+    """All ``val_*`` metrics (but ``val_loss``) of whole-set outputs and targets."""
+    return task.summarize(task.row_stats(outputs, targets, reference))
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, task: Task, loss_fn: torch.nn.Module, split, reference: Reference,
+             batch_size: int, amp_dtype: torch.dtype | None = None) -> dict[str, float]:
+    """``val_loss`` and the stage's ``val_*`` metrics of ``model`` on ``split``, in eval mode
+    (autocast to ``amp_dtype`` when given); every module's train/eval mode is restored after."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        n = len(split)
+        loss_sum = torch.zeros((), device=split.device)
+        parts: dict[str, list[torch.Tensor]] = {}
+        for start in range(0, n, batch_size):
+            index = torch.arange(start, min(start + batch_size, n), device=split.device)
+            board, hand, targets = split.batch(index)
+            with torch.autocast(split.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                outputs = model(board, hand)
+            loss_sum += loss_fn(outputs, targets).float() * len(index)
+            for key, value in task.row_stats(outputs, targets, reference).items():
+                parts.setdefault(key, []).append(value)
+        metrics = {"val_loss": float(loss_sum) / max(n, 1)}
+        metrics.update(task.summarize({k: torch.cat(v) for k, v in parts.items()}))
+        return metrics
+    finally:
+        for module, training in modes:
+            module.training = training

@@ -1,0 +1,187 @@
+"""What each stage trains: its heads, its loss and its validation metrics, one class per stage.
+
+The stage registry (:mod:`maou.stages`) names each stage's task (``module:Class``);
+:func:`task_for` builds it from a training config. A task's output keys equal its stage's target
+keys, and the metrics it reports are exactly the registry's ``metrics`` (the tests hold every task
+to that contract, so a renamed metric cannot silently switch a collapse rule off).
+
+Per batch, :meth:`Task.row_stats` keeps per-row quantities; :meth:`Task.summarize` reduces them
+over the whole validation set, so a large set never has to hold all its logits at once.
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from maou.shogi.shapes import MOVE_LABELS_NUM, REACHABLE_SQUARES_NUM
+from maou.stages import stage
+from maou.trainer.config import LossConfig, ModelConfig
+from maou.trainer.losses import LegalMovesLoss, PolicyValueLoss, ReachableSquaresLoss
+from maou.trainer.metrics import (
+    Reference,
+    all_positive_f1,
+    constant_bce,
+    element_accuracy,
+    f1_precision_recall,
+    skill,
+    top1_hits,
+    top_move_hits,
+)
+
+Tensors = dict[str, torch.Tensor]
+
+
+class Task(abc.ABC):
+    """One stage's heads, loss and metrics (outputs and targets are dicts keyed by target name)."""
+
+    stage: ClassVar[int]
+
+    def __init__(self, model: ModelConfig, loss: LossConfig) -> None:
+        self.model_config, self.loss_config = model, loss
+
+    @abc.abstractmethod
+    def heads(self, features: int) -> nn.ModuleDict:
+        """Fresh heads on a backbone feature vector of size ``features``."""
+
+    @abc.abstractmethod
+    def loss(self) -> nn.Module:
+        """``loss(outputs, targets) -> scalar`` (float32, even under autocast)."""
+
+    @abc.abstractmethod
+    def row_stats(self, outputs: Tensors, targets: Tensors, reference: Reference) -> Tensors:
+        """Per-row quantities of one batch, each a float tensor of shape (B,)."""
+
+    def summarize(self, stats: Tensors) -> dict[str, float]:
+        """``val_*`` metrics (but ``val_loss``) from the per-row quantities of the whole set."""
+        return {f"val_{k}": float(v.mean()) for k, v in stats.items()}
+
+    def reference(self, train_targets: Tensors) -> Reference:
+        """Constants of the training split that the stage's baselines predict."""
+        return Reference()
+
+
+class _ApplyLoss(nn.Module):
+    """A loss over single tensors applied to the one target of a stage's dicts."""
+
+    def __init__(self, key: str, loss: nn.Module) -> None:
+        super().__init__()
+        self.key, self.loss = key, loss
+
+    def forward(self, outputs: Tensors, targets: Tensors) -> torch.Tensor:
+        return self.loss(outputs[self.key], targets[self.key])
+
+
+class ReachableSquares(Task):
+    stage = 1
+
+    def heads(self, features: int) -> nn.ModuleDict:
+        return nn.ModuleDict({"reachable": nn.Linear(features, REACHABLE_SQUARES_NUM)})
+
+    def loss(self) -> nn.Module:
+        return _ApplyLoss("reachable", ReachableSquaresLoss(self.loss_config.pos_weight))
+
+    def row_stats(self, outputs: Tensors, targets: Tensors, reference: Reference) -> Tensors:
+        return {"accuracy": element_accuracy(outputs["reachable"], targets["reachable"])}
+
+
+def legal_moves_head(features: int, hidden_dim: int | None, dropout: float) -> nn.Module:
+    """Linear(D, 1496), or Linear(D, H) -> GELU -> Dropout(p) -> Linear(H, 1496) when ``hidden_dim``."""
+    if hidden_dim is None:
+        return nn.Linear(features, MOVE_LABELS_NUM)
+    return nn.Sequential(nn.Linear(features, hidden_dim), nn.GELU(), nn.Dropout(dropout),
+                         nn.Linear(hidden_dim, MOVE_LABELS_NUM))
+
+
+class LegalMoves(Task):
+    stage = 2
+
+    def heads(self, features: int) -> nn.ModuleDict:
+        m = self.model_config
+        return nn.ModuleDict({"legal_moves": legal_moves_head(features, m.hidden_dim, m.dropout)})
+
+    def loss(self) -> nn.Module:
+        c = self.loss_config
+        return _ApplyLoss("legal_moves", LegalMovesLoss(c.pos_weight, c.gamma_pos, c.gamma_neg, c.asl_clip))
+
+    def row_stats(self, outputs: Tensors, targets: Tensors, reference: Reference) -> Tensors:
+        logits, actual = outputs["legal_moves"].float(), targets["legal_moves"].float() > 0.5
+        predicted = logits > 0
+        f1, precision, recall = f1_precision_recall(predicted, actual)
+        return {"f1": f1, "precision": precision, "recall": recall,
+                "pred_pos_rate": predicted.float().mean(dim=1), "label_pos_rate": actual.float().mean(dim=1),
+                "f1_all_positive": all_positive_f1(actual)}
+
+
+class _PolicyValueLoss(nn.Module):
+    def __init__(self, loss: PolicyValueLoss) -> None:
+        super().__init__()
+        self.loss = loss
+
+    def forward(self, outputs: Tensors, targets: Tensors) -> torch.Tensor:
+        return self.loss(outputs["policy"], outputs["value"], targets["policy"], targets["value"])
+
+
+class PolicyValue(Task):
+    stage = 3
+    #: Per-row quantities kept for the whole-set value statistics, not reported as means.
+    _WHOLE_SET = ("value_p", "value_t", "value_constant_bce")
+
+    def heads(self, features: int) -> nn.ModuleDict:
+        return nn.ModuleDict({"policy": nn.Linear(features, MOVE_LABELS_NUM), "value": nn.Linear(features, 1)})
+
+    def loss(self) -> nn.Module:
+        c = self.loss_config
+        return _PolicyValueLoss(PolicyValueLoss(c.policy_loss_ratio, c.value_loss_ratio, c.value_loss))
+
+    def reference(self, train_targets: Tensors) -> Reference:
+        """The training-label value mean and the most frequent most-played move."""
+        top = torch.bincount(train_targets["policy"].float().argmax(dim=1), minlength=MOVE_LABELS_NUM)
+        return Reference(value_mean=float(train_targets["value"].float().mean()), top_move=int(top.argmax()))
+
+    def row_stats(self, outputs: Tensors, targets: Tensors, reference: Reference) -> Tensors:
+        policy, value = outputs["policy"].float(), outputs["value"].float()
+        target = targets["policy"].float()
+        target = target / target.sum(dim=1, keepdim=True).clamp_min(1e-12)
+        log_probs = F.log_softmax(policy, dim=1)
+        t = targets["value"].float()
+        p = torch.sigmoid(value)
+        return {"policy_top1": top1_hits(policy, target),
+                "policy_ce": -(target * log_probs).sum(dim=1),
+                "policy_entropy": -(log_probs.exp() * log_probs).sum(dim=1),
+                "policy_top1_baseline": top_move_hits(reference.top_move, target),
+                "value_bce": F.binary_cross_entropy_with_logits(value, t, reduction="none"),
+                "value_brier": (p - t) ** 2,
+                "value_accuracy": ((p > 0.5) == (t > 0.5)).float(),
+                "value_constant_bce": constant_bce(t, reference.value_mean),
+                "value_p": p, "value_t": t}
+
+    def summarize(self, stats: Tensors) -> dict[str, float]:
+        p, t = stats["value_p"], stats["value_t"]
+        out = {f"val_{k}": float(v.mean()) for k, v in stats.items() if k not in self._WHOLE_SET}
+        out.update(val_value_std=float(p.std(unbiased=False)), val_value_label_std=float(t.std(unbiased=False)),
+                   val_value_mean=float(p.mean()),
+                   val_value_skill=skill(stats["value_bce"], stats["value_constant_bce"]))
+        return out
+
+
+def task_class(stage_number: int) -> type[Task]:
+    """The task class the registry names for ``stage_number``."""
+    module, _, name = stage(stage_number).task.partition(":")
+    cls: Any = getattr(importlib.import_module(module), name)
+    if not (isinstance(cls, type) and issubclass(cls, Task) and cls.stage == stage_number):
+        raise TypeError(f"stage {stage_number}'s task {stage(stage_number).task} is not its Task subclass")
+    return cls
+
+
+def task_for(config: Any) -> Task:
+    """The task of a :class:`maou.trainer.config.TrainConfig` (its stage, model and loss)."""
+    return task_class(config.stage)(config.model, config.loss)
+
+
+__all__ = ["LegalMoves", "PolicyValue", "ReachableSquares", "Task", "legal_moves_head", "task_class", "task_for"]
