@@ -16,7 +16,11 @@ One mechanism serves the training config, the sweep spec and the pruning rules:
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
+import re
 import types
+from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 T = TypeVar("T")
@@ -153,7 +157,10 @@ def _convert_scalar(tp: Any, value: Any, path: str) -> Any:
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"expected a number, got {value!r}", path)
+            hint = " (quote-free numbers like 1e-4 are read as numbers)" if isinstance(value, str) else ""
+            raise ConfigError(f"expected a number, got {value!r}{hint}", path)
+        if not math.isfinite(value):
+            raise ConfigError(f"must be a finite number, got {value!r}", path)
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -263,5 +270,51 @@ def _replace_leaf(obj: Any, parts: list[str], value: Any, path: str, prefix: str
         raise ConfigError(f"{exc.rule} (got {exc.value!r})", _join(path, f"{prefix}{exc.key}")) from None
 
 
+# --- YAML 1.2 numbers -------------------------------------------------------------------------
+
+#: YAML 1.2 core-schema floats: PyYAML (YAML 1.1) reads ``1e-4`` and ``1e30`` as strings.
+_YAML12_FLOAT = re.compile(r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?$"
+                           r"|^[-+]?\.(inf|Inf|INF)$|^\.(nan|NaN|NAN)$")
+
+
+@functools.cache
+def _loader() -> type:
+    import yaml
+
+    class Yaml12Loader(yaml.SafeLoader):
+        """``yaml.safe_load`` with YAML 1.2 floats."""
+
+    Yaml12Loader.add_implicit_resolver("tag:yaml.org,2002:float", _YAML12_FLOAT, list("-+0123456789."))
+    return Yaml12Loader
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """YAML text (safe, YAML 1.2 numbers); a syntax error is a :class:`ConfigError` naming ``where``."""
+    import yaml
+
+    try:
+        return yaml.load(text, Loader=_loader())
+    except yaml.YAMLError as exc:
+        detail = " ".join(str(exc).split())
+        raise ConfigError(f"{where}: not valid YAML: {detail}") from None
+
+
+def read_yaml_file(path: str | Path, what: str) -> dict[str, Any]:
+    """The mapping in YAML file ``path`` (a ``what``: "sweep spec", "config file"), or ConfigError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"no such {what}: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); save the {what} as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    data = parse_yaml(text, str(path))
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
 __all__ = ["ConfigError", "FieldError", "INLINE", "convert", "dataclass_of", "dotted_keys", "field_types",
-           "from_dict", "known_keys", "lookup", "require", "to_dict", "with_overrides"]
+           "from_dict", "known_keys", "lookup", "parse_yaml", "read_yaml_file", "require", "to_dict", "with_overrides"]

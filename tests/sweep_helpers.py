@@ -27,6 +27,13 @@ def tmp_spec(spec_name: str, tmp_path: Path, data_dir: Path, **changes) -> Path:
     return path
 
 
+def step_studies(url) -> list:
+    """Summaries of the step studies in storage ``url`` (not the sweeps' lock studies)."""
+    import optuna
+
+    return [s for s in optuna.get_all_study_summaries(url) if not s.study_name.endswith("@lock")]
+
+
 def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
     return subprocess.run([SWEEP, *args], cwd=cwd or REPO, env=env, capture_output=True, text=True,

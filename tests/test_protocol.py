@@ -91,7 +91,7 @@ def test_decisions_and_rule_are_recorded_on_the_studies():
     storage = optuna.storages.InMemoryStorage()
     run_sweep(spec, executor=LocalExecutor(FakeTrainer(lr_batch_score)), storage=storage)
     names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage))
-    assert names == ["fake/01-baseline", "fake/02-lr", "fake/03-batch"]
+    assert names == ["fake/01-baseline", "fake/02-lr", "fake/03-batch", "fake@lock"]
     study = optuna.load_study(study_name="fake/03-batch", storage=storage)
     decision = study.user_attrs["decision"]
     assert decision["adopted"] is False
@@ -100,7 +100,8 @@ def test_decisions_and_rule_are_recorded_on_the_studies():
     assert study.user_attrs["carried_in"] == {"optim.lr": 0.01}
     trials = study.get_trials()
     assert len(trials) == 6  # (carried + batch 128) x 3 seeds; batch 64 is the carried config itself
-    assert {t.params["seed"] for t in trials} == {0, 1, 2}
+    assert {t.user_attrs["seed"] for t in trials} == {0, 1, 2}
+    assert all("seed" not in t.params for t in trials)  # the seed is no hyperparameter
     reused = [t for t in trials if t.user_attrs.get("reused_from")]
     assert len(reused) == 3 and all(t.user_attrs["reused_from"].startswith("fake/02-lr#") for t in reused)
     for t in trials:
@@ -131,9 +132,9 @@ def test_optuna_pruner_ignores_the_untrained_step_0():
     storage = optuna.storages.InMemoryStorage()
     run_sweep(spec, executor=LocalExecutor(trainer), storage=storage)
     trials = optuna.load_study(study_name="fake/01-baseline", storage=storage).get_trials()
-    states = {t.params["seed"]: t.state.name for t in trials}
+    states = {t.user_attrs["seed"]: t.state.name for t in trials}
     assert states == {0: "COMPLETE", 1: "COMPLETE", 2: "COMPLETE", 3: "PRUNED"}
-    worse = next(t for t in trials if t.params["seed"] == 3)
+    worse = next(t for t in trials if t.user_attrs["seed"] == 3)
     assert worse.user_attrs["prune_reason"] == "optuna_pruner" and worse.user_attrs["prune_step"] == 10
     assert sorted(worse.intermediate_values) == [10]  # the untrained step 0 is not Optuna's
 

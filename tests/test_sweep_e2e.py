@@ -17,7 +17,7 @@ import optuna
 import pandas as pd
 import pytest
 import yaml
-from sweep_helpers import REPO, SWEEP, free_port, run_cli, tmp_spec
+from sweep_helpers import REPO, SWEEP, free_port, run_cli, step_studies, tmp_spec
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +39,7 @@ def finished_pairs(study):
 
 def test_smoke_sweep_produces_every_step_in_sqlite(smoke_run):
     spec, url, result = smoke_run
-    names = sorted(s.study_name for s in optuna.get_all_study_summaries(url))
+    names = sorted(s.study_name for s in step_studies(url))
     assert names == ["smoke/01-baseline", "smoke/02-gamma-neg", "smoke/03-asl-clip"]
     for name in names:
         study = optuna.load_study(study_name=name, storage=url)
@@ -107,7 +107,7 @@ def test_dashboard_serves_every_step_and_optuna_cli_lists_them(smoke_run, tmp_pa
                 time.sleep(0.2)
         assert body is not None, "optuna-dashboard did not answer"
         names = {s["study_name"] for s in body["study_summaries"]}
-        assert names == {"smoke/01-baseline", "smoke/02-gamma-neg", "smoke/03-asl-clip"}
+        assert names == {"smoke/01-baseline", "smoke/02-gamma-neg", "smoke/03-asl-clip", "smoke@lock"}
         browser = shutil.which("chromium")
         if browser:  # the page a person sees, rendered by a real browser (CI installs Debian's chromium)
             dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
@@ -125,7 +125,7 @@ def test_dashboard_serves_every_step_and_optuna_cli_lists_them(smoke_run, tmp_pa
                             text=True, timeout=120)
     assert listed.returncode == 0, listed.stderr
     assert {s["name"] for s in json.loads(listed.stdout)} == {
-        "smoke/01-baseline", "smoke/02-gamma-neg", "smoke/03-asl-clip"}
+        "smoke/01-baseline", "smoke/02-gamma-neg", "smoke/03-asl-clip", "smoke@lock"}
 
 
 def count_finished(db: Path) -> int:
@@ -153,7 +153,7 @@ def test_resume_after_kill_loses_and_duplicates_nothing(tmp_path, bundled_data_d
     proc.wait()
     url = f"sqlite:///{db}"
     before = {}
-    for summary in optuna.get_all_study_summaries(url):
+    for summary in step_studies(url):
         for t in optuna.load_study(study_name=summary.study_name, storage=url).get_trials():
             if t.state == optuna.trial.TrialState.COMPLETE:
                 before[(summary.study_name, t.number)] = t.value
@@ -161,7 +161,7 @@ def test_resume_after_kill_loses_and_duplicates_nothing(tmp_path, bundled_data_d
     result = run_cli("run", str(spec))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     states = Counter()
-    for summary in optuna.get_all_study_summaries(url):
+    for summary in step_studies(url):
         study = optuna.load_study(study_name=summary.study_name, storage=url)
         pairs = finished_pairs(study)
         assert len(pairs) == len(set(pairs)), f"duplicate finished trials in {summary.study_name}"

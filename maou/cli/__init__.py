@@ -5,8 +5,10 @@ so ``sweep --help`` never imports torch, optuna or ray."""
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from maou import __version__
 from maou.cli import data, sweep, train
@@ -26,20 +28,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C: trials in flight are marked interrupted."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     name = args.command if args.command != "data" else f"data {args.data_command}"
     from maou.errors import UserError
     from maou.strict import ConfigError
 
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return int(args.handler(args) or 0)
     except (UserError, ConfigError) as exc:
         print(f"sweep {name}: error: {exc}", file=sys.stderr)
+        return int(getattr(exc, "exit_code", 2))
+    except OSError as exc:  # a path the user gave that cannot be read or written, a full disk
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"sweep {name}: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        hint = getattr(args, "resume_hint", "")
+        print(f"\nsweep {name}: {'terminated' if isinstance(exc, Terminated) else 'interrupted'}"
+              f"{'; ' + hint if hint else ''}", file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -5,12 +5,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import shutil
-import subprocess
-import sys
 import time
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 
@@ -54,12 +50,14 @@ def run_command(args: argparse.Namespace) -> int:
 
     from maou.cli.view import SweepView
     from maou.sweep.protocol import run_sweep
+    from maou.sweep.storage import mask_url
 
     spec = _spec(args)
     console = Console()
     url = args.storage or spec.storage_url
+    args.resume_hint = f"trials in progress were marked interrupted; run `sweep run {args.spec}` again to resume"
     console.print(f"[bold]sweep {spec.name}[/]: stage {spec.stage}, {len(spec.steps)} steps, "
-                  f"seeds {list(spec.seed_list)}, executor {spec.executor.kind}, storage {url}")
+                  f"seeds {list(spec.seed_list)}, executor {spec.executor.kind}, storage {mask_url(url)}")
     started = time.perf_counter()
     outcome = run_sweep(spec, storage_url=url, view=SweepView(console))
     elapsed = time.perf_counter() - started
@@ -75,11 +73,12 @@ def status_table(spec: Any, storage_url: str | None = None) -> Any:
     from rich.table import Table
 
     from maou.sweep.decision import RecordedDecision
-    from maou.sweep.storage import open_storage, step_study_names
+    from maou.sweep.storage import mask_url, open_storage, step_study_names
 
-    storage = open_storage(storage_url or spec.storage_url)
+    url = storage_url or spec.storage_url
+    storage = open_storage(url, create=False)
     names = step_study_names(storage, spec.name)
-    table = Table(title=f"sweep {spec.name} ({storage_url or spec.storage_url})")
+    table = Table(title=f"sweep {spec.name} ({mask_url(url)})")
     for column in ("step", "complete", "pruned", "failed", "running", "prune reasons", "winner", "mean", "decision"):
         table.add_column(column)
     for index in range(len(spec.steps)):
@@ -97,7 +96,8 @@ def status_table(spec: Any, storage_url: str | None = None) -> Any:
             winner = str(decision.winner_key)
             entry = decision.winner
             mean = f"{entry.mean:.4f} ± {entry.std:.4f}" if entry and entry.mean is not None else ""
-            verdict = (f"adopted (margin {decision.margin:.4g} > {decision.threshold:.4g})"
+            verdict = ("failed: no trial completed" if decision.failed else
+                       f"adopted (margin {decision.margin:.4g} > {decision.threshold:.4g})"
                        if decision.adopted else "kept carried")
         table.add_row(name, str(states.get("COMPLETE", 0)), str(states.get("PRUNED", 0)),
                       str(states.get("FAIL", 0)), str(states.get("RUNNING", 0)),
@@ -125,28 +125,38 @@ def export_command(args: argparse.Namespace) -> int:
         console.print("pruned trials by reason: " + ", ".join(f"{r}: {n}" for r, n in sorted(export.pruned.items())))
     if "best_args" in export.paths:
         console.print(f"upstream flags: {export.paths['best_args'].read_text().strip()}")
+    if export.no_winner:
+        console.print(f"[red]no best.yaml or best-args.txt: {export.no_winner}[/]")
+        return 1
     return 0
 
 
-def dashboard_command_line(storage_url: str, host: str, port: int) -> list[str]:
-    from maou.errors import UserError
+def serve_dashboard(storage: Any, host: str, port: int) -> None:
+    """optuna-dashboard's WSGI app served in this process (threaded) until Ctrl-C or SIGTERM."""
+    from socketserver import ThreadingMixIn
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-    exe = Path(sys.executable).with_name("optuna-dashboard")
-    program = str(exe) if exe.exists() else shutil.which("optuna-dashboard")
-    if program is None:
-        raise UserError("optuna-dashboard is not installed (pip install optuna-dashboard)")
-    return [program, storage_url, "--host", host, "--port", str(port)]
+    import optuna_dashboard
+
+    class Server(ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+
+    class QuietHandler(WSGIRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    with make_server(host, port, optuna_dashboard.wsgi(storage), server_class=Server,
+                     handler_class=QuietHandler) as server:
+        server.serve_forever()
 
 
 def dashboard_command(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from maou.errors import UserError
+    from maou.sweep.storage import open_storage
 
     spec = _spec(args)
-    url = args.storage or spec.storage_url
-    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
-        raise UserError(f"no storage at {url}; run `sweep run {args.spec}` first")
-    command = dashboard_command_line(url, args.host, args.port)
+    storage = open_storage(args.storage or spec.storage_url, create=False)
     Console().print(f"optuna-dashboard on http://{args.host}:{args.port}/dashboard/ (Ctrl-C to stop)")
-    return subprocess.call(command)
+    serve_dashboard(storage, args.host, args.port)
+    return 0

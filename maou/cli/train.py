@@ -25,19 +25,14 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """``["optim.lr=0.001", "model.hidden_dim=null"]`` -> ``{"optim.lr": 0.001, "model.hidden_dim": None}``."""
-    import yaml
-
-    from maou.strict import ConfigError
+    from maou.strict import ConfigError, parse_yaml
 
     overrides: dict[str, Any] = {}
     for item in items or []:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
-        try:
-            overrides[key.strip()] = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"--set {item!r}: not a YAML value ({exc})", key.strip()) from None
+        overrides[key.strip()] = parse_yaml(text, f"--set {item}")
     return overrides
 
 

@@ -75,6 +75,9 @@ class SweepView:
             self.live.stop()
             self.live = None
         self.console.print(self._leaderboard_table(decision))
+        if decision.failed:
+            self.console.print("  [red]decision: none: no trial completed[/]")
+            return
         verdict = "adopted" if decision.adopted else "kept the carried configuration"
         self.console.print(f"  decision: {verdict}: {decision.winner_key} "
                            f"(margin {_fmt(decision.margin)}, noise threshold {_fmt(decision.threshold)})")

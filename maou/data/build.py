@@ -27,7 +27,7 @@ import fcntl
 import hashlib
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -104,6 +104,8 @@ def build_datasets(games: Sequence[str | Path] | str | Path, out_dir: str | Path
     games = [games] if isinstance(games, (str, Path)) else list(games)
     if not games:
         raise UserError("no game records given (--games PATH ...)")
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise UserError(f"--out {out_dir} is a file, not a folder")
     if not 0.0 < val_fraction < 1.0:
         raise UserError(f"val_fraction must be in (0, 1), got {val_fraction}")
     started = time.perf_counter()
@@ -217,9 +219,24 @@ def _read_manifest(path: Path) -> dict | None:
         return None
 
 
+#: Parent of the default build folders (``data.dir`` null).
+DEFAULT_BUILD_ROOT = Path("data/build")
+
+
+def build_dir(data_config: Any) -> Path:
+    """Where ``data_config``'s datasets live: its ``dir``, or by default ``data/build/<key>`` with a
+    key of the resolved game paths, the split and the format, so different corpora never share
+    (and never rebuild) one folder."""
+    if data_config.dir is not None:
+        return Path(data_config.dir)
+    identity = json.dumps({"games": _resolved(data_config.games), "val_fraction": data_config.val_fraction,
+                           "split_seed": data_config.split_seed, "format_version": FORMAT_VERSION}, sort_keys=True)
+    return DEFAULT_BUILD_ROOT / hashlib.sha256(identity.encode()).hexdigest()[:16]
+
+
 def datasets_up_to_date(data_config: Any) -> bool:
-    """True when ``data_config.dir`` holds a complete build of the same sources and split."""
-    out = Path(data_config.dir)
+    """True when the build folder holds a complete build of the same sources and split."""
+    out = build_dir(data_config)
     manifest = _read_manifest(out / MANIFEST)
     if manifest is None or manifest.get("format_version") != FORMAT_VERSION:
         return False
@@ -237,27 +254,32 @@ def datasets_up_to_date(data_config: Any) -> bool:
     return sources_content_hash(files)[0] == sources.get("content_sha256")
 
 
-def ensure_datasets(data_config: Any, progress: bool = True) -> Path:
-    """``Path(data_config.dir)``, building it first when missing or built from other sources/split."""
-    out = Path(data_config.dir)
-    out.mkdir(parents=True, exist_ok=True)
-    with _lock(out / ".build.lock"):
-        if not datasets_up_to_date(data_config):
-            build_datasets(list(data_config.games), out, val_fraction=data_config.val_fraction,
-                           split_seed=data_config.split_seed, progress=progress)
-    return out
-
-
 @contextlib.contextmanager
-def _lock(path: Path) -> Any:
-    """An exclusive advisory lock, so concurrent trials do not build the same folder twice."""
-    with open(path, "w") as handle:
+def datasets_ready(data_config: Any, progress: bool = True) -> Iterator[tuple[Path, str]]:
+    """Hold the build folder's lock with its datasets complete and current (built first when
+    missing or built from other sources or another split); yields the folder and the build's
+    ``content_hash``. Read the data inside the block: no other process rebuilds it meanwhile."""
+    out = build_dir(data_config)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"data.dir {out} is a file, not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".build.lock", "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            yield
+            if not datasets_up_to_date(data_config):
+                build_datasets(list(data_config.games), out, val_fraction=data_config.val_fraction,
+                               split_seed=data_config.split_seed, progress=progress)
+            manifest = _read_manifest(out / MANIFEST) or {}
+            yield out, str(manifest.get("content_hash"))
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-__all__ = ["BuildSummary", "FORMAT_VERSION", "MANIFEST", "build_datasets", "datasets_up_to_date", "ensure_datasets",
-           "print_summary"]
+def ensure_datasets(data_config: Any, progress: bool = True) -> Path:
+    """The build folder of ``data_config``, built first when missing or built from other sources/split."""
+    with datasets_ready(data_config, progress) as (out, _):
+        return out
+
+
+__all__ = ["BuildSummary", "DEFAULT_BUILD_ROOT", "FORMAT_VERSION", "MANIFEST", "build_datasets", "build_dir",
+           "datasets_ready", "datasets_up_to_date", "ensure_datasets", "print_summary"]

@@ -64,6 +64,8 @@ class StepDecision:
     threshold: float
     rule: str
     stats: list[ConfigStats]
+    #: Not one trial of the step completed: nothing to carry on (the sweep stops).
+    failed: bool = False
 
     @property
     def winner(self) -> ConfigStats:
@@ -76,8 +78,8 @@ class StepDecision:
 
         return {"carried_key": self.carried_key.text, "winner_key": self.winner_key.text, "adopted": self.adopted,
                 "margin": num(self.margin), "noise": num(self.noise), "threshold": num(self.threshold),
-                "rule": self.rule,
-                "winner_overrides": self.winner.overrides,
+                "rule": self.rule, "failed": self.failed,
+                "winner_overrides": self.winner_key.overrides,
                 "leaderboard": [{"config": s.overrides, "mean": num(s.mean), "std": num(s.std), "n": s.n,
                                  "pruned": s.pruned, "failed": s.failed} for s in self.stats]}
 
@@ -104,13 +106,15 @@ class RecordedDecision:
     threshold: float | None
     rule: str
     leaderboard: tuple[LeaderboardEntry, ...]
+    failed: bool = False
 
     @classmethod
     def from_attrs(cls, attrs: dict[str, Any]) -> RecordedDecision:
         board = tuple(LeaderboardEntry(ConfigKey.of(e["config"]), e["mean"], e["std"], e["n"], e["pruned"],
                                        e["failed"]) for e in attrs["leaderboard"])
         return cls(ConfigKey.parse(attrs["carried_key"]), ConfigKey.parse(attrs["winner_key"]), attrs["adopted"],
-                   attrs["margin"], attrs["noise"], attrs["threshold"], attrs["rule"], board)
+                   attrs["margin"], attrs["noise"], attrs["threshold"], attrs["rule"], board,
+                   bool(attrs.get("failed", False)))
 
     @classmethod
     def of_study(cls, study: Any) -> RecordedDecision | None:
@@ -151,6 +155,9 @@ def decide(stats: dict[ConfigKey, ConfigStats], carried_key: ConfigKey, directio
     best = ordered[0] if ordered and ordered[0].eligible else None
     rule = (f"adopt when mean gain > max({selection.noise_sigmas:g} x SE of the difference of means, "
             f"{selection.min_margin:g}); pruned or failed configurations never win")
+    if not any(s.n for s in ordered):  # not one trial of the step completed: nothing to decide on
+        return StepDecision(carried_key, carried_key, False, math.nan, math.nan, math.nan,
+                            rule + "; no trial of the step completed", ordered, failed=True)
     if best is None or best.key == carried_key:
         return StepDecision(carried_key, carried_key, False, 0.0, 0.0, 0.0, rule, ordered)
     if carried is None or not carried.eligible:

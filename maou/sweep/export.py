@@ -124,49 +124,76 @@ class Export:
     paths: dict[str, Path] = field(default_factory=dict)
     #: Pruned trials of the whole sweep by prune reason.
     pruned: Counter = field(default_factory=Counter)
+    #: Why best.yaml and best-args.txt were not written (None when they were).
+    no_winner: str | None = None
 
 
 def export_sweep(spec: Any, out_dir: str | Path | None = None, storage_url: str | None = None) -> Export:
     import optuna
     import pandas as pd
 
-    from maou.sweep.storage import open_storage, step_study_names
-    from maou.trainer.config import dump_train_config, train_config_from_dict
+    from maou.sweep.storage import mask_url, open_storage, step_study_names
 
-    storage = open_storage(storage_url or spec.storage_url)
-    names = step_study_names(storage, spec.name)
+    url = storage_url or spec.storage_url
+    storage = open_storage(url, create=False)
+    present = set(step_study_names(storage, spec.name))
+    # the spec's steps, in order, as far as they ran: a study of a step the spec no longer has
+    # (renamed, removed) is not exported and decides nothing
+    names = [spec.study_name(i) for i in range(len(spec.steps))]
+    names = names[:next((i for i, n in enumerate(names) if n not in present), len(names))]
     if not names:
-        raise UserError(f"no studies of sweep {spec.name!r} in {storage_url or spec.storage_url}; "
-                        f"run `sweep run` first")
+        raise UserError(f"sweep {spec.name!r} has no step in {mask_url(url)} yet; run `sweep run` first")
     studies = [optuna.load_study(study_name=n, storage=storage) for n in names]
     out = Path(out_dir or f"results/{spec.name}")
     out.mkdir(parents=True, exist_ok=True)
     export = Export({"trials": out / "trials.csv", "steps": out / "steps.csv",
                      "prune_reasons": out / "prune_reasons.csv"})
     reasons = [r for s in studies for r in reason_rows(s)]
-    pd.DataFrame([r for s in studies for r in trial_rows(s)]).to_csv(export.paths["trials"], index=False)
-    pd.DataFrame([r for s in studies for r in step_rows(s)], columns=STEP_COLUMNS).to_csv(
-        export.paths["steps"], index=False)
-    pd.DataFrame(reasons, columns=REASON_COLUMNS).to_csv(export.paths["prune_reasons"], index=False)
+    write_atomic(export.paths["trials"], pd.DataFrame([r for s in studies for r in trial_rows(s)]).to_csv(index=False))
+    write_atomic(export.paths["steps"], pd.DataFrame([r for s in studies for r in step_rows(s)],
+                                                     columns=STEP_COLUMNS).to_csv(index=False))
+    write_atomic(export.paths["prune_reasons"], pd.DataFrame(reasons, columns=REASON_COLUMNS).to_csv(index=False))
     for row in reasons:
         if row["state"] == "PRUNED":
             export.pruned[row["prune_reason"]] += row["trials"]
-    last = next((s for s in reversed(studies) if s.user_attrs.get("decision")), None)
-    decision = RecordedDecision.of_study(last) if last is not None else None
-    if last is not None and decision is not None:
-        trials = [t for t in last.get_trials(deepcopy=False)
-                  if t.user_attrs.get("config_key") == decision.winner_key.text and "config" in t.user_attrs]
-        if trials:
-            config = dict(trials[0].user_attrs["config"])
-            config["seed"] = spec.seed_list[0]
-            resolved = train_config_from_dict(config)
-            best = export.paths["best"] = out / "best.yaml"
-            best.write_text(f"# winner of sweep {spec.name} ({last.study_name}); run with: sweep train {best}\n"
-                            + dump_train_config(resolved))
-            export.paths["best_args"] = out / "best-args.txt"
-            export.paths["best_args"].write_text(
-                upstream_args(spec.stage, decision.winner_key.overrides, config) + "\n")
+    _export_winner(spec, studies, len(spec.steps), out, export)
     return export
 
 
-__all__ = ["Export", "export_sweep", "reason_rows", "step_rows", "trial_rows", "upstream_args"]
+def _export_winner(spec: Any, studies: list[Any], steps: int, out: Path, export: Export) -> None:
+    """best.yaml and best-args.txt from the spec's last step, or the reason there is no winner."""
+    from maou.trainer.config import dump_train_config, train_config_from_dict
+
+    for stale in ("best.yaml", "best-args.txt"):  # never leave an earlier export's winner behind
+        (out / stale).unlink(missing_ok=True)
+    last = studies[-1]
+    decision = RecordedDecision.of_study(last)
+    if len(studies) < steps or decision is None:
+        export.no_winner = f"the sweep has not finished: step {last.study_name} is the last that ran"
+        return
+    if decision.failed:
+        export.no_winner = f"step {last.study_name}: no trial completed"
+        return
+    trials = [t for t in last.get_trials(deepcopy=False)
+              if t.user_attrs.get("config_key") == decision.winner_key.text and "config" in t.user_attrs]
+    if not trials:
+        export.no_winner = f"step {last.study_name}: no trial of the winner recorded its config"
+        return
+    config = dict(trials[0].user_attrs["config"])
+    config["seed"] = spec.seed_list[0]
+    best = export.paths["best"] = out / "best.yaml"
+    write_atomic(best, f"# winner of sweep {spec.name} ({last.study_name}); run with: sweep train {best}\n"
+                 + dump_train_config(train_config_from_dict(config)))
+    export.paths["best_args"] = out / "best-args.txt"
+    write_atomic(export.paths["best_args"], upstream_args(spec.stage, decision.winner_key.overrides, config) + "\n")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, then rename: a reader (or a crash) never
+    sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+__all__ = ["Export", "export_sweep", "reason_rows", "step_rows", "trial_rows", "upstream_args", "write_atomic"]

@@ -9,13 +9,20 @@ same way locally and under Ray. Nothing here imports Optuna or Ray.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
+from maou.errors import UserError
+from maou.stages import stage
 from maou.sweep.pruning import PruningConfig, build_monitor
 from maou.trainer.config import TrainConfig
 from maou.trainer.result import History, Report, Stop, TrainResult
+
+if TYPE_CHECKING:
+    from maou.trainer.tensors import StageData
 
 #: Trains one config: ``(config, report, checkpoint_dir) -> TrainResult``; tests pass fakes.
 TrainFn = Callable[[TrainConfig, Report, "str | None"], TrainResult]
@@ -29,10 +36,16 @@ class Job:
     pruning: PruningConfig
     #: The run's budget in optimizer steps (grace periods are shares of it).
     max_steps: int
+    #: Content hash of the datasets the sweep recorded (None for synthetic rows): verified on load.
+    dataset_hash: str | None = None
+
+
+class DatasetChanged(UserError):
+    """The data a trial would train on is not the data its sweep recorded."""
 
 
 @lru_cache(maxsize=4)
-def _stage_data(stage: int, dataset_dir: str | None, dataset_hash: str | None):
+def _cached_stage_data(stage: int, dataset_dir: str | None, dataset_hash: str | None) -> StageData:
     from maou.trainer.tensors import load_stage_data
 
     return load_stage_data(stage, dataset_dir)
@@ -41,28 +54,44 @@ def _stage_data(stage: int, dataset_dir: str | None, dataset_hash: str | None):
 def dataset_of(config: TrainConfig, progress: bool = False) -> tuple[str | None, str | None]:
     """Build the stage's datasets if needed and return their folder and content hash
     (``(None, None)`` for a stage whose rows are synthetic)."""
-    from maou.stages import stage
-
     if stage(config.stage).data_source == "synthetic":
         return None, None
-    from maou.data.build import ensure_datasets
-    from maou.trainer.tensors import dataset_content_hash
+    from maou.data.build import datasets_ready
 
-    directory = ensure_datasets(config.data, progress=progress)
-    return str(directory), dataset_content_hash(directory)
+    with datasets_ready(config.data, progress=progress) as (directory, content_hash):
+        return str(directory), content_hash
 
 
-def train_on_datasets(config: TrainConfig, report: Report, checkpoint_dir: str | None) -> TrainResult:
-    """The real trainer: the config's datasets (built if needed, cached per process), then train."""
+def load_datasets(config: TrainConfig, expected_hash: str | None = None, progress: bool = False) -> StageData:
+    """The stage's data, read while holding its build folder's lock (cached per process by content
+    hash); :class:`DatasetChanged` when ``expected_hash`` is given and the data differs."""
+    if stage(config.stage).data_source == "synthetic":
+        return _cached_stage_data(config.stage, None, None)
+    from maou.data.build import datasets_ready
+
+    with datasets_ready(config.data, progress=progress) as (directory, content_hash):
+        if expected_hash is not None and content_hash != expected_hash:
+            raise DatasetChanged(
+                f"the datasets in {directory} changed under this sweep (recorded {expected_hash[:12]}, found "
+                f"{content_hash[:12]}): their games changed, or another sweep rebuilt the folder; give each "
+                f"corpus its own data.dir (the default does) and run the sweep again")
+        return _cached_stage_data(config.stage, str(directory), content_hash)
+
+
+def train_on_datasets(config: TrainConfig, report: Report, checkpoint_dir: str | None,
+                      expected_hash: str | None = None) -> TrainResult:
+    """The real trainer: the config's datasets (built if needed, verified against
+    ``expected_hash``, cached per process), then train."""
     from maou.trainer.loop import train_stage
 
-    dataset_dir, dataset_hash = dataset_of(config)
-    return train_stage(config, _stage_data(config.stage, dataset_dir, dataset_hash), report=report,
-                       checkpoint_dir=checkpoint_dir)
+    return train_stage(config, load_datasets(config, expected_hash), report=report, checkpoint_dir=checkpoint_dir)
 
 
-def run_job(job: Job, report: Report, train: TrainFn = train_on_datasets) -> TrainResult:
-    """Train ``job``; each evaluation is reported, then checked by the collapse monitor."""
+def run_job(job: Job, report: Report, train: TrainFn | None = None) -> TrainResult:
+    """Train ``job`` (with ``train``, by default the real trainer on the job's verified datasets);
+    each evaluation is reported, then checked by the collapse monitor."""
+    if train is None:
+        train = functools.partial(train_on_datasets, expected_hash=job.dataset_hash)
     monitor = build_monitor(job.config.stage, job.pruning, job.max_steps)
     history: History = []
 
@@ -74,4 +103,4 @@ def run_job(job: Job, report: Report, train: TrainFn = train_on_datasets) -> Tra
     return train(job.config, monitored, job.checkpoint_dir)
 
 
-__all__ = ["Job", "TrainFn", "dataset_of", "run_job", "train_on_datasets"]
+__all__ = ["DatasetChanged", "Job", "TrainFn", "dataset_of", "load_datasets", "run_job", "train_on_datasets"]

@@ -10,6 +10,7 @@ next step as fixed.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,11 +25,12 @@ from maou.sweep.spec import WINNER_OF, SweepSpec, load_spec
 from maou.sweep.step import StepContext, open_step
 
 
-def fingerprint(spec: SweepSpec) -> dict[str, Any]:
-    """What makes trials of a step comparable: if any of it changes, the step must not be mixed."""
+def fingerprint(spec: SweepSpec, dataset_hash: str | None) -> dict[str, Any]:
+    """What makes trials of a step comparable: if any of it changes, the step must not be mixed.
+    ``dataset_hash``: the content hash of the datasets (a changed corpus changes it)."""
     base = to_dict(spec.base_config())
     base.pop("seed", None)
-    return {"stage": spec.stage, "base": base, "metric": spec.objective_metric,
+    return {"stage": spec.stage, "base": base, "dataset_hash": dataset_hash, "metric": spec.objective_metric,
             "direction": spec.objective_direction, "reduce": spec.objective.reduce}
 
 
@@ -41,18 +43,20 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def check_fingerprint(study: optuna.Study, spec: SweepSpec) -> None:
+def check_fingerprint(study: optuna.Study, spec: SweepSpec, dataset_hash: str | None) -> None:
     """Record the spec's fingerprint on a new study; refuse one that was run with another setup."""
     old = study.user_attrs.get("fingerprint")
-    new = json.loads(json.dumps(fingerprint(spec)))
+    new = json.loads(json.dumps(fingerprint(spec, dataset_hash)))
     if old is None:
         study.set_user_attr("fingerprint", new)
         return
     if old == new:
         return
     a, b = _flatten(old), _flatten(new)
-    changes = [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-    raise UserError(f"study {study.study_name!r} was run with a different setup ({'; '.join(changes[:6])}); "
+    changed = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    changes = [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in changed]
+    hint = " (the game records under data.games changed)" if "dataset_hash" in changed else ""
+    raise UserError(f"study {study.study_name!r} was run with a different setup{hint} ({'; '.join(changes[:6])}); "
                     f"its trials would not be comparable. Rename the sweep or delete its storage.")
 
 
@@ -63,12 +67,15 @@ def resolve_winner_of(reference: str) -> str:
     match = WINNER_OF.match(reference)
     assert match is not None, reference
     other = load_spec(match.group("spec"))
-    storage = open_storage(other.storage_url)
-    names = step_study_names(storage, other.name)
-    if len(names) < len(other.steps):
-        raise UserError(f"{reference}: sweep {other.name!r} has not finished; run `sweep run {match.group('spec')}`")
-    study = optuna.load_study(study_name=names[-1], storage=storage)
-    winner_key = study.user_attrs.get("decision", {}).get("winner_key")
+    storage = open_storage(other.storage_url, create=False)
+    last = other.study_name(len(other.steps) - 1)  # the spec's last step decides, not the storage
+    decision = (optuna.load_study(study_name=last, storage=storage).user_attrs.get("decision")
+                if last in step_study_names(storage, other.name) else None)
+    if not decision or decision.get("failed"):
+        raise UserError(f"{reference}: sweep {other.name!r} has not finished its last step ({last}); "
+                        f"run `sweep run {match.group('spec')}`")
+    study = optuna.load_study(study_name=last, storage=storage)
+    winner_key = decision["winner_key"]
     trials = [t for t in study.trials if t.user_attrs.get("config_key") == winner_key and t.value is not None
               and t.user_attrs.get("checkpoint")]
     if not trials:
@@ -97,6 +104,28 @@ class SweepOutcome:
     study_names: list[str]
 
 
+class StepFailed(UserError):
+    """Not one trial of a step completed: the sweep cannot go on (exit code 1)."""
+
+    exit_code = 1
+
+    def __init__(self, study_name: str, reasons: Counter) -> None:
+        self.study_name, self.reasons = study_name, reasons
+        counted = ", ".join(f"{reason}: {n}" for reason, n in reasons.most_common()) or "no trials"
+        super().__init__(f"step {study_name}: no trial completed ({counted}); "
+                         f"the sweep stops here. Fix the cause and run it again to resume.")
+
+
+def _failure_reasons(study: optuna.Study) -> Counter:
+    reasons: Counter = Counter()
+    for t in study.get_trials(deepcopy=False):
+        if t.state == optuna.trial.TrialState.PRUNED:
+            reasons[f"pruned {t.user_attrs.get('prune_reason', '?')}"] += 1
+        elif t.state == optuna.trial.TrialState.FAIL:
+            reasons[f"failed {t.user_attrs.get('fail_reason', '?')}"] += 1
+    return reasons
+
+
 def _sampler(spec: SweepSpec, index: int) -> optuna.samplers.BaseSampler:
     search = spec.steps[index].search
     if search is None:
@@ -121,16 +150,27 @@ def run_sweep(spec: SweepSpec, storage_url: str | None = None, executor: Any = N
     ``storage`` (an Optuna storage object) takes precedence over ``storage_url`` and the spec's URL.
     """
     from maou.sweep.executors import make_executor
-    from maou.sweep.job import dataset_of
-    from maou.sweep.pruning import build_optuna_pruner
-    from maou.sweep.storage import open_storage, sweep_lock
+    from maou.sweep.lock import sweep_lock
+    from maou.sweep.storage import open_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     url = storage_url or spec.storage_url
-    executor = executor if executor is not None else make_executor(spec.executor)
     storage = storage if storage is not None else open_storage(url)
+    with sweep_lock(storage, spec.name):
+        context = _prepare(spec)
+        executor = executor if executor is not None else make_executor(spec.executor)
+        return _run_steps(spec, storage, context, executor, view)
+
+
+def _prepare(spec: SweepSpec) -> StepContext:
+    """The datasets (built if needed), then the preflight checks: all before anything trains."""
+    from maou.sweep.job import dataset_of
+    from maou.sweep.preflight import preflight
+
     base = spec.base_config()
-    dataset_dir, dataset_hash = dataset_of(base)
+    dataset_dir, dataset_hash = dataset_of(base, progress=True)
+    rows = train_rows(spec, dataset_dir)
+    preflight(spec, rows)
     resolved: dict[str, str] = {}
 
     def resolve_init(reference: str) -> str:
@@ -138,34 +178,42 @@ def run_sweep(spec: SweepSpec, storage_url: str | None = None, executor: Any = N
             resolved[reference] = resolve_winner_of(reference)
         return resolved[reference]
 
-    context = StepContext(spec, base, dataset_hash, train_rows(spec, dataset_dir), resolve_init)
+    return StepContext(spec, base, dataset_hash, rows, resolve_init)
+
+
+def _run_steps(spec: SweepSpec, storage: Any, context: StepContext, executor: Any, view: Any) -> SweepOutcome:
+    from maou.sweep.pruning import build_optuna_pruner
+
     objective = _objective(spec)
     carried: dict[str, Any] = {}
     decisions: list[StepDecision] = []
     studies: list[optuna.Study] = []
-    with sweep_lock(url, spec.name):
-        for index, step in enumerate(spec.steps):
-            study = optuna.create_study(
-                study_name=spec.study_name(index), storage=storage, direction=objective.direction,
-                load_if_exists=True, sampler=_sampler(spec, index),
-                pruner=build_optuna_pruner(spec.pruning.optuna) if spec.pruning.enabled else None)
-            check_fingerprint(study, spec)
-            for name, value in (("sweep", spec.name), ("step", step.name), ("step_index", index),
-                                ("description", step.description), ("carried_in", carried)):
-                study.set_user_attr(name, value)
-            run = open_step(context, index, study, TrialRecorder(study, objective, view), carried, studies)
-            if view is not None:
-                view.step_started(spec, index, study, run)
-            executor.run(run)
-            decision = decide(collect_stats(study.get_trials(deepcopy=False)), run.carried_key,
-                              objective.direction, spec.selection)
-            study.set_user_attr("decision", decision.as_attrs())
-            carried = dict(decision.winner.overrides)
-            study.set_user_attr("carried_out", carried)
-            decisions.append(decision)
-            studies.append(study)
+    for index, step in enumerate(spec.steps):
+        study = optuna.create_study(
+            study_name=spec.study_name(index), storage=storage, direction=objective.direction,
+            load_if_exists=True, sampler=_sampler(spec, index),
+            pruner=build_optuna_pruner(spec.pruning.optuna) if spec.pruning.enabled else None)
+        check_fingerprint(study, spec, context.dataset_hash)
+        for name, value in (("sweep", spec.name), ("step", step.name), ("step_index", index),
+                            ("description", step.description), ("carried_in", carried)):
+            study.set_user_attr(name, value)
+        run = open_step(context, index, study, TrialRecorder(study, objective, view), carried, studies)
+        if view is not None:
+            view.step_started(spec, index, study, run)
+        executor.run(run)
+        decision = decide(collect_stats(study.get_trials(deepcopy=False)), run.carried_key,
+                          objective.direction, spec.selection)
+        study.set_user_attr("decision", decision.as_attrs())
+        if decision.failed:
             if view is not None:
                 view.step_finished(spec, index, study, decision)
+            raise StepFailed(study.study_name, _failure_reasons(study))
+        carried = dict(decision.winner.overrides)
+        study.set_user_attr("carried_out", carried)
+        decisions.append(decision)
+        studies.append(study)
+        if view is not None:
+            view.step_finished(spec, index, study, decision)
     return SweepOutcome(decisions, carried, [s.study_name for s in studies])
 
 

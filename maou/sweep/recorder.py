@@ -125,23 +125,20 @@ class TrialRecorder:
             self.study.tell(trial.number, state=TrialState.FAIL)
         return len(stale)
 
-    def propose(self, distributions: dict[str, BaseDistribution], searched: tuple[str, ...],
-                seed: int) -> tuple[optuna.Trial, dict[str, Any]]:
-        """A new trial whose searched keys the study's sampler proposes (the seed is fixed)."""
-        self.study.enqueue_trial({"seed": seed}, skip_if_exists=False)
+    def propose(self, distributions: dict[str, BaseDistribution]) -> tuple[optuna.Trial, dict[str, Any]]:
+        """A new trial whose searched keys the study's sampler proposes."""
         trial = self.study.ask()
-        values = {key: suggest(trial, key, distributions[key]) for key in searched}
-        suggest(trial, "seed", distributions["seed"])
-        return trial, values
+        return trial, {key: suggest(trial, key, dist) for key, dist in distributions.items()}
 
     def start(self, training: Training, params: dict[str, Any], distributions: dict[str, BaseDistribution],
               attrs: dict[str, Any], trial: optuna.Trial | None = None) -> TrialHandle:
-        """The trial of ``training`` RUNNING in the study (``trial`` when :meth:`propose` made it)."""
+        """The trial of ``training`` RUNNING in the study with its ``params`` (the searched values its
+        step's distributions hold), or ``trial`` when :meth:`propose` made it."""
         if trial is None:
-            self.study.enqueue_trial({**params, "seed": training.seed}, skip_if_exists=False)
+            self.study.enqueue_trial(params, skip_if_exists=False)
             trial = self.study.ask()
-            for key, dist in distributions.items():
-                suggest(trial, key, dist)
+            for key in params:
+                suggest(trial, key, distributions[key])
         for name, value in attrs.items():
             trial.set_user_attr(name, value)
         handle = TrialHandle(trial, training)
@@ -151,7 +148,6 @@ class TrialRecorder:
     def copy(self, source: FrozenTrial, params: dict[str, Any], distributions: dict[str, BaseDistribution],
              step_name: str) -> None:
         """A finished trial of an earlier step, added to this study as it is (``reused_from``)."""
-        params = {**params, "seed": source.user_attrs["seed"]}
         self.study.add_trial(optuna.trial.create_trial(
             state=source.state, value=source.value if source.state == TrialState.COMPLETE else None,
             params=params, distributions={k: distributions[k] for k in params},

@@ -13,10 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from maou.stages import STAGES, Direction, stage
-from maou.strict import ConfigError, dotted_keys, from_dict, require, with_overrides
+from maou.strict import ConfigError, dotted_keys, from_dict, read_yaml_file, require, with_overrides
 from maou.sweep.pruning import PruningConfig
 from maou.trainer.config import Budget, DataConfig, TrainConfig, default_budget
 
@@ -224,16 +222,7 @@ def validate(spec: SweepSpec) -> None:
 
 
 def load_spec(path: str | Path) -> SweepSpec:
-    """Read and validate a sweep spec (``yaml.safe_load``); raises :class:`ConfigError`."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"no such sweep spec: {path}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
-    spec: SweepSpec = from_dict(SweepSpec, data)
+    """Read and validate a sweep spec (safe YAML, YAML 1.2 numbers); raises :class:`ConfigError`."""
+    spec: SweepSpec = from_dict(SweepSpec, read_yaml_file(path, "sweep spec"))
     validate(spec)
     return spec

@@ -14,15 +14,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import optuna
-from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.distributions import BaseDistribution
 
 import maou
-from maou.strict import lookup, to_dict, with_overrides
+from maou.strict import to_dict, with_overrides
 from maou.sweep.identity import ConfigKey
 from maou.sweep.job import Job
+from maou.sweep.params import step_distributions, trial_params
 from maou.sweep.planner import Pair, StepPlan, Training, configuration, plan_step
 from maou.sweep.recorder import FINISHED, TrialHandle, TrialRecorder
-from maou.sweep.spec import WINNER_OF, Step, SweepSpec
+from maou.sweep.spec import WINNER_OF, SweepSpec
 from maou.trainer.config import TrainConfig
 
 #: An executor's last word on a job's config (its threads, absolute paths) before it is recorded.
@@ -41,27 +42,6 @@ class StepContext:
     resolve_init: Callable[[str], str]
 
 
-def distributions(step: Step, plan: StepPlan[Any], seeds: tuple[int, ...]) -> dict[str, BaseDistribution]:
-    """The Optuna distribution of each searched key (the seed included)."""
-    dists: dict[str, BaseDistribution] = {}
-    for key in plan.searched:
-        if step.search is not None:
-            r = step.search.params[key]
-            if r.choices is not None:
-                dists[key] = CategoricalDistribution(list(r.choices))
-            elif r.integer:
-                assert r.low is not None and r.high is not None
-                dists[key] = IntDistribution(int(r.low), int(r.high), log=r.log, step=int(r.step or 1))
-            else:
-                assert r.low is not None and r.high is not None
-                dists[key] = FloatDistribution(r.low, r.high, log=r.log, step=r.step)
-        else:
-            values = list(dict.fromkeys(lookup(config, key) for config in plan.candidates.values()))
-            dists[key] = CategoricalDistribution(values)
-    dists["seed"] = CategoricalDistribution(list(seeds))
-    return dists
-
-
 def open_step(context: StepContext, index: int, study: optuna.Study, recorder: TrialRecorder,
               carried: dict[str, Any], earlier: list[optuna.Study]) -> StepRun:
     """The step's remaining work: stale trials failed, reusable ones copied, the rest queued."""
@@ -78,9 +58,9 @@ def open_step(context: StepContext, index: int, study: optuna.Study, recorder: T
         for t in other.get_trials(deepcopy=False, states=FINISHED):
             reusable.setdefault(_pair(t), t)
     plan = plan_step(step, index, context.base, carried, spec.seed_list, finished, sampled, reusable)
-    dists = distributions(step, plan, spec.seed_list)
+    dists = step_distributions(step, plan.searched, plan.candidates.values())
     for training, source in plan.to_copy:
-        recorder.copy(source, plan.params(training.config), dists, step.name)
+        recorder.copy(source, trial_params(dists, plan.params(training.config)), dists, step.name)
     return StepRun(context, index, plan, dists, recorder)
 
 
@@ -119,7 +99,7 @@ class StepRun:
         elif self.samples_to_draw > 0:
             # The sampler proposes the configuration; its first seed runs now, the others queue.
             seeds = self.context.spec.seed_list
-            trial, values = self.recorder.propose(self.distributions, self.plan.searched, seeds[0])
+            trial, values = self.recorder.propose(self.distributions)
             config = configuration(self.plan.carried, values, f"steps[{self.index}].search")
             key = ConfigKey.between(config, self.context.base)
             self.plan.candidates.setdefault(key, config)
@@ -142,10 +122,11 @@ class StepRun:
                  "config_key": training.key.text, "overrides": training.key.overrides, "config": to_dict(config),
                  "package_version": maou.__version__, "dataset_hash": ctx.dataset_hash,
                  "metric": self.recorder.objective.metric, "direction": self.recorder.objective.direction}
-        handle = self.recorder.start(training, self.plan.params(training.config), self.distributions, attrs, trial)
+        params = trial_params(self.distributions, self.plan.params(training.config))
+        handle = self.recorder.start(training, params, self.distributions, attrs, trial)
         checkpoint_dir = spec.runs_path / f"{self.index + 1:02d}-{self.step.name}" / f"trial-{handle.number}"
         max_steps = config.budget.total_steps(ctx.train_rows, config.batch_size)
-        return handle, Job(handle.number, config, str(checkpoint_dir), spec.pruning, max_steps)
+        return handle, Job(handle.number, config, str(checkpoint_dir), spec.pruning, max_steps, ctx.dataset_hash)
 
 
-__all__ = ["Adjust", "StepContext", "StepRun", "distributions", "open_step"]
+__all__ = ["Adjust", "StepContext", "StepRun", "open_step"]

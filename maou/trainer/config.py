@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 
 from maou.stages import STAGES
-from maou.strict import ConfigError, from_dict, require, to_dict
+from maou.strict import from_dict, read_yaml_file, require, to_dict
 
 
 @dataclass(frozen=True)
@@ -27,9 +27,10 @@ class ModelConfig:
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        require(self, "blocks", self.blocks >= 1, "must be >= 1")
-        require(self, "channels", self.channels >= 1, "must be >= 1")
-        require(self, "hidden_dim", self.hidden_dim is None or self.hidden_dim >= 1, "must be >= 1 or null")
+        require(self, "blocks", 1 <= self.blocks <= 256, "must be in [1, 256]")
+        require(self, "channels", 1 <= self.channels <= 4096, "must be in [1, 4096]")
+        require(self, "hidden_dim", self.hidden_dim is None or 1 <= self.hidden_dim <= 65536,
+                "must be in [1, 65536] or null")
         require(self, "dropout", 0.0 <= self.dropout < 1.0, "must be in [0, 1)")
 
 
@@ -48,12 +49,12 @@ class LossConfig:
     value_loss: Literal["bce", "mse"] = "bce"
 
     def __post_init__(self) -> None:
-        require(self, "pos_weight", self.pos_weight > 0, "must be > 0")
-        require(self, "gamma_pos", self.gamma_pos >= 0, "must be >= 0")
-        require(self, "gamma_neg", self.gamma_neg >= 0, "must be >= 0")
+        require(self, "pos_weight", 0 < self.pos_weight <= 1e6, "must be in (0, 1e6]")
+        require(self, "gamma_pos", 0 <= self.gamma_pos <= 100, "must be in [0, 100]")
+        require(self, "gamma_neg", 0 <= self.gamma_neg <= 100, "must be in [0, 100]")
         require(self, "asl_clip", 0.0 <= self.asl_clip < 1.0, "must be in [0, 1)")
-        require(self, "policy_loss_ratio", self.policy_loss_ratio >= 0, "must be >= 0")
-        require(self, "value_loss_ratio", self.value_loss_ratio >= 0, "must be >= 0")
+        require(self, "policy_loss_ratio", 0 <= self.policy_loss_ratio <= 1e6, "must be in [0, 1e6]")
+        require(self, "value_loss_ratio", 0 <= self.value_loss_ratio <= 1e6, "must be in [0, 1e6]")
 
 
 @dataclass(frozen=True)
@@ -69,20 +70,22 @@ class OptimConfig:
     grad_clip: float = 1.0
 
     def __post_init__(self) -> None:
-        require(self, "lr", self.lr > 0, "must be > 0")
+        #: above 100 no optimizer here trains: such a value is a typo, not an experiment
+        require(self, "lr", 0 < self.lr <= 100, "must be in (0, 100]")
         require(self, "momentum", 0.0 <= self.momentum < 1.0, "must be in [0, 1)")
-        require(self, "weight_decay", self.weight_decay >= 0, "must be >= 0")
+        require(self, "weight_decay", 0 <= self.weight_decay <= 10, "must be in [0, 10]")
         require(self, "warmup_fraction", 0.0 <= self.warmup_fraction < 1.0, "must be in [0, 1)")
         require(self, "min_lr_ratio", 0.0 <= self.min_lr_ratio <= 1.0, "must be in [0, 1]")
-        require(self, "grad_clip", self.grad_clip >= 0, "must be >= 0 (0 disables)")
+        require(self, "grad_clip", 0 <= self.grad_clip <= 1e6, "must be in [0, 1e6] (0 disables)")
 
 
 @dataclass(frozen=True)
 class DataConfig:
     #: Game records (files or folders: CSA, KIF, .gz, HCPE .feather) the datasets are built from.
     games: tuple[str, ...] = ("data/games",)
-    #: Where the built Stage 1/2/3 datasets live; rebuilt when the games or split change.
-    dir: str = "data/build"
+    #: Where the built Stage 1/2/3 datasets live; rebuilt when the games or split change. Null
+    #: (the default): ``data/build/<key>``, a folder of their own for these games and this split.
+    dir: str | None = None
     #: Fraction of games held out for validation (split by game, seeded).
     val_fraction: float = 0.1
     split_seed: int = 0
@@ -103,8 +106,8 @@ class Budget:
     def __post_init__(self) -> None:
         require(self, "max_steps", (self.max_steps is None) != (self.epochs is None),
                 "set exactly one of budget.max_steps and budget.epochs")
-        require(self, "max_steps", self.max_steps is None or self.max_steps >= 1, "must be >= 1")
-        require(self, "epochs", self.epochs is None or self.epochs > 0, "must be > 0")
+        require(self, "max_steps", self.max_steps is None or 1 <= self.max_steps <= 10**9, "must be in [1, 1e9]")
+        require(self, "epochs", self.epochs is None or 0 < self.epochs <= 1e6, "must be in (0, 1e6]")
         require(self, "eval_every", self.eval_every >= 1, "must be >= 1")
 
     def total_steps(self, train_rows: int, batch_size: int) -> int:
@@ -147,7 +150,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         require(self, "stage", self.stage in STAGES, f"must be one of {', '.join(map(str, STAGES))}")
-        require(self, "batch_size", self.batch_size >= 1, "must be >= 1")
+        #: the training split bounds it too (a larger batch is refused before training)
+        require(self, "batch_size", 1 <= self.batch_size <= 2**24, "must be in [1, 16777216]")
         require(self, "threads", self.threads >= 0, "must be >= 0")
         require(self, "eval_rows", self.eval_rows >= 0, "must be >= 0")
         require(self, "device", self.device in ("auto", "cpu") or self.device.startswith("cuda"),
@@ -159,14 +163,8 @@ def train_config_from_dict(data: dict[str, Any], path: str = "") -> TrainConfig:
 
 
 def load_train_config(path: str | Path) -> TrainConfig:
-    """Read a training config YAML file (``yaml.safe_load``), strictly."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"no such config file: {path}")
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
-    return train_config_from_dict(data)
+    """Read a training config YAML file (safe, YAML 1.2 numbers), strictly."""
+    return train_config_from_dict(read_yaml_file(path, "config file"))
 
 
 def dump_train_config(config: TrainConfig) -> str:

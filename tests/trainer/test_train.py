@@ -145,8 +145,9 @@ def test_step0_evaluates_the_untrained_model_and_can_stop_the_run(stage_data, ti
 
 def test_nan_loss_stops_the_run_with_a_last_report(stage_data, tiny_config):
     reports = []
-    result = train_stage(tiny_config(1, optim={"lr": 1e30, "grad_clip": 0.0, "warmup_fraction": 0.0},
-                                     eval_every=50),
+    # the largest learning rate and positive weight validation allows, SGD, no clipping: NaN in a few steps
+    result = train_stage(tiny_config(1, optim={"name": "sgd", "lr": 100.0, "grad_clip": 0.0, "warmup_fraction": 0.0},
+                                     loss={"pos_weight": 1e6}, eval_every=50),
                          stage_data(1), report=lambda s, m: reports.append((s, m)))
     assert result.stop_reason == "nan_loss" and result.stopped_early
     assert result.steps_done < 50

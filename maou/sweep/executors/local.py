@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import traceback
 
-from maou.sweep.job import TrainFn, run_job, train_on_datasets
+from maou.sweep.job import TrainFn, run_job
 from maou.sweep.recorder import TrialHandle
 from maou.sweep.step import StepRun
 from maou.trainer.result import Stop
 
 
 class LocalExecutor:
-    def __init__(self, train: TrainFn = train_on_datasets) -> None:
+    def __init__(self, train: TrainFn | None = None) -> None:
         #: The training function; tests pass a fake trainer with the same signature.
         self.train = train
 

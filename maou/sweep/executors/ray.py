@@ -38,7 +38,7 @@ from typing import Any
 
 from maou.errors import UserError
 from maou.strict import with_overrides
-from maou.sweep.job import Job, TrainFn, run_job, train_on_datasets
+from maou.sweep.job import Job, TrainFn, run_job
 from maou.sweep.recorder import TrialHandle
 from maou.sweep.spec import Executor
 from maou.sweep.step import StepRun
@@ -105,7 +105,7 @@ def _placement() -> dict[str, Any]:
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
 
 
-def _trainable(config: dict[str, Any], train: TrainFn = train_on_datasets) -> None:
+def _trainable(config: dict[str, Any], train: TrainFn | None = None) -> None:
     """One trial in a Ray worker: train, reporting every evaluation, then one final record."""
     from ray import tune
     from ray.tune.result import AUTO_RESULT_KEYS, DONE
@@ -160,10 +160,12 @@ class _StepState:
 
     def _worker_config(self, config: TrainConfig) -> TrainConfig:
         """The config a worker trains: its own CPU threads, and paths absolute (no chdir games)."""
+        from maou.data.build import build_dir
+
         data = config.data
         changes: dict[str, Any] = {"threads": max(1, int(self.executor.cpus_per_trial)),
                                    "data.games": [str(Path(p).resolve()) for p in data.games],
-                                   "data.dir": str(Path(data.dir).resolve())}
+                                   "data.dir": str(build_dir(data).resolve())}
         if config.init_from:
             changes["init_from"] = str(Path(config.init_from).resolve())
         return with_overrides(config, changes, "executor")
@@ -322,7 +324,7 @@ def _dirname(trial) -> str:
 class RayExecutor:
     """Run each step as one Ray Tune experiment; trials inside a step run side by side."""
 
-    def __init__(self, config: Executor, train: TrainFn = train_on_datasets) -> None:
+    def __init__(self, config: Executor, train: TrainFn | None = None) -> None:
         self.config = config
         #: The training function; tests pass a fake trainer with the same signature.
         self.train = train
