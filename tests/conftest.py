@@ -35,3 +35,22 @@ def bundled_data_dir(tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("bundled-data")
     return ensure_datasets(DataConfig(games=(str(BUNDLED_GAMES),), dir=str(out)), progress=False)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server for the session (skipped only where no server binary exists;
+    CI installs Debian's postgresql)."""
+    import shutil
+    import tempfile
+
+    from postgres import PostgresServer, server_binaries
+
+    if server_binaries() is None:
+        pytest.skip("no PostgreSQL server binaries (Debian package postgresql)")
+    root = Path(tempfile.mkdtemp(prefix="maou-pg-"))
+    root.chmod(0o755)  # the server runs as the postgres user when the tests run as root
+    server = PostgresServer(root / "pg")
+    yield server
+    server.stop()
+    shutil.rmtree(root, ignore_errors=True)

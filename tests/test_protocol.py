@@ -6,6 +6,7 @@ import math
 
 import optuna
 import pytest
+from fakes import FakeTrainer, lr_batch_score
 
 from maou.strict import from_dict
 from maou.sweep.decision import ConfigStats, collect_stats, decide
@@ -13,53 +14,12 @@ from maou.sweep.executors.local import LocalExecutor
 from maou.sweep.identity import ConfigKey
 from maou.sweep.protocol import run_sweep
 from maou.sweep.spec import Selection, SweepSpec
-from maou.trainer.result import TrainResult
 
 
 def make_spec(steps, seeds=3, **extra) -> SweepSpec:
     data = {"name": "fake", "stage": 1, "steps": steps, "seeds": seeds, "storage": "memory:",
             "budget": {"max_steps": 40, "eval_every": 10}, **extra}
     return from_dict(SweepSpec, data)
-
-
-class FakeTrainer:
-    """Stands in for training: accuracy is a known function of the config plus seed noise."""
-
-    def __init__(self, score, noise=0.01, nan_when=None, untrained=None):
-        self.score, self.noise, self.nan_when, self.calls = score, noise, nan_when, []
-        self.untrained = untrained  # config -> the step-0 value (the trainer's eval_at_start)
-
-    def __call__(self, config, report, checkpoint_dir):
-        self.calls.append(config)
-        target = self.score(config) + self.noise * ((config.seed % 3) - 1)
-        history, stop = [], None
-        if self.untrained is not None:
-            value = self.untrained(config)
-            history.append((0, {"val_accuracy": value, "val_loss": 1 - value}))
-            stop = report(0, history[-1][1])
-        for step in (10, 20, 30, 40):
-            if stop:
-                break
-            value = target * step / 40
-            metrics = {"val_accuracy": value, "val_loss": 1 - value, "train_loss": 1 - value}
-            if self.nan_when and self.nan_when(config):
-                metrics = {"val_accuracy": value, "val_loss": math.nan, "train_loss": math.nan}
-            history.append((step, metrics))
-            stop = report(step, metrics)
-            if stop:
-                break
-        return TrainResult(stage=config.stage, final_metrics=history[-1][1], best_metrics=history[-1][1],
-                           best_step=history[-1][0], steps_done=history[-1][0], max_steps=40, stop=stop,
-                           history=history)
-
-
-def lr_batch_score(config):
-    score = 0.90
-    if config.optim.lr == 0.01:
-        score += 0.05  # clearly better than the seed noise
-    if config.batch_size == 128:
-        score += 0.001  # better on the mean, but well inside the seed noise
-    return score
 
 
 STEPS = [

@@ -245,3 +245,14 @@ def test_local_runs_and_help_never_import_ray(tmp_path):
             "assert 'ray' not in sys.modules, sorted(m for m in sys.modules if m.startswith('ray'))\n")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.mark.ray
+def test_a_local_ray_listens_on_the_loopback_interface_only(ray_session):
+    assert {n["NodeManagerAddress"] for n in ray_session.nodes() if n["Alive"]} == {"127.0.0.1"}
+    listening = subprocess.run(["ss", "-ltnp"], capture_output=True, text=True).stdout.splitlines()
+    mine = [line for line in listening if any(name in line for name in ("raylet", "gcs_server", "ray::"))]
+    assert mine, listening
+    for line in mine:
+        local = line.split()[3]
+        assert local.startswith(("127.0.0.1:", "[::ffff:127.0.0.1]:")), line

@@ -19,6 +19,7 @@ import optuna
 
 from maou.errors import UserError
 from maou.strict import to_dict
+from maou.sweep import faults
 from maou.sweep.decision import StepDecision, collect_stats, decide
 from maou.sweep.recorder import Objective, TrialRecorder
 from maou.sweep.spec import WINNER_OF, SweepSpec, load_spec
@@ -203,6 +204,7 @@ def _run_steps(spec: SweepSpec, storage: Any, context: StepContext, executor: An
         executor.run(run)
         decision = decide(collect_stats(study.get_trials(deepcopy=False)), run.carried_key,
                           objective.direction, spec.selection)
+        faults.point("decision")
         study.set_user_attr("decision", decision.as_attrs())
         if decision.failed:
             if view is not None:

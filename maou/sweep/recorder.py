@@ -24,6 +24,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, IntD
 from optuna.trial import FrozenTrial, TrialState
 
 from maou.stages import Direction
+from maou.sweep import faults
 from maou.sweep.planner import Training
 from maou.trainer.result import History, Stop, TrainResult
 
@@ -127,6 +128,7 @@ class TrialRecorder:
 
     def propose(self, distributions: dict[str, BaseDistribution]) -> tuple[optuna.Trial, dict[str, Any]]:
         """A new trial whose searched keys the study's sampler proposes."""
+        faults.point("ask")
         trial = self.study.ask()
         return trial, {key: suggest(trial, key, dist) for key, dist in distributions.items()}
 
@@ -135,7 +137,9 @@ class TrialRecorder:
         """The trial of ``training`` RUNNING in the study with its ``params`` (the searched values its
         step's distributions hold), or ``trial`` when :meth:`propose` made it."""
         if trial is None:
+            faults.point("enqueue")
             self.study.enqueue_trial(params, skip_if_exists=False)
+            faults.point("ask")
             trial = self.study.ask()
             for key in params:
                 suggest(trial, key, distributions[key])
@@ -148,6 +152,7 @@ class TrialRecorder:
     def copy(self, source: FrozenTrial, params: dict[str, Any], distributions: dict[str, BaseDistribution],
              step_name: str) -> None:
         """A finished trial of an earlier step, added to this study as it is (``reused_from``)."""
+        faults.point("copy")
         self.study.add_trial(optuna.trial.create_trial(
             state=source.state, value=source.value if source.state == TrialState.COMPLETE else None,
             params=params, distributions={k: distributions[k] for k in params},
@@ -208,6 +213,7 @@ class TrialRecorder:
                 reason = f"objective metric {self.objective.metric} missing or not finite"
                 trial.set_user_attr("fail_reason", reason)
                 state = TrialState.FAIL
+        faults.point("tell")
         if state == TrialState.COMPLETE:
             self.study.tell(trial, value)
         else:

@@ -31,11 +31,13 @@ from maou.errors import UserError
 RETRY_SECONDS_ENV = "MAOU_STORAGE_RETRY_SECONDS"
 DEFAULT_RETRY_SECONDS = 60.0
 _PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@]*:)(?P<password>[^@/]*)@", re.IGNORECASE)
+_QUERY_PASSWORD = re.compile(r"(?P<head>[?&]password=)[^&]*", re.IGNORECASE)
 
 
 def mask_url(url: str) -> str:
     """``url`` with any password replaced by ``***`` (what consoles, errors and titles show)."""
-    return _PASSWORD.sub(lambda m: f"{m.group('head')}***@", url)
+    url = _PASSWORD.sub(lambda m: f"{m.group('head')}***@", url)
+    return _QUERY_PASSWORD.sub(lambda m: f"{m.group('head')}***", url)
 
 
 def _file_of(url: str) -> Path | None:
@@ -73,12 +75,18 @@ def open_storage(url: str, create: bool = True) -> BaseStorage:
         return retrying(inner, url)
     engine = ({"connect_args": {"timeout": 60}} if url.startswith("sqlite")
               else {"pool_pre_ping": True})  # a connection dropped by a server restart is replaced
-    try:
-        inner = _retry(lambda: optuna.storages.RDBStorage(url, engine_kwargs=engine), url, "open")
-    except UserError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - SQLAlchemy raises many kinds; the user needs the URL
-        raise UserError(f"cannot open Optuna storage {mask_url(url)}: {_reason(exc)}") from None
+    for attempt in range(3):
+        try:
+            inner = _retry(lambda: optuna.storages.RDBStorage(url, engine_kwargs=engine), url, "open")
+            break
+        except UserError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - SQLAlchemy raises many kinds; the user needs the URL
+            # two drivers creating Optuna's tables in a new database at once: the loser retries
+            if "already exists" in str(exc) and attempt < 2:
+                time.sleep(0.5)
+                continue
+            raise UserError(f"cannot open Optuna storage {mask_url(url)}: {_reason(exc)}") from None
     return retrying(inner, url)
 
 
@@ -162,4 +170,5 @@ def step_study_names(storage: BaseStorage, sweep_name: str) -> list[str]:
     return sorted(n for n in names if n.startswith(f"{sweep_name}/"))
 
 
-__all__ = ["RetryingStorage", "is_transient", "retrying", "mask_url", "open_storage", "step_study_names", "storage_exists"]
+__all__ = ["RetryingStorage", "is_transient", "mask_url", "open_storage", "retrying", "step_study_names",
+           "storage_exists"]

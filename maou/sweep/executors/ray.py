@@ -29,6 +29,7 @@ import logging
 import math
 import os
 import re
+import sys
 import time
 import traceback
 import warnings
@@ -45,6 +46,8 @@ from maou.sweep.step import StepRun
 from maou.trainer.config import TrainConfig
 from maou.trainer.result import TrainResult
 
+#: Ray's switch for multi-node clusters; off, a local Ray binds 127.0.0.1 only.
+_LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 #: Keys of the records a worker reports (next to the flat metrics, which Tune's own logs show).
 _RECORD = "maou_record"  # JSON: {"step", "metrics", "node_id", "cuda_visible_devices"}
 _FINAL = "maou_final"  # JSON: {"result": TrainResult.to_plain()} or {"error": traceback}, plus placement
@@ -60,6 +63,12 @@ def init_ray(config: Executor):
     local = config.address is None and not os.environ.get("RAY_ADDRESS")
     if local:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        # A local Ray of one node listens on the loopback interface only: Ray picks 127.0.0.1 as
+        # the node address, and binds its servers to it, when "clusters" are off
+        os.environ.setdefault(_LOOPBACK_ENV, "0")
+        constants = sys.modules.get("ray._private.ray_constants")
+        if constants is not None and os.environ[_LOOPBACK_ENV] == "0":  # Ray imported before: same switch
+            constants.__dict__["ENABLE_RAY_CLUSTER"] = False
     # Keep the driver's working directory in trainables (Tune would chdir into the trial folder).
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
     # Tune's newer console output prints an experiment banner even at verbose=0; the sweep has its own view.

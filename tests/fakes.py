@@ -1,0 +1,71 @@
+"""Fake trainers for sweep tests that need no training: metrics are known functions of the
+config and seed. ``python tests/fakes.py SPEC.yaml`` runs a whole sweep with one, as a separate
+driver process (for lock, concurrency, signal and crash tests)."""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+
+from maou.trainer.result import TrainResult
+
+
+class FakeTrainer:
+    """Stands in for training: accuracy is a known function of the config plus seed noise."""
+
+    def __init__(self, score, noise=0.01, nan_when=None, untrained=None, delay_s=0.0):
+        self.score, self.noise, self.nan_when, self.calls = score, noise, nan_when, []
+        self.delay_s = delay_s  # seconds before each evaluation (so that runs overlap in time)
+        self.untrained = untrained  # config -> the step-0 value (the trainer's eval_at_start)
+
+    def __call__(self, config, report, checkpoint_dir):
+        self.calls.append(config)
+        target = self.score(config) + self.noise * ((config.seed % 3) - 1)
+        history, stop = [], None
+        if self.untrained is not None:
+            value = self.untrained(config)
+            history.append((0, {"val_accuracy": value, "val_loss": 1 - value}))
+            stop = report(0, history[-1][1])
+        for step in (10, 20, 30, 40):
+            if stop:
+                break
+            time.sleep(self.delay_s)
+            value = target * step / 40
+            metrics = {"val_accuracy": value, "val_loss": 1 - value, "train_loss": 1 - value}
+            if self.nan_when and self.nan_when(config):
+                metrics = {"val_accuracy": value, "val_loss": math.nan, "train_loss": math.nan}
+            history.append((step, metrics))
+            stop = report(step, metrics)
+            if stop:
+                break
+        return TrainResult(stage=config.stage, final_metrics=history[-1][1], best_metrics=history[-1][1],
+                           best_step=history[-1][0], steps_done=history[-1][0], max_steps=40, stop=stop,
+                           history=history)
+
+
+def lr_batch_score(config):
+    score = 0.90
+    if config.optim.lr == 0.01:
+        score += 0.05  # clearly better than the seed noise
+    if config.batch_size == 128:
+        score += 0.001  # better on the mean, but well inside the seed noise
+    return score
+
+
+
+
+def main(argv: list[str]) -> int:
+    """``fakes.py SPEC.yaml [DELAY_S]``: ``sweep run`` with the fake trainer (exit codes as the CLI's)."""
+    from maou import cli
+    from maou.sweep import executors
+    from maou.sweep.executors.local import LocalExecutor
+
+    delay = float(argv[1]) if len(argv) > 1 else 0.0
+    # the spec's executor, whatever it says, is the local one with the fake trainer
+    executors.make_executor = lambda config: LocalExecutor(FakeTrainer(lr_batch_score, delay_s=delay))
+    return cli.main(["run", argv[0]])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

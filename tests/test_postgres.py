@@ -1,0 +1,62 @@
+"""PostgreSQL out of the box: a sweep on a real server, an outage of several seconds survived by
+retrying, and the password masked wherever a URL is shown."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from sweep_helpers import REPO, SWEEP, run_cli
+from test_locks import FAKES, outcome_of, running_trials, solo_outcome, start_driver, wait_for, write_spec
+
+from maou.sweep.storage import mask_url
+
+pytestmark = pytest.mark.slow
+PASSWORD = "s3cret-pw"
+
+
+def test_mask_url():
+    assert mask_url(f"postgresql://bob:{PASSWORD}@db:5432/x") == "postgresql://bob:***@db:5432/x"
+    assert mask_url(f"postgresql://bob@/x?host=/tmp&password={PASSWORD}") == \
+        "postgresql://bob@/x?host=/tmp&password=***"
+    assert mask_url("sqlite:///studies/x.db") == "sqlite:///studies/x.db"
+
+
+def test_a_database_outage_is_retried_and_the_sweep_finishes(tmp_path, postgres):
+    url = postgres.new_database()
+    spec = write_spec(tmp_path, "outage", url)
+    driver = start_driver(spec, delay_s=0.3)
+    wait_for(lambda: running_trials(url, "outage") > 0)
+    postgres.stop()
+    try:
+        time.sleep(8.0)
+    finally:
+        postgres.start()
+    out, err = driver.communicate(timeout=300)
+    assert driver.returncode == 0, out[-2000:] + err[-2000:]
+    assert "unreachable" in err and "retrying" in err and PASSWORD not in err + out
+    assert outcome_of(url, "outage") == solo_outcome(tmp_path, "outage")
+
+
+def test_credentials_are_masked_in_headers_titles_and_errors(tmp_path, postgres):
+    url = postgres.new_database()
+    assert PASSWORD in url
+    spec = write_spec(tmp_path, "masked", url)
+    run = subprocess.run([sys.executable, FAKES, str(spec)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    status = run_cli("status", str(spec))
+    assert status.returncode == 0, status.stderr
+    for shown in (run.stdout + run.stderr, status.stdout + status.stderr):
+        assert PASSWORD not in shown and "***" in shown
+    postgres.stop()
+    try:
+        env = {**os.environ, "MAOU_STORAGE_RETRY_SECONDS": "1", "COLUMNS": "200"}
+        down = subprocess.run([SWEEP, "status", str(spec)], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=120)
+    finally:
+        postgres.start()
+    assert down.returncode == 2 and "unreachable" in down.stderr and "Traceback" not in down.stderr, down.stderr
+    assert PASSWORD not in down.stderr and "***" in down.stderr
