@@ -179,9 +179,11 @@ def train_stage(config: TrainConfig, data: StageData, report: Report | None = No
     started = time.perf_counter()
     if data.stage != config.stage:
         raise ValueError(f"config is for stage {config.stage} but the data is stage {data.stage}")
+    rows = len(data.train)
+    if config.batch_size > rows:
+        raise UserError(f"batch_size {config.batch_size} is larger than the training split ({rows} rows)")
     run = _setup(config, data)
-    rows = len(run.train)
-    batch_size = min(config.batch_size, rows)
+    batch_size = config.batch_size
     max_steps = config.budget.total_steps(rows, config.batch_size)
     evaluations = _Evaluations(run, config, report)
     generator = torch.Generator().manual_seed(config.seed)

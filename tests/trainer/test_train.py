@@ -285,3 +285,8 @@ def test_the_trainer_core_never_imports_optuna_or_ray():
             "bad = [m for m in ('optuna', 'ray') if m in sys.modules]; print(*bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_batch_larger_than_the_training_split_is_an_error(stage_data, tiny_config):
+    with pytest.raises(UserError, match=f"batch_size 5000 is larger than the training split \\({STAGE1_ROWS_NUM} rows"):
+        train_stage(tiny_config(1, batch_size=5000), stage_data(1))
