@@ -19,6 +19,26 @@ from maou.shogi.shapes import MOVE_LABELS_NUM, REACHABLE_SQUARES_NUM
 Direction = Literal["maximize", "minimize"]
 #: Reported at every evaluation of every stage, next to the stage's own ``val_*`` metrics.
 TRAIN_METRICS = ("train_loss", "lr", "epoch")
+#: Which way is better, for every metric that can be an objective or a guard (the others, such
+#: as rates, spreads and baselines, describe a run but have no better direction).
+METRIC_DIRECTIONS: dict[str, Direction] = {
+    "train_loss": "minimize", "val_loss": "minimize",
+    "val_accuracy": "maximize",
+    "val_f1": "maximize", "val_precision": "maximize", "val_recall": "maximize",
+    "val_average_precision": "maximize", "val_f1_best_threshold": "maximize",
+    "val_policy_top1": "maximize", "val_policy_ce": "minimize",
+    "val_value_bce": "minimize", "val_value_brier": "minimize", "val_value_accuracy": "maximize",
+    "val_value_skill": "maximize",
+}
+
+
+@dataclass(frozen=True)
+class GuardDefault:
+    """A guard a stage's steps get unless they set their own: ``metric`` may not get worse than
+    the carried configuration's by more than ``tolerance``."""
+
+    metric: str
+    tolerance: float
 
 
 @dataclass(frozen=True)
@@ -49,6 +69,8 @@ class Stage:
     upstream_prefix: str
     #: ``module:Class`` of the trainer task (heads, loss, per-row statistics).
     task: str
+    #: Guards every step of the stage gets unless the spec sets its own.
+    default_guards: tuple[GuardDefault, ...] = ()
 
     @property
     def reported_metrics(self) -> tuple[str, ...]:
@@ -71,7 +93,8 @@ STAGES: dict[int, Stage] = {s.number: s for s in (
     Stage(2, "legal moves",
           targets=(Target("legal_moves", "legalMovesLabel", MOVE_LABELS_NUM, "uint8"),),
           metrics=("val_loss", "val_f1", "val_precision", "val_recall", "val_pred_pos_rate",
-                   "val_label_pos_rate", "val_f1_all_positive"),
+                   "val_label_pos_rate", "val_f1_all_positive", "val_average_precision",
+                   "val_f1_best_threshold", "val_best_threshold"),
           selection_metric="val_f1", selection_direction="maximize",
           rules=(*_ALWAYS, "legal_moves"), data_source="games", upstream_prefix="--stage2-",
           task="maou.trainer.tasks:LegalMoves"),
@@ -81,9 +104,13 @@ STAGES: dict[int, Stage] = {s.number: s for s in (
           metrics=("val_loss", "val_policy_top1", "val_policy_ce", "val_policy_entropy",
                    "val_policy_top1_baseline", "val_value_bce", "val_value_brier", "val_value_accuracy",
                    "val_value_std", "val_value_label_std", "val_value_mean", "val_value_skill"),
-          selection_metric="val_policy_top1", selection_direction="maximize",
+          # value-aware by default: the value head is what the investigation report found broken,
+          # and a policy-only objective would judge value-loss settings by their side effect on the
+          # policy; the policy may not lose more than half a point of top-1 meanwhile
+          selection_metric="val_value_bce", selection_direction="minimize",
           rules=(*_ALWAYS, "value", "uniform_policy"), data_source="games", upstream_prefix="--",
-          task="maou.trainer.tasks:PolicyValue"),
+          task="maou.trainer.tasks:PolicyValue",
+          default_guards=(GuardDefault("val_policy_top1", 0.005),)),
 )}
 
 
@@ -95,4 +122,4 @@ def stage(number: int) -> Stage:
     return STAGES[number]
 
 
-__all__ = ["STAGES", "Stage", "TRAIN_METRICS", "Target", "stage"]
+__all__ = ["METRIC_DIRECTIONS", "STAGES", "GuardDefault", "Stage", "TRAIN_METRICS", "Target", "stage"]

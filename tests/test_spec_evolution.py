@@ -53,7 +53,7 @@ def test_extending_a_grid_runs_only_the_new_values(tmp_path):
     assert all(t.state == TrialState.COMPLETE for t in lr)
     assert {t.params["optim.lr"] for t in lr} == {0.001, 0.01, 0.0001, 0.003}
     assert {t.number: t.value for t in lr if t.number in before} == before  # finished trials untouched
-    assert outcome.carried == first.carried == {"optim.lr": 0.01}
+    assert outcome.decisions[0].winner_key == first.decisions[0].winner_key
 
 
 def test_adding_seeds_runs_only_the_new_seeds(tmp_path):

@@ -76,12 +76,17 @@ def test_export_writes_files_with_their_columns(smoke_run, tmp_path):
         assert column in trials.columns, column
     assert set(trials["study"]) == {"smoke/01-baseline", "smoke/02-gamma-neg", "smoke/03-asl-clip"}
     steps = pd.read_csv(tmp_path / "out" / "steps.csv")
-    assert list(steps.columns) == ["study", "step", "config", "mean", "std", "n", "pruned", "failed", "winner",
-                                   "carried", "adopted", "margin", "noise", "threshold"]
+    assert list(steps.columns) == ["study", "step", "config", "mean", "std", "sem", "n", "pruned", "failed", "winner",
+                                   "carried", "adopted", "gain", "gain_se", "p", "holm_level", "needed", "significant",
+                                   "guard_failures", "edge"]
     assert steps.groupby("study")["winner"].sum().eq(1).all()
+    challengers = steps[~steps["carried"]]  # each configuration has its own comparison with the carried one
+    assert challengers["gain"].notna().all() and challengers["p"].notna().all()
+    assert steps[steps["carried"]]["gain"].isna().all()
     best = yaml.safe_load((tmp_path / "out" / "best.yaml").read_text())
     assert best["stage"] == 2 and best["model"]["channels"] == 16
     args = (tmp_path / "out" / "best-args.txt").read_text()
+    assert args.startswith("maou learn-model --stage 2 ")
     assert "--stage2-batch-size 64" in args and "--stage2-learning-rate" in args
     # best.yaml is runnable with `sweep train`
     best["budget"] = {"max_steps": 5, "eval_every": 5}

@@ -58,6 +58,9 @@ def run_command(args: argparse.Namespace) -> int:
     args.resume_hint = f"trials in progress were marked interrupted; run `sweep run {args.spec}` again to resume"
     console.print(f"[bold]sweep {spec.name}[/]: stage {spec.stage}, {len(spec.steps)} steps, "
                   f"seeds {list(spec.seed_list)}, executor {spec.executor.kind}, storage {mask_url(url)}")
+    if len(spec.seed_list) < 2:
+        console.print(f"[yellow]warning: one seed cannot measure the noise: a step adopts any gain above "
+                      f"selection.min_margin ({spec.selection.min_margin:g}); give seeds: 3 to test gains[/]")
     started = time.perf_counter()
     outcome = run_sweep(spec, storage_url=url, view=SweepView(console))
     elapsed = time.perf_counter() - started
@@ -97,8 +100,12 @@ def status_table(spec: Any, storage_url: str | None = None) -> Any:
             entry = decision.winner
             mean = f"{entry.mean:.4f} ± {entry.std:.4f}" if entry and entry.mean is not None else ""
             verdict = ("failed: no trial completed" if decision.failed else
-                       f"adopted (margin {decision.margin:.4g} > {decision.threshold:.4g})"
+                       f"adopted (gain {(decision.comparison_of(decision.winner_key) or {}).get('gain')})"
                        if decision.adopted else "kept carried")
+            if not decision.failed and not decision.noise_measured:
+                verdict += "; noise not measured (1 seed)"
+            if decision.edge:
+                verdict += f"; edge: {', '.join(decision.edge)}"
         table.add_row(name, str(states.get("COMPLETE", 0)), str(states.get("PRUNED", 0)),
                       str(states.get("FAIL", 0)), str(states.get("RUNNING", 0)),
                       ", ".join(f"{r}: {n}" for r, n in reasons.items()), winner, mean, verdict or "in progress")
@@ -124,7 +131,7 @@ def export_command(args: argparse.Namespace) -> int:
     if export.pruned:
         console.print("pruned trials by reason: " + ", ".join(f"{r}: {n}" for r, n in sorted(export.pruned.items())))
     if "best_args" in export.paths:
-        console.print(f"upstream flags: {export.paths['best_args'].read_text().strip()}")
+        console.print(f"upstream: {export.paths['best_args'].read_text().strip()}")
     if export.no_winner:
         console.print(f"[red]no best.yaml or best-args.txt: {export.no_winner}[/]")
         return 1

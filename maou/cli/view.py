@@ -79,8 +79,20 @@ class SweepView:
             self.console.print("  [red]decision: none: no trial completed[/]")
             return
         verdict = "adopted" if decision.adopted else "kept the carried configuration"
-        self.console.print(f"  decision: {verdict}: {decision.winner_key} "
-                           f"(margin {_fmt(decision.margin)}, noise threshold {_fmt(decision.threshold)})")
+        best = decision.best_comparison
+        if best is None:
+            numbers = "no challenger completed"
+        elif best.test.se is None:
+            numbers = f"best gain {_fmt(best.test.gain)}; noise not measured (1 seed), margin {_fmt(best.needed)}"
+        else:
+            numbers = (f"best gain {_fmt(best.test.gain)} +- {_fmt(best.test.se)}, p {_fmt(best.test.p)} "
+                       f"vs Holm level {_fmt(best.level)}, needed {_fmt(best.needed)}")
+        if best is not None and best.guard_failures:
+            numbers += "; guard: " + "; ".join(best.guard_failures)
+        self.console.print(f"  decision: {verdict}: {decision.winner_key} ({numbers})")
+        if decision.edge:
+            self.console.print(f"  [yellow]edge: the winner sits at the end of the grid of {', '.join(decision.edge)}"
+                               f"; a larger range may do better (extend: N grows it)[/]")
 
     # --------------------------------------------------------------- rendering
     def _refresh(self) -> None:

@@ -1,10 +1,13 @@
 """A step's decision: its configurations' results over seeds, and whether a challenger replaces
 the carried configuration.
 
-The carried configuration competes in every step; a challenger replaces it only when its mean
-over seeds beats the carried mean by more than the seed noise (``selection.noise_sigmas``
-standard errors of the difference of means, and at least ``selection.min_margin``). Pruned or
-failed configurations never win.
+The carried configuration competes in every step. Each challenger whose every seed completed is
+compared with it on paired per-seed differences (:mod:`maou.sweep.stats`); the p-values of all
+challengers go through Holm's correction, so picking the best of ``k`` is accounted for. A
+challenger is adopted when it is significant at its Holm level, its mean gain exceeds
+``selection.min_margin`` and no guard metric got worse than its tolerance; among several, the
+largest gain wins. With one seed the noise is not measured: only ``min_margin`` and the guards
+stand between a gain and its adoption. Pruned or failed configurations never win.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from maou.sweep.identity import ConfigKey
 from maou.sweep.recorder import is_interrupted
-from maou.sweep.spec import Selection
+from maou.sweep.spec import Guard, ResolvedObjective, Selection
+from maou.sweep.stats import Paired, alpha_of, critical_gain, holm, paired
 
 
 @dataclass
@@ -27,10 +31,13 @@ class ConfigStats:
     """One configuration's results over its seeds."""
 
     key: ConfigKey
-    values: list[float] = field(default_factory=list)
+    #: seed -> objective value of its completed trial
+    values: dict[int, float] = field(default_factory=dict)
     pruned: int = 0
     failed: int = 0
     prune_reasons: list[str] = field(default_factory=list)
+    #: guard metric -> seed -> value
+    guard_values: dict[str, dict[int, float]] = field(default_factory=dict)
 
     @property
     def overrides(self) -> dict[str, Any]:
@@ -42,16 +49,50 @@ class ConfigStats:
 
     @property
     def mean(self) -> float:
-        return statistics.fmean(self.values) if self.values else math.nan
+        return statistics.fmean(self.values.values()) if self.values else math.nan
 
     @property
     def std(self) -> float:
-        return statistics.stdev(self.values) if len(self.values) > 1 else 0.0
+        return statistics.stdev(self.values.values()) if len(self.values) > 1 else 0.0
+
+    @property
+    def sem(self) -> float | None:
+        """Standard error of the mean (None with one seed)."""
+        return self.std / math.sqrt(self.n) if self.n > 1 else None
 
     @property
     def eligible(self) -> bool:
         """Only configurations whose every seed completed can win."""
         return self.n > 0 and self.pruned == 0 and self.failed == 0
+
+    def guard_mean(self, metric: str) -> float:
+        values = [v for v in self.guard_values.get(metric, {}).values() if math.isfinite(v)]
+        return statistics.fmean(values) if values else math.nan
+
+
+@dataclass
+class Comparison:
+    """A challenger against the carried configuration."""
+
+    key: ConfigKey
+    test: Paired
+    #: Holm's level for this comparison (None: no p-value, one seed)
+    level: float | None = None
+    #: the gain it needed: ``max(t_crit(level) * se, min_margin)``
+    needed: float | None = None
+    significant: bool = False
+    guard_failures: list[str] = field(default_factory=list)
+    adopted: bool = False
+
+    def as_attrs(self) -> dict[str, Any]:
+        t = self.test
+        return {"config": self.key.overrides, "n": t.n, "gain": _num(t.gain), "se": _num(t.se), "t": _num(t.t),
+                "p": _num(t.p), "holm_level": _num(self.level), "needed": _num(self.needed),
+                "significant": self.significant, "guard_failures": self.guard_failures, "adopted": self.adopted}
+
+
+def _num(x: float | None) -> float | None:
+    return None if x is None or not math.isfinite(x) else round(x, 6)
 
 
 @dataclass
@@ -59,29 +100,141 @@ class StepDecision:
     carried_key: ConfigKey
     winner_key: ConfigKey
     adopted: bool
-    margin: float
-    noise: float
-    threshold: float
     rule: str
     stats: list[ConfigStats]
+    comparisons: list[Comparison] = field(default_factory=list)
     #: Not one trial of the step completed: nothing to carry on (the sweep stops).
     failed: bool = False
+    #: Grid keys whose winning value is the grid's minimum or maximum.
+    edge: list[str] = field(default_factory=list)
+    #: Values a grid grew by past its edge, per key.
+    extended: dict[str, list[Any]] = field(default_factory=dict)
+    objective: ResolvedObjective | None = None
 
     @property
     def winner(self) -> ConfigStats:
         return next(s for s in self.stats if s.key == self.winner_key)
 
+    @property
+    def best_comparison(self) -> Comparison | None:
+        """The comparison of the best-mean challenger (adopted or not)."""
+        return max(self.comparisons, key=lambda c: c.test.gain, default=None)
+
+    @property
+    def noise_measured(self) -> bool:
+        return any(c.test.se is not None for c in self.comparisons)
+
+    @property
+    def margin(self) -> float:
+        best = self.best_comparison
+        return best.test.gain if best is not None else math.nan
+
+    @property
+    def noise(self) -> float | None:
+        best = self.best_comparison
+        return best.test.se if best is not None else None
+
+    @property
+    def threshold(self) -> float | None:
+        best = self.best_comparison
+        return best.needed if best is not None else None
+
     def as_attrs(self) -> dict[str, Any]:
         """The decision as the study's ``decision`` user attribute (strict JSON)."""
-        def num(x: float) -> float | None:
-            return None if x is None or not math.isfinite(x) else round(x, 6)
-
+        objective = self.objective
         return {"carried_key": self.carried_key.text, "winner_key": self.winner_key.text, "adopted": self.adopted,
-                "margin": num(self.margin), "noise": num(self.noise), "threshold": num(self.threshold),
-                "rule": self.rule, "failed": self.failed,
+                "margin": _num(self.margin), "noise": _num(self.noise), "threshold": _num(self.threshold),
+                "noise_measured": self.noise_measured, "rule": self.rule, "failed": self.failed,
+                "edge": self.edge, "extended": self.extended,
+                "metric": objective.metric if objective else None,
+                "direction": objective.direction if objective else None,
                 "winner_overrides": self.winner_key.overrides,
-                "leaderboard": [{"config": s.overrides, "mean": num(s.mean), "std": num(s.std), "n": s.n,
-                                 "pruned": s.pruned, "failed": s.failed} for s in self.stats]}
+                "comparisons": [c.as_attrs() for c in self.comparisons],
+                "leaderboard": [{"config": s.overrides, "mean": _num(s.mean), "std": _num(s.std), "sem": _num(s.sem),
+                                 "n": s.n, "pruned": s.pruned, "failed": s.failed} for s in self.stats]}
+
+
+def collect_stats(trials: Iterable[FrozenTrial], reduce: str = "final",
+                  guard_metrics: Iterable[str] = ()) -> dict[ConfigKey, ConfigStats]:
+    """Group a step's ended trials by configuration (interrupted ones are not results)."""
+    metrics_attr = "final_metrics" if reduce == "final" else "best_metrics"
+    guards = tuple(guard_metrics)
+    stats: dict[ConfigKey, ConfigStats] = {}
+    for t in trials:
+        text = t.user_attrs.get("config_key")
+        if text is None or t.state in (TrialState.RUNNING, TrialState.WAITING) or is_interrupted(t):
+            continue
+        key = ConfigKey.parse(text)
+        s = stats.setdefault(key, ConfigStats(key))
+        if t.state == TrialState.COMPLETE:
+            assert t.value is not None
+            seed = int(t.user_attrs.get("seed", len(s.values)))
+            s.values[seed] = float(t.value)
+            recorded = t.user_attrs.get(metrics_attr) or {}
+            for metric in guards:
+                value = recorded.get(metric)
+                s.guard_values.setdefault(metric, {})[seed] = math.nan if value is None else float(value)
+        elif t.state == TrialState.PRUNED:
+            s.pruned += 1
+            s.prune_reasons.append(t.user_attrs.get("prune_reason", "pruned"))
+        else:
+            s.failed += 1
+    return stats
+
+
+def _guard_failures(challenger: ConfigStats, carried: ConfigStats, guards: tuple[Guard, ...]) -> list[str]:
+    failures = []
+    for g in guards:
+        sign = 1.0 if g.direction == "maximize" else -1.0
+        worse_by = sign * (carried.guard_mean(g.metric) - challenger.guard_mean(g.metric))
+        if not worse_by <= g.tolerance:  # NaN (not reported) fails too
+            failures.append(f"{g.metric} worse by {worse_by:.4g} (tolerance {g.tolerance:g})")
+    return failures
+
+
+def describe_rule(selection: Selection, guards: tuple[Guard, ...]) -> str:
+    guard_text = "; guards: " + ", ".join(f"{g.metric} may not get worse by more than {g.tolerance:g}"
+                                          for g in guards) if guards else ""
+    return (f"paired per-seed differences against the carried configuration; one-sided t-test at "
+            f"alpha {alpha_of(selection.noise_sigmas):.3g} ({selection.noise_sigmas:g} sigma), Holm-corrected "
+            f"over the challengers; adopt the largest significant gain above {selection.min_margin:g}"
+            f"{guard_text}; with one seed the noise is not measured and only the margin applies; "
+            f"pruned or failed configurations never win")
+
+
+def decide(stats: dict[ConfigKey, ConfigStats], carried_key: ConfigKey, objective: ResolvedObjective,
+           selection: Selection, guards: tuple[Guard, ...] = ()) -> StepDecision:
+    """Pick the step's winner (see the module docstring)."""
+    sign = 1.0 if objective.direction == "maximize" else -1.0
+    ordered = sorted(stats.values(), key=lambda s: (not s.eligible, -sign * s.mean if s.eligible else 0.0, s.key.text))
+    rule = describe_rule(selection, guards)
+    if not any(s.n for s in ordered):  # not one trial of the step completed: nothing to decide on
+        return StepDecision(carried_key, carried_key, False, rule + "; no trial of the step completed", ordered,
+                            failed=True, objective=objective)
+    carried = stats.get(carried_key)
+    challengers = [s for s in ordered if s.eligible and s.key != carried_key]
+    if carried is None or not carried.eligible:
+        best = challengers[0] if challengers else None
+        if best is None:
+            return StepDecision(carried_key, carried_key, False, rule, ordered, objective=objective)
+        return StepDecision(carried_key, best.key, True, rule + "; the carried configuration did not complete, "
+                            "so the best one is adopted", ordered, objective=objective)
+    comparisons = [Comparison(c.key, paired(c.values, carried.values, sign)) for c in challengers]
+    significant, levels = holm([c.test.p for c in comparisons], alpha_of(selection.noise_sigmas))
+    for comparison, challenger, passed, level in zip(comparisons, challengers, significant, levels, strict=True):
+        comparison.level = level
+        measured = comparison.test.se is not None
+        comparison.significant = passed if measured else comparison.test.gain > 0
+        critical = critical_gain(comparison.test.se, comparison.test.n, level)
+        comparison.needed = max(critical if critical is not None else 0.0, selection.min_margin)
+        comparison.guard_failures = _guard_failures(challenger, carried, guards)
+    adoptable = [c for c in comparisons if c.significant and c.test.gain > selection.min_margin
+                 and not c.guard_failures]
+    winner = max(adoptable, key=lambda c: c.test.gain, default=None)
+    if winner is not None:
+        winner.adopted = True
+    return StepDecision(carried_key, winner.key if winner else carried_key, winner is not None, rule, ordered,
+                        comparisons, objective=objective)
 
 
 @dataclass(frozen=True)
@@ -92,6 +245,7 @@ class LeaderboardEntry:
     n: int
     pruned: int
     failed: int
+    sem: float | None = None
 
 
 @dataclass(frozen=True)
@@ -107,14 +261,18 @@ class RecordedDecision:
     rule: str
     leaderboard: tuple[LeaderboardEntry, ...]
     failed: bool = False
+    noise_measured: bool = True
+    edge: tuple[str, ...] = ()
+    comparisons: tuple[dict[str, Any], ...] = ()
 
     @classmethod
     def from_attrs(cls, attrs: dict[str, Any]) -> RecordedDecision:
         board = tuple(LeaderboardEntry(ConfigKey.of(e["config"]), e["mean"], e["std"], e["n"], e["pruned"],
-                                       e["failed"]) for e in attrs["leaderboard"])
+                                       e["failed"], e.get("sem")) for e in attrs["leaderboard"])
         return cls(ConfigKey.parse(attrs["carried_key"]), ConfigKey.parse(attrs["winner_key"]), attrs["adopted"],
                    attrs["margin"], attrs["noise"], attrs["threshold"], attrs["rule"], board,
-                   bool(attrs.get("failed", False)))
+                   bool(attrs.get("failed", False)), bool(attrs.get("noise_measured", True)),
+                   tuple(attrs.get("edge", ())), tuple(attrs.get("comparisons", ())))
 
     @classmethod
     def of_study(cls, study: Any) -> RecordedDecision | None:
@@ -125,51 +283,9 @@ class RecordedDecision:
     def winner(self) -> LeaderboardEntry | None:
         return next((e for e in self.leaderboard if e.key == self.winner_key), None)
 
-
-def collect_stats(trials: Iterable[FrozenTrial]) -> dict[ConfigKey, ConfigStats]:
-    """Group a step's ended trials by configuration (interrupted ones are not results)."""
-    stats: dict[ConfigKey, ConfigStats] = {}
-    for t in trials:
-        text = t.user_attrs.get("config_key")
-        if text is None or t.state in (TrialState.RUNNING, TrialState.WAITING) or is_interrupted(t):
-            continue
-        key = ConfigKey.parse(text)
-        s = stats.setdefault(key, ConfigStats(key))
-        if t.state == TrialState.COMPLETE:
-            assert t.value is not None
-            s.values.append(float(t.value))
-        elif t.state == TrialState.PRUNED:
-            s.pruned += 1
-            s.prune_reasons.append(t.user_attrs.get("prune_reason", "pruned"))
-        else:
-            s.failed += 1
-    return stats
+    def comparison_of(self, key: ConfigKey) -> dict[str, Any] | None:
+        return next((c for c in self.comparisons if ConfigKey.of(c["config"]) == key), None)
 
 
-def decide(stats: dict[ConfigKey, ConfigStats], carried_key: ConfigKey, direction: str,
-           selection: Selection) -> StepDecision:
-    """Pick the step's winner: the best eligible mean, adopted only when it beats the noise."""
-    sign = 1.0 if direction == "maximize" else -1.0
-    ordered = sorted(stats.values(), key=lambda s: (not s.eligible, -sign * s.mean if s.eligible else 0.0))
-    carried = stats.get(carried_key)
-    best = ordered[0] if ordered and ordered[0].eligible else None
-    rule = (f"adopt when mean gain > max({selection.noise_sigmas:g} x SE of the difference of means, "
-            f"{selection.min_margin:g}); pruned or failed configurations never win")
-    if not any(s.n for s in ordered):  # not one trial of the step completed: nothing to decide on
-        return StepDecision(carried_key, carried_key, False, math.nan, math.nan, math.nan,
-                            rule + "; no trial of the step completed", ordered, failed=True)
-    if best is None or best.key == carried_key:
-        return StepDecision(carried_key, carried_key, False, 0.0, 0.0, 0.0, rule, ordered)
-    if carried is None or not carried.eligible:
-        return StepDecision(carried_key, best.key, True, math.inf, 0.0, 0.0,
-                            rule + "; the carried configuration did not complete, so the best one is adopted",
-                            ordered)
-    margin = sign * (best.mean - carried.mean)
-    noise = math.sqrt(best.std ** 2 / best.n + carried.std ** 2 / carried.n)
-    threshold = max(selection.noise_sigmas * noise, selection.min_margin)
-    adopted = margin > threshold
-    return StepDecision(carried_key, best.key if adopted else carried_key, adopted,
-                        margin, noise, threshold, rule, ordered)
-
-
-__all__ = ["ConfigStats", "LeaderboardEntry", "RecordedDecision", "StepDecision", "collect_stats", "decide"]
+__all__ = ["Comparison", "ConfigStats", "LeaderboardEntry", "RecordedDecision", "StepDecision", "collect_stats",
+           "decide", "describe_rule"]

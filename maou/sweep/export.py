@@ -4,7 +4,7 @@
 ``results/<sweep>/steps.csv``    one row per step and configuration: mean, std, n, winner, margin
 ``results/<sweep>/prune_reasons.csv`` trials per step, state and prune reason (how much each rule cut)
 ``results/<sweep>/best.yaml``    the winning resolved training config (runnable with ``sweep train``)
-``results/<sweep>/best-args.txt`` the same as upstream ``maou learn-model`` flags
+``results/<sweep>/best-args.txt`` the same as upstream ``maou learn-model`` flags (:mod:`maou.sweep.upstream`)
 """
 
 from __future__ import annotations
@@ -15,58 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from maou.errors import UserError
-from maou.stages import stage
 from maou.sweep.decision import RecordedDecision
 from maou.sweep.identity import ConfigKey
-
-#: Training-config keys -> upstream ``maou learn-model`` flags shared by every stage.
-UPSTREAM_FLAGS: dict[str, str] = {
-    "batch_size": "--batch-size",
-    "optim.lr": "--learning-ratio",
-    "optim.momentum": "--momentum",
-    "optim.name": "--optimizer",
-    "loss.policy_loss_ratio": "--policy-loss-ratio",
-    "loss.value_loss_ratio": "--value-loss-ratio",
-    "budget.epochs": "--epoch",
-    "freeze_backbone": "--freeze-backbone",
-    "init_from": "--resume-from",
-}
-#: Keys with a stage-specific upstream flag: the stage's prefix (the registry's) + this name.
-UPSTREAM_STAGE_FLAGS: dict[int, dict[str, str]] = {
-    1: {"loss.pos_weight": "pos-weight", "batch_size": "batch-size", "optim.lr": "learning-rate"},
-    2: {"loss.pos_weight": "pos-weight", "loss.gamma_pos": "gamma-pos", "loss.gamma_neg": "gamma-neg",
-        "loss.asl_clip": "clip", "model.hidden_dim": "hidden-dim", "model.dropout": "head-dropout",
-        "batch_size": "batch-size", "optim.lr": "learning-rate"},
-    3: {},
-}
-
-
-def upstream_args(stage_number: int, overrides: dict[str, Any], config: dict[str, Any]) -> str:
-    """Upstream flags for the searched keys of the winner (plus its batch size and learning rate)."""
-    prefix = stage(stage_number).upstream_prefix
-    flags = {**UPSTREAM_FLAGS,
-             **{k: f"{prefix}{name}" for k, name in UPSTREAM_STAGE_FLAGS.get(stage_number, {}).items()}}
-    parts = []
-    for key in dict.fromkeys([*overrides, "batch_size", "optim.lr"]):
-        flag = flags.get(key)
-        value = _get(config, key)
-        if flag is None or value is None:
-            continue
-        if isinstance(value, bool):
-            if value:
-                parts.append(flag)
-            continue
-        parts.append(f"{flag} {float(value) if isinstance(value, float) else value}")
-    return " ".join(parts)
-
-
-def _get(config: dict[str, Any], dotted: str) -> Any:
-    node: Any = config
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
+from maou.sweep.upstream import render, upstream_args
 
 
 def trial_rows(study: Any) -> list[dict[str, Any]]:
@@ -92,20 +43,27 @@ def trial_rows(study: Any) -> list[dict[str, Any]]:
     return rows
 
 
-STEP_COLUMNS = ["study", "step", "config", "mean", "std", "n", "pruned", "failed", "winner", "carried", "adopted",
-                "margin", "noise", "threshold"]
+STEP_COLUMNS = ["study", "step", "config", "mean", "std", "sem", "n", "pruned", "failed", "winner", "carried",
+                "adopted", "gain", "gain_se", "p", "holm_level", "needed", "significant", "guard_failures", "edge"]
 
 
 def step_rows(study: Any) -> list[dict[str, Any]]:
+    """One row per configuration of a step: its results and its own comparison with the carried one."""
     decision = RecordedDecision.of_study(study)
     if decision is None:
         return []
-    return [{"study": study.study_name, "step": study.user_attrs.get("step"), "config": e.key.text,
-             "mean": e.mean, "std": e.std, "n": e.n, "pruned": e.pruned, "failed": e.failed,
-             "winner": e.key == decision.winner_key, "carried": e.key == decision.carried_key,
-             "adopted": decision.adopted and e.key == decision.winner_key,
-             "margin": decision.margin, "noise": decision.noise, "threshold": decision.threshold}
-            for e in decision.leaderboard]
+    rows = []
+    for e in decision.leaderboard:
+        c = decision.comparison_of(e.key) or {}
+        rows.append({"study": study.study_name, "step": study.user_attrs.get("step"), "config": e.key.text,
+                     "mean": e.mean, "std": e.std, "sem": e.sem, "n": e.n, "pruned": e.pruned, "failed": e.failed,
+                     "winner": e.key == decision.winner_key, "carried": e.key == decision.carried_key,
+                     "adopted": decision.adopted and e.key == decision.winner_key, "gain": c.get("gain"),
+                     "gain_se": c.get("se"), "p": c.get("p"), "holm_level": c.get("holm_level"),
+                     "needed": c.get("needed"), "significant": c.get("significant"),
+                     "guard_failures": "; ".join(c.get("guard_failures", [])),
+                     "edge": " ".join(decision.edge) if e.key == decision.winner_key else ""})
+    return rows
 
 
 REASON_COLUMNS = ["study", "step", "state", "prune_reason", "trials"]
@@ -185,7 +143,7 @@ def _export_winner(spec: Any, studies: list[Any], steps: int, out: Path, export:
     write_atomic(best, f"# winner of sweep {spec.name} ({last.study_name}); run with: sweep train {best}\n"
                  + dump_train_config(train_config_from_dict(config)))
     export.paths["best_args"] = out / "best-args.txt"
-    write_atomic(export.paths["best_args"], upstream_args(spec.stage, decision.winner_key.overrides, config) + "\n")
+    write_atomic(export.paths["best_args"], render(upstream_args(train_config_from_dict(config))))
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -196,4 +154,4 @@ def write_atomic(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-__all__ = ["Export", "export_sweep", "reason_rows", "step_rows", "trial_rows", "upstream_args", "write_atomic"]
+__all__ = ["Export", "export_sweep", "reason_rows", "step_rows", "trial_rows", "write_atomic"]

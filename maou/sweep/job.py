@@ -38,6 +38,8 @@ class Job:
     max_steps: int
     #: Content hash of the datasets the sweep recorded (None for synthetic rows): verified on load.
     dataset_hash: str | None = None
+    #: The step's objective (metric, direction): what "best evaluation" means for this run.
+    objective: tuple[str, str] | None = None
 
 
 class DatasetChanged(UserError):
@@ -79,19 +81,20 @@ def load_datasets(config: TrainConfig, expected_hash: str | None = None, progres
 
 
 def train_on_datasets(config: TrainConfig, report: Report, checkpoint_dir: str | None,
-                      expected_hash: str | None = None) -> TrainResult:
+                      expected_hash: str | None = None, best_by: tuple[str, str] | None = None) -> TrainResult:
     """The real trainer: the config's datasets (built if needed, verified against
-    ``expected_hash``, cached per process), then train."""
+    ``expected_hash``, cached per process), then train (``best_by``: the objective)."""
     from maou.trainer.loop import train_stage
 
-    return train_stage(config, load_datasets(config, expected_hash), report=report, checkpoint_dir=checkpoint_dir)
+    return train_stage(config, load_datasets(config, expected_hash), report=report, checkpoint_dir=checkpoint_dir,
+                       best_by=best_by)
 
 
 def run_job(job: Job, report: Report, train: TrainFn | None = None) -> TrainResult:
     """Train ``job`` (with ``train``, by default the real trainer on the job's verified datasets);
     each evaluation is reported, then checked by the collapse monitor."""
     if train is None:
-        train = functools.partial(train_on_datasets, expected_hash=job.dataset_hash)
+        train = functools.partial(train_on_datasets, expected_hash=job.dataset_hash, best_by=job.objective)
     monitor = build_monitor(job.config.stage, job.pruning, job.max_steps)
     history: History = []
 

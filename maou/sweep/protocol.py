@@ -21,18 +21,20 @@ from maou.errors import UserError
 from maou.strict import to_dict
 from maou.sweep import faults
 from maou.sweep.decision import StepDecision, collect_stats, decide
+from maou.sweep.edges import extension, grid_edges, with_extensions
 from maou.sweep.recorder import Objective, TrialRecorder
 from maou.sweep.spec import WINNER_OF, SweepSpec, load_spec
 from maou.sweep.step import StepContext, open_step
 
 
-def fingerprint(spec: SweepSpec, dataset_hash: str | None) -> dict[str, Any]:
-    """What makes trials of a step comparable: if any of it changes, the step must not be mixed.
-    ``dataset_hash``: the content hash of the datasets (a changed corpus changes it)."""
+def fingerprint(spec: SweepSpec, dataset_hash: str | None, index: int) -> dict[str, Any]:
+    """What makes the trials of step ``index`` comparable: if any of it changes, the step must
+    not be mixed. ``dataset_hash``: the content hash of the datasets (a changed corpus changes it)."""
     base = to_dict(spec.base_config())
     base.pop("seed", None)
-    return {"stage": spec.stage, "base": base, "dataset_hash": dataset_hash, "metric": spec.objective_metric,
-            "direction": spec.objective_direction, "reduce": spec.objective.reduce}
+    objective = spec.step_objective(index)
+    return {"stage": spec.stage, "base": base, "dataset_hash": dataset_hash, "metric": objective.metric,
+            "direction": objective.direction, "reduce": objective.reduce}
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -44,10 +46,10 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def check_fingerprint(study: optuna.Study, spec: SweepSpec, dataset_hash: str | None) -> None:
-    """Record the spec's fingerprint on a new study; refuse one that was run with another setup."""
+def check_fingerprint(study: optuna.Study, spec: SweepSpec, dataset_hash: str | None, index: int) -> None:
+    """Record the step's fingerprint on a new study; refuse one that was run with another setup."""
     old = study.user_attrs.get("fingerprint")
-    new = json.loads(json.dumps(fingerprint(spec, dataset_hash)))
+    new = json.loads(json.dumps(fingerprint(spec, dataset_hash, index)))
     if old is None:
         study.set_user_attr("fingerprint", new)
         return
@@ -81,7 +83,8 @@ def resolve_winner_of(reference: str) -> str:
               and t.user_attrs.get("checkpoint")]
     if not trials:
         raise UserError(f"{reference}: no checkpoint recorded for the winner of {other.name!r}")
-    best = (max if other.objective_direction == "maximize" else min)(trials, key=lambda t: t.value or 0.0)
+    maximize = other.step_objective(len(other.steps) - 1).direction == "maximize"
+    best = (max if maximize else min)(trials, key=lambda t: t.value or 0.0)
     path = best.user_attrs["checkpoint"]
     if not Path(path).is_file():
         raise UserError(f"{reference}: the winner's checkpoint {path} is missing")
@@ -138,9 +141,11 @@ def _sampler(spec: SweepSpec, index: int) -> optuna.samplers.BaseSampler:
     return optuna.samplers.RandomSampler(seed=search.sampler_seed)
 
 
-def _objective(spec: SweepSpec) -> Objective:
+def _objective(spec: SweepSpec, index: int) -> Objective:
+    """The recorder's objective of step ``index`` (its metric, direction, reduce; Optuna's pruner)."""
     kind = spec.pruning.optuna.kind
-    return Objective(spec.objective_metric, spec.objective_direction, spec.objective.reduce,
+    chosen = spec.step_objective(index)
+    return Objective(chosen.metric, chosen.direction, chosen.reduce,
                      optuna_pruner=kind if spec.pruning.enabled and kind != "none" else None)
 
 
@@ -182,40 +187,66 @@ def _prepare(spec: SweepSpec) -> StepContext:
     return StepContext(spec, base, dataset_hash, rows, resolve_init)
 
 
-def _run_steps(spec: SweepSpec, storage: Any, context: StepContext, executor: Any, view: Any) -> SweepOutcome:
+def _open_study(spec: SweepSpec, index: int, storage: Any, context: StepContext,
+                carried: dict[str, Any]) -> optuna.Study:
     from maou.sweep.pruning import build_optuna_pruner
 
-    objective = _objective(spec)
-    carried: dict[str, Any] = {}
-    decisions: list[StepDecision] = []
-    studies: list[optuna.Study] = []
-    for index, step in enumerate(spec.steps):
-        study = optuna.create_study(
-            study_name=spec.study_name(index), storage=storage, direction=objective.direction,
-            load_if_exists=True, sampler=_sampler(spec, index),
-            pruner=build_optuna_pruner(spec.pruning.optuna) if spec.pruning.enabled else None)
-        check_fingerprint(study, spec, context.dataset_hash)
-        for name, value in (("sweep", spec.name), ("step", step.name), ("step_index", index),
-                            ("description", step.description), ("carried_in", carried)):
-            study.set_user_attr(name, value)
-        run = open_step(context, index, study, TrialRecorder(study, objective, view), carried, studies)
+    step = spec.steps[index]
+    study = optuna.create_study(
+        study_name=spec.study_name(index), storage=storage, direction=spec.step_objective(index).direction,
+        load_if_exists=True, sampler=_sampler(spec, index),
+        pruner=build_optuna_pruner(spec.pruning.optuna) if spec.pruning.enabled else None)
+    check_fingerprint(study, spec, context.dataset_hash, index)
+    for name, value in (("sweep", spec.name), ("step", step.name), ("step_index", index),
+                        ("description", step.description), ("carried_in", carried)):
+        study.set_user_attr(name, value)
+    return study
+
+
+def _run_step(spec: SweepSpec, index: int, study: optuna.Study, context: StepContext, executor: Any,
+              view: Any, carried: dict[str, Any], earlier: list[optuna.Study]) -> StepDecision:
+    """Run the step's trainings and decide; a grid with ``extend`` grows past an edge and runs again."""
+    step, objective, guards = spec.steps[index], spec.step_objective(index), spec.step_guards(index)
+    extended: dict[str, list[Any]] = dict(study.user_attrs.get("grid_extensions", {}))
+    recorder = TrialRecorder(study, _objective(spec, index), view)
+    while True:
+        run = open_step(context, index, study, recorder, carried, earlier, with_extensions(step, extended))
         if view is not None:
             view.step_started(spec, index, study, run)
         executor.run(run)
-        decision = decide(collect_stats(study.get_trials(deepcopy=False)), run.carried_key,
-                          objective.direction, spec.selection)
+        stats = collect_stats(study.get_trials(deepcopy=False), objective.reduce, [g.metric for g in guards])
+        decision = decide(stats, run.carried_key, objective, spec.selection, guards)
+        if decision.failed:
+            return decision
+        winner = run.plan.candidates[decision.winner_key]
+        decision.edge = grid_edges(step, extended, winner)
+        rounds = max((len(v) for v in extended.values()), default=0)
+        added = extension(step, extended, winner, decision.edge, context.train_rows) if rounds < step.extend else {}
+        if not added:
+            decision.extended = extended
+            return decision
+        for key, value in added.items():
+            extended.setdefault(key, []).append(value)
+        study.set_user_attr("grid_extensions", extended)
+
+
+def _run_steps(spec: SweepSpec, storage: Any, context: StepContext, executor: Any, view: Any) -> SweepOutcome:
+    carried: dict[str, Any] = {}
+    decisions: list[StepDecision] = []
+    studies: list[optuna.Study] = []
+    for index in range(len(spec.steps)):
+        study = _open_study(spec, index, storage, context, carried)
+        decision = _run_step(spec, index, study, context, executor, view, carried, studies)
         faults.point("decision")
         study.set_user_attr("decision", decision.as_attrs())
+        if view is not None:
+            view.step_finished(spec, index, study, decision)
         if decision.failed:
-            if view is not None:
-                view.step_finished(spec, index, study, decision)
             raise StepFailed(study.study_name, _failure_reasons(study))
-        carried = dict(decision.winner.overrides)
+        carried = dict(decision.winner_key.overrides)
         study.set_user_attr("carried_out", carried)
         decisions.append(decision)
         studies.append(study)
-        if view is not None:
-            view.step_finished(spec, index, study, decision)
     return SweepOutcome(decisions, carried, [s.study_name for s in studies])
 
 

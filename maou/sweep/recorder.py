@@ -149,14 +149,17 @@ class TrialRecorder:
         self.observer.trial_started(handle)
         return handle
 
-    def copy(self, source: FrozenTrial, params: dict[str, Any], distributions: dict[str, BaseDistribution],
-             step_name: str) -> None:
-        """A finished trial of an earlier step, added to this study as it is (``reused_from``)."""
+    def copy(self, source: FrozenTrial, value: float | None, params: dict[str, Any],
+             distributions: dict[str, BaseDistribution], step_name: str) -> None:
+        """A finished trial of an earlier step, added to this study as it is (``reused_from``),
+        with ``value`` its value under this step's objective."""
         faults.point("copy")
+        o = self.objective
         self.study.add_trial(optuna.trial.create_trial(
-            state=source.state, value=source.value if source.state == TrialState.COMPLETE else None,
+            state=source.state, value=value if source.state == TrialState.COMPLETE else None,
             params=params, distributions={k: distributions[k] for k in params},
-            user_attrs={**source.user_attrs, "step": step_name,
+            user_attrs={**source.user_attrs, "step": step_name, "study": self.study.study_name,
+                        "metric": o.metric, "direction": o.direction, "reduce": o.reduce,
                         "reused_from": f"{source.user_attrs.get('study', '?')}#{source.number}"},
             intermediate_values=dict(source.intermediate_values)))
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from maou.stages import STAGES, Direction, stage
+from maou.stages import METRIC_DIRECTIONS, STAGES, Direction, stage
 from maou.strict import ConfigError, dotted_keys, from_dict, read_yaml_file, require, with_overrides
 from maou.sweep.pruning import PruningConfig
 from maou.trainer.config import Budget, DataConfig, TrainConfig, default_budget
@@ -30,18 +30,46 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 class Objective:
     #: Validation metric to optimise; default: the stage's selection metric.
     metric: str | None = None
+    #: Default: the metric's own (``maou.stages.METRIC_DIRECTIONS``).
     direction: Literal["maximize", "minimize"] | None = None
     #: ``final``: the metric at the end of training; ``best``: the best evaluation of the run.
     reduce: Literal["final", "best"] = "final"
 
 
 @dataclass(frozen=True)
-class Selection:
-    """When a step's best configuration replaces the carried one."""
+class ResolvedObjective:
+    """A step's objective with its defaults filled in."""
 
-    #: Adopt only when mean improvement > noise_sigmas * standard error of the difference of means.
+    metric: str
+    direction: Direction
+    reduce: Literal["final", "best"] = "final"
+
+
+@dataclass(frozen=True)
+class Guard:
+    """``metric`` may not get worse than the carried configuration's (mean over seeds) by more
+    than ``tolerance``: a challenger that breaks a guard is not adopted."""
+
+    metric: str
+    tolerance: float = 0.0
+    #: Default: the metric's own (``maou.stages.METRIC_DIRECTIONS``).
+    direction: Literal["maximize", "minimize"] | None = None
+
+    def __post_init__(self) -> None:
+        require(self, "tolerance", self.tolerance >= 0, "must be >= 0")
+
+    def resolved(self) -> Guard:
+        return Guard(self.metric, self.tolerance, self.direction or METRIC_DIRECTIONS.get(self.metric))
+
+
+@dataclass(frozen=True)
+class Selection:
+    """When a step's best configuration replaces the carried one (see :mod:`maou.sweep.stats`)."""
+
+    #: The evidence a gain needs: a paired one-sided test at the normal tail of this many sigmas
+    #: (1: 0.159, 2: 0.023), Holm-corrected for the number of challengers.
     noise_sigmas: float = 1.0
-    #: ...and larger than this absolute margin.
+    #: ...and a mean gain larger than this absolute margin (the only protection with one seed).
     min_margin: float = 0.0
 
     def __post_init__(self) -> None:
@@ -112,11 +140,19 @@ class Step:
     configs: list[dict[str, Any]] = field(default_factory=list)
     search: Search | None = None
     description: str = ""
+    #: This step's objective instead of the sweep's.
+    objective: Objective | None = None
+    #: Metrics a winner may not worsen (default: the sweep's ``guards``, else the stage's).
+    guards: tuple[Guard, ...] | None = None
+    #: Rounds a grid may grow past an edge its winner sits on (by the grid's own spacing).
+    extend: int = 0
 
     def __post_init__(self) -> None:
         require(self, "name", bool(_NAME.match(self.name)), "letters, digits, '.', '_' and '-' only")
         modes = sum([bool(self.grid), bool(self.configs), self.search is not None])
         require(self, "grid", modes <= 1, "give one of grid, configs or search per step")
+        require(self, "extend", 0 <= self.extend <= 10, "must be in [0, 10]")
+        require(self, "extend", not self.extend or bool(self.grid), "extends a grid: give the step a grid")
 
 
 @dataclass(frozen=True)
@@ -130,6 +166,8 @@ class SweepSpec:
     base: dict[str, Any] = field(default_factory=dict)
     budget: Budget = field(default_factory=default_budget)
     objective: Objective = field(default_factory=Objective)
+    #: Metrics a step's winner may not worsen (default: the stage's, see ``maou.stages``).
+    guards: tuple[Guard, ...] | None = None
     #: Seeds every configuration runs with: a list, or a count (seeds 0..n-1).
     seeds: tuple[int, ...] | int = (0,)
     storage: str | None = None
@@ -163,13 +201,27 @@ class SweepSpec:
     def study_name(self, index: int) -> str:
         return f"{self.name}/{index + 1:02d}-{self.steps[index].name}"
 
-    @property
-    def objective_metric(self) -> str:
-        return self.objective.metric or stage(self.stage).selection_metric
+    def step_objective(self, index: int) -> ResolvedObjective:
+        """Step ``index``'s objective: its own, else the sweep's, else the stage's default; a
+        direction left out is the metric's own."""
+        info = stage(self.stage)
+        chosen = self.steps[index].objective or self.objective
+        metric = chosen.metric or self.objective.metric or info.selection_metric
+        if chosen.direction is not None:
+            direction: Direction = chosen.direction
+        elif metric == info.selection_metric:
+            direction = info.selection_direction
+        else:
+            direction = METRIC_DIRECTIONS[metric]  # validated: the metric has one
+        return ResolvedObjective(metric, direction, chosen.reduce)
 
-    @property
-    def objective_direction(self) -> Direction:
-        return self.objective.direction or stage(self.stage).selection_direction
+    def step_guards(self, index: int) -> tuple[Guard, ...]:
+        """Step ``index``'s guards (directions resolved): its own, else the sweep's, else the stage's."""
+        own = self.steps[index].guards
+        chosen = own if own is not None else self.guards
+        if chosen is None:
+            chosen = tuple(Guard(g.metric, g.tolerance) for g in stage(self.stage).default_guards)
+        return tuple(g.resolved() for g in chosen)
 
     def base_config(self) -> TrainConfig:
         """The base training config with the spec's stage, data and budget applied."""
@@ -215,10 +267,29 @@ def validate(spec: SweepSpec) -> None:
             for key in step.search.params:
                 if key not in SEARCHABLE_KEYS:
                     raise ConfigError("not a searchable training key", f"{path}.search.params.{key}")
+    _validate_objectives(spec)
+
+
+def _validate_objectives(spec: SweepSpec) -> None:
+    """Objectives and guards name metrics the stage reports, and know which way is better."""
     reported = stage(spec.stage).reported_metrics
-    if spec.objective.metric is not None and spec.objective.metric not in reported:
-        raise ConfigError(f"stage {spec.stage} reports {', '.join(reported)}; got {spec.objective.metric!r}",
-                          "objective.metric")
+
+    def check(metric: str | None, direction: str | None, path: str) -> None:
+        if metric is None:
+            return
+        if metric not in reported:
+            raise ConfigError(f"stage {spec.stage} reports {', '.join(reported)}; got {metric!r}", path)
+        if direction is None and metric not in METRIC_DIRECTIONS:
+            raise ConfigError(f"{metric} has no better direction of its own: give a direction", path)
+
+    check(spec.objective.metric, spec.objective.direction, "objective.metric")
+    for j, guard in enumerate(spec.guards or ()):
+        check(guard.metric, guard.direction, f"guards[{j}].metric")
+    for i, step in enumerate(spec.steps):
+        if step.objective is not None:
+            check(step.objective.metric, step.objective.direction, f"steps[{i}].objective.metric")
+        for j, guard in enumerate(step.guards or ()):
+            check(guard.metric, guard.direction, f"steps[{i}].guards[{j}].metric")
 
 
 def load_spec(path: str | Path) -> SweepSpec:

@@ -15,6 +15,7 @@ from typing import Any
 
 import optuna
 from optuna.distributions import BaseDistribution
+from optuna.trial import TrialState
 
 import maou
 from maou.strict import to_dict, with_overrides
@@ -23,7 +24,7 @@ from maou.sweep.job import Job
 from maou.sweep.params import step_distributions, trial_params
 from maou.sweep.planner import Pair, StepPlan, Training, configuration, plan_step
 from maou.sweep.recorder import FINISHED, TrialHandle, TrialRecorder
-from maou.sweep.spec import WINNER_OF, SweepSpec
+from maou.sweep.spec import WINNER_OF, Step, SweepSpec
 from maou.trainer.config import TrainConfig
 
 #: An executor's last word on a job's config (its threads, absolute paths) before it is recorded.
@@ -43,9 +44,11 @@ class StepContext:
 
 
 def open_step(context: StepContext, index: int, study: optuna.Study, recorder: TrialRecorder,
-              carried: dict[str, Any], earlier: list[optuna.Study]) -> StepRun:
-    """The step's remaining work: stale trials failed, reusable ones copied, the rest queued."""
-    spec, step = context.spec, context.spec.steps[index]
+              carried: dict[str, Any], earlier: list[optuna.Study], step: Step | None = None) -> StepRun:
+    """The step's remaining work: stale trials failed, reusable ones copied, the rest queued.
+    ``step``: the spec's step as this run sees it (a grid grown past an edge)."""
+    spec = context.spec
+    step = step if step is not None else spec.steps[index]
     recorder.fail_stale()
     trials = study.get_trials(deepcopy=False)
     finished: set[Pair] = {_pair(t) for t in trials if t.state in FINISHED}
@@ -56,12 +59,24 @@ def open_step(context: StepContext, index: int, study: optuna.Study, recorder: T
     reusable: dict[Pair, optuna.trial.FrozenTrial] = {}
     for other in earlier:
         for t in other.get_trials(deepcopy=False, states=FINISHED):
-            reusable.setdefault(_pair(t), t)
+            if _value_for(t, recorder.objective) is not None or t.state != TrialState.COMPLETE:
+                reusable.setdefault(_pair(t), t)
     plan = plan_step(step, index, context.base, carried, spec.seed_list, finished, sampled, reusable)
     dists = step_distributions(step, plan.searched, plan.candidates.values())
     for training, source in plan.to_copy:
-        recorder.copy(source, trial_params(dists, plan.params(training.config)), dists, step.name)
+        recorder.copy(source, _value_for(source, recorder.objective), trial_params(dists, plan.params(training.config)),
+                      dists, step.name)
     return StepRun(context, index, plan, dists, recorder)
+
+
+def _value_for(trial: optuna.trial.FrozenTrial, objective: Any) -> float | None:
+    """A finished trial's value under another step's objective: its own when the objective is the
+    same, its final metric when the objective reduces to the final one, else None (train again)."""
+    attrs = trial.user_attrs
+    if attrs.get("metric") == objective.metric and attrs.get("reduce", "final") == objective.reduce:
+        return trial.value
+    value = (trial.user_attrs.get("final_metrics") or {}).get(objective.metric)
+    return float(value) if objective.reduce == "final" and value is not None else None
 
 
 def _pair(trial: optuna.trial.FrozenTrial) -> Pair:
@@ -121,12 +136,15 @@ class StepRun:
         attrs = {"study": self.study.study_name, "step": self.step.name, "seed": training.seed,
                  "config_key": training.key.text, "overrides": training.key.overrides, "config": to_dict(config),
                  "package_version": maou.__version__, "dataset_hash": ctx.dataset_hash,
-                 "metric": self.recorder.objective.metric, "direction": self.recorder.objective.direction}
+                 "metric": self.recorder.objective.metric, "direction": self.recorder.objective.direction,
+                 "reduce": self.recorder.objective.reduce}
         params = trial_params(self.distributions, self.plan.params(training.config))
         handle = self.recorder.start(training, params, self.distributions, attrs, trial)
         checkpoint_dir = spec.runs_path / f"{self.index + 1:02d}-{self.step.name}" / f"trial-{handle.number}"
         max_steps = config.budget.total_steps(ctx.train_rows, config.batch_size)
-        return handle, Job(handle.number, config, str(checkpoint_dir), spec.pruning, max_steps, ctx.dataset_hash)
+        objective = self.recorder.objective
+        return handle, Job(handle.number, config, str(checkpoint_dir), spec.pruning, max_steps, ctx.dataset_hash,
+                           (objective.metric, objective.direction))
 
 
 __all__ = ["Adjust", "StepContext", "StepRun", "open_step"]

@@ -29,6 +29,8 @@ from optuna.storages import BaseStorage
 from maou.errors import UserError
 
 RETRY_SECONDS_ENV = "MAOU_STORAGE_RETRY_SECONDS"
+#: What a database says when another driver created Optuna's tables a moment earlier.
+_SCHEMA_RACES = ("already exists", "UNIQUE constraint failed", "duplicate key value")
 DEFAULT_RETRY_SECONDS = 60.0
 _PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@]*:)(?P<password>[^@/]*)@", re.IGNORECASE)
 _QUERY_PASSWORD = re.compile(r"(?P<head>[?&]password=)[^&]*", re.IGNORECASE)
@@ -83,7 +85,7 @@ def open_storage(url: str, create: bool = True) -> BaseStorage:
             raise
         except Exception as exc:  # noqa: BLE001 - SQLAlchemy raises many kinds; the user needs the URL
             # two drivers creating Optuna's tables in a new database at once: the loser retries
-            if "already exists" in str(exc) and attempt < 2:
+            if any(race in str(exc) for race in _SCHEMA_RACES) and attempt < 2:
                 time.sleep(0.5)
                 continue
             raise UserError(f"cannot open Optuna storage {mask_url(url)}: {_reason(exc)}") from None

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from maou.errors import UserError
-from maou.stages import stage
+from maou.stages import TRAIN_METRICS, stage
 from maou.trainer.checkpoint import CHECKPOINT_NAME, load_backbone, save_checkpoint
 from maou.trainer.config import OptimConfig, TrainConfig
 from maou.trainer.metrics import Reference, evaluate
@@ -106,7 +106,10 @@ class _Setup:
     device: torch.device
     amp_dtype: torch.dtype | None
     train: Split
+    #: What the evaluations during training see: the whole validation split, or ``eval_rows`` of it
     val: Split
+    #: The whole validation split: the final (and best) metrics are computed on it
+    val_full: Split
     task: Task
     model: StageModel
     loss_fn: torch.nn.Module
@@ -124,7 +127,7 @@ def _setup(config: TrainConfig, data: StageData) -> _Setup:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     train = data.train.to(device)
-    val = train if data.val is data.train else data.val.to(device)
+    val = val_full = train if data.val is data.train else data.val.to(device)
     if 0 < config.eval_rows < len(val):  # a fixed subset, the same for every seed and trial
         keep = torch.randperm(len(val), generator=torch.Generator().manual_seed(0))[: config.eval_rows]
         val = val.subset(keep.sort().values.to(device))
@@ -143,39 +146,69 @@ def _setup(config: TrainConfig, data: StageData) -> _Setup:
     else:
         optimizer = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay,
                                       fused=True if device.type == "cuda" else None)
-    return _Setup(device, amp_dtype, train, val, task, model, task.loss().to(device), params, optimizer,
+    return _Setup(device, amp_dtype, train, val, val_full, task, model, task.loss().to(device), params, optimizer,
                   task.reference(train.targets))
 
 
 class _Evaluations:
-    """The run's evaluations: metrics onto the history, out through ``report``, the best one kept."""
+    """The run's evaluations: metrics onto the history, out through ``report``, the best one kept
+    (and, when evaluations see a subset of the validation split, the best model's weights, so the
+    best metrics can be computed on the whole split at the end)."""
 
-    def __init__(self, run: _Setup, config: TrainConfig, report: Report | None) -> None:
+    def __init__(self, run: _Setup, config: TrainConfig, report: Report | None, best_by: tuple[str, str]) -> None:
         self.run, self.report = run, report
         self.batch_size = max(config.batch_size, 256)
-        info = stage(config.stage)
-        self.selection, self.maximize = info.selection_metric, info.selection_direction == "maximize"
+        self.selection, self.maximize = best_by[0], best_by[1] == "maximize"
         self.history: History = []
         self.best: tuple[int, dict[str, float]] | None = None
+        self.best_state: dict[str, torch.Tensor] | None = None
         self.seconds = 0.0
+
+    def evaluate(self, split: Split) -> dict[str, float]:
+        r = self.run
+        return evaluate(r.model, r.task, r.loss_fn, split, r.reference, self.batch_size, r.amp_dtype)
 
     def __call__(self, step: int, metrics: dict[str, float]) -> Stop | None:
         started = time.perf_counter()
-        r = self.run
-        metrics.update(evaluate(r.model, r.task, r.loss_fn, r.val, r.reference, self.batch_size, r.amp_dtype))
+        metrics.update(self.evaluate(self.run.val))
         self.history.append((step, metrics))
         value = metrics.get(self.selection, math.nan)  # best: over trained steps (step 0 excluded)
         if step > 0 and math.isfinite(value) and (self.best is None or (
                 value > self.best[1][self.selection] if self.maximize else value < self.best[1][self.selection])):
             self.best = (step, metrics)
+            if self.run.val is not self.run.val_full:
+                self.best_state = {k: v.detach().clone() for k, v in self.run.model.state_dict().items()}
         stop = self.report(step, metrics) if self.report is not None else None
         self.seconds += time.perf_counter() - started
         return stop
 
+    def on_full_validation(self) -> tuple[dict[str, float], tuple[int, dict[str, float]] | None]:
+        """The final metrics and the best evaluation, computed again on the whole validation split
+        when the evaluations saw a subset (the model is left as it was trained to the end)."""
+        final_step, final_metrics = self.history[-1]
+        if self.run.val is self.run.val_full:
+            return final_metrics, self.best
+        final = {**_train_side(final_metrics), **self.evaluate(self.run.val_full)}
+        best = self.best
+        if best is not None and self.best_state is not None:
+            trained = {k: v.detach().clone() for k, v in self.run.model.state_dict().items()}
+            self.run.model.load_state_dict(self.best_state)
+            best = (best[0], {**_train_side(best[1]), **self.evaluate(self.run.val_full)})
+            self.run.model.load_state_dict(trained)
+        return final, best
+
+
+def _train_side(metrics: dict[str, float]) -> dict[str, float]:
+    """The training-side numbers of an evaluation (they do not depend on the validation rows)."""
+    return {k: v for k, v in metrics.items() if k in TRAIN_METRICS}
+
 
 def train_stage(config: TrainConfig, data: StageData, report: Report | None = None,
-                checkpoint_dir: str | Path | None = None, on_step: OnStep | None = None) -> TrainResult:
-    """Train ``config.stage`` on ``data``; ``on_step(step, max_steps)`` after every optimizer step."""
+                checkpoint_dir: str | Path | None = None, on_step: OnStep | None = None,
+                best_by: tuple[str, str] | None = None) -> TrainResult:
+    """Train ``config.stage`` on ``data``; ``on_step(step, max_steps)`` after every optimizer step.
+    ``best_by`` (metric, direction) picks the best evaluation (default: the stage's selection
+    metric). The final and best metrics are computed on the whole validation split."""
     started = time.perf_counter()
     if data.stage != config.stage:
         raise ValueError(f"config is for stage {config.stage} but the data is stage {data.stage}")
@@ -185,7 +218,8 @@ def train_stage(config: TrainConfig, data: StageData, report: Report | None = No
     run = _setup(config, data)
     batch_size = config.batch_size
     max_steps = config.budget.total_steps(rows, config.batch_size)
-    evaluations = _Evaluations(run, config, report)
+    info = stage(config.stage)
+    evaluations = _Evaluations(run, config, report, best_by or (info.selection_metric, info.selection_direction))
     generator = torch.Generator().manual_seed(config.seed)
 
     run.model.train()
@@ -228,8 +262,9 @@ def train_stage(config: TrainConfig, data: StageData, report: Report | None = No
     if checkpoint_dir is not None:
         checkpoint = Path(checkpoint_dir) / CHECKPOINT_NAME
         save_checkpoint(checkpoint, run.model, config, step)
-    final_step, final_metrics = evaluations.history[-1]
-    best_step, best_metrics = evaluations.best or (final_step, final_metrics)
+    final_step = evaluations.history[-1][0]
+    final_metrics, best = evaluations.on_full_validation()
+    best_step, best_metrics = best or (final_step, final_metrics)
     return TrainResult(
         stage=config.stage, steps_done=step, max_steps=max_steps, stop=stop, final_metrics=final_metrics,
         best_metrics=best_metrics, best_step=best_step, history=evaluations.history,

@@ -9,7 +9,11 @@ Every evaluation reports ``train_loss`` (mean training loss since the previous e
 * 2: ``val_f1`` (per-sample F1 at threshold 0.5, averaged over samples; both empty = 1),
   ``val_precision``, ``val_recall`` (per sample, averaged; an empty denominator counts 1 when
   prediction and label are both empty, else 0), ``val_pred_pos_rate``, ``val_label_pos_rate``,
-  ``val_f1_all_positive`` (the trivial predict-everything predictor);
+  ``val_f1_all_positive`` (the trivial predict-everything predictor), and two threshold-free
+  measures: ``val_average_precision`` (per-sample average precision of the labels ranked by
+  logit, averaged over samples with a legal move) and ``val_f1_best_threshold`` (the per-sample
+  F1 at the probability threshold of ``F1_THRESHOLDS`` that maximises it, that threshold being
+  ``val_best_threshold``): F1 at 0.5 mixes ranking with calibration on short budgets;
 * 3: ``val_policy_top1`` (the argmax is a most played move), ``val_policy_ce``,
   ``val_policy_entropy`` (nats), ``val_policy_top1_baseline`` (always the training set's most
   frequent top move), ``val_value_bce``, ``val_value_brier``, ``val_value_accuracy``
@@ -64,6 +68,28 @@ def f1_precision_recall(predicted: torch.Tensor, actual: torch.Tensor) -> tuple[
 def sample_f1(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Per row F1 at probability threshold 0.5 (logit > 0)."""
     return f1_precision_recall(logits.float() > 0, targets.float() > 0.5)[0]
+
+
+#: Probability thresholds the best-threshold F1 is taken over.
+F1_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))
+
+
+def f1_at_thresholds(logits: torch.Tensor, actual: torch.Tensor,
+                     thresholds: tuple[float, ...] = F1_THRESHOLDS) -> torch.Tensor:
+    """(B, T) per-row F1 with positives predicted where ``sigmoid(logit) > threshold``."""
+    probs = torch.sigmoid(logits.float())
+    return torch.stack([f1_precision_recall(probs > t, actual)[0] for t in thresholds], dim=1)
+
+
+def average_precision(logits: torch.Tensor, actual: torch.Tensor) -> torch.Tensor:
+    """Per row: average precision of the labels ranked by logit (threshold-free); NaN for a row
+    without positives."""
+    order = logits.float().argsort(dim=1, descending=True)
+    hits = actual.bool().gather(1, order).float()
+    ranks = torch.arange(1, hits.shape[1] + 1, device=hits.device, dtype=torch.float32)
+    precision_at_hit = hits.cumsum(dim=1) / ranks * hits
+    positives = hits.sum(dim=1)
+    return torch.where(positives > 0, precision_at_hit.sum(dim=1) / positives.clamp_min(1), torch.nan)
 
 
 def all_positive_f1(targets: torch.Tensor) -> torch.Tensor:

@@ -24,10 +24,13 @@ from maou.stages import stage
 from maou.trainer.config import LossConfig, ModelConfig
 from maou.trainer.losses import LegalMovesLoss, PolicyValueLoss, ReachableSquaresLoss
 from maou.trainer.metrics import (
+    F1_THRESHOLDS,
     Reference,
     all_positive_f1,
+    average_precision,
     constant_bce,
     element_accuracy,
+    f1_at_thresholds,
     f1_precision_recall,
     skill,
     top1_hits,
@@ -115,7 +118,18 @@ class LegalMoves(Task):
         f1, precision, recall = f1_precision_recall(predicted, actual)
         return {"f1": f1, "precision": precision, "recall": recall,
                 "pred_pos_rate": predicted.float().mean(dim=1), "label_pos_rate": actual.float().mean(dim=1),
-                "f1_all_positive": all_positive_f1(actual)}
+                "f1_all_positive": all_positive_f1(actual), "average_precision": average_precision(logits, actual),
+                "f1_at_thresholds": f1_at_thresholds(logits, actual)}
+
+    def summarize(self, stats: Tensors) -> dict[str, float]:
+        by_threshold = stats["f1_at_thresholds"].mean(dim=0)
+        best = int(by_threshold.argmax())
+        out = {f"val_{k}": float(v.mean()) for k, v in stats.items() if k not in ("f1_at_thresholds",
+                                                                                 "average_precision")}
+        ap = stats["average_precision"]
+        out.update(val_average_precision=float(ap[~ap.isnan()].mean()) if (~ap.isnan()).any() else 0.0,
+                   val_f1_best_threshold=float(by_threshold[best]), val_best_threshold=F1_THRESHOLDS[best])
+        return out
 
 
 class _PolicyValueLoss(nn.Module):

@@ -11,6 +11,7 @@ from torch import nn
 from maou.stages import STAGES, stage
 from maou.trainer.config import LossConfig, ModelConfig
 from maou.trainer.metrics import (
+    F1_THRESHOLDS,
     Reference,
     element_accuracy,
     evaluate,
@@ -38,7 +39,7 @@ def compute_metrics(stage_number, outputs, targets, reference=Reference()):
 
 def test_selection_metrics_contract():
     assert {n: (s.selection_metric, s.selection_direction) for n, s in STAGES.items()} == {
-        1: ("val_accuracy", "maximize"), 2: ("val_f1", "maximize"), 3: ("val_policy_top1", "maximize")}
+        1: ("val_accuracy", "maximize"), 2: ("val_f1", "maximize"), 3: ("val_value_bce", "minimize")}
     for info in STAGES.values():
         assert info.selection_metric in info.metrics
 
@@ -163,3 +164,27 @@ def test_evaluate_uses_eval_mode_and_restores_modes():
     assert m["val_accuracy"] == 0.75
     assert m["val_loss"] == pytest.approx(BIG / 4, rel=1e-3)
     assert model.training and not model.drop.training
+
+
+def test_stage2_threshold_free_metrics_by_hand():
+    probabilities = torch.tensor([[0.92, 0.63, 0.17, 0.08], [0.72, 0.83, 0.38, 0.47]])  # off the threshold grid
+    logits = torch.log(probabilities / (1 - probabilities))
+    actual = [[1, 1, 0, 0], [1, 0, 1, 0]]
+    m = compute_metrics(2, {"legal_moves": logits}, {"legal_moves": torch.tensor(actual, dtype=torch.uint8)})
+    # row 1 ranks its positives 1st and 2nd: AP 1; row 2 ranks them 2nd and 4th: (1/2 + 2/4) / 2
+    assert m["val_average_precision"] == pytest.approx((1.0 + 0.5) / 2)
+    assert m["val_f1"] == pytest.approx((1.0 + 0.5) / 2)  # at 0.5 row 2 predicts {0.72, 0.83}: one right
+
+    def mean_f1(threshold):  # written out plainly, one row at a time
+        scores = []
+        for probs, labels in zip(probabilities.tolist(), actual):
+            predicted = [p > threshold for p in probs]
+            tp = sum(p and y for p, y in zip(predicted, labels))
+            scores.append(2 * tp / (sum(predicted) + sum(labels)))
+        return sum(scores) / len(scores)
+
+    best = max(F1_THRESHOLDS, key=mean_f1)
+    assert m["val_f1_best_threshold"] == pytest.approx(mean_f1(best)) and m["val_f1_best_threshold"] > m["val_f1"]
+    assert m["val_best_threshold"] == best
+    empty = compute_metrics(2, {"legal_moves": logits[:1]}, {"legal_moves": torch.zeros(1, 4, dtype=torch.uint8)})
+    assert empty["val_average_precision"] == 0.0  # no positives anywhere: nothing to rank

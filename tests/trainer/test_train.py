@@ -192,13 +192,18 @@ def test_warmup_then_cosine(tiny_config):
     assert lrs[-1] == pytest.approx(0.1, abs=0.01) and min(lrs) >= 0.1 - 1e-12
 
 
-def test_eval_rows_is_a_fixed_subset(stage_data, tiny_config):
-    config = tiny_config(2, max_steps=4, eval_every=4, eval_rows=50)
-    a = train_stage(config, stage_data(2)).final_metrics
-    b = train_stage(tiny_config(2, max_steps=4, eval_every=4, eval_rows=50, seed=1), stage_data(2)).final_metrics
-    assert a["val_label_pos_rate"] == b["val_label_pos_rate"]   # the same rows for every seed
-    full = train_stage(tiny_config(2, max_steps=4, eval_every=4), stage_data(2)).final_metrics
-    assert a["val_label_pos_rate"] != full["val_label_pos_rate"]
+def test_eval_rows_thins_the_evaluations_but_the_final_metrics_see_the_whole_split(stage_data, tiny_config):
+    thin = train_stage(tiny_config(2, max_steps=4, eval_every=2, eval_rows=50), stage_data(2))
+    other_seed = train_stage(tiny_config(2, max_steps=4, eval_every=2, eval_rows=50, seed=1), stage_data(2))
+    full = train_stage(tiny_config(2, max_steps=4, eval_every=2), stage_data(2))
+    rate = "val_label_pos_rate"  # a property of the rows, not of the model
+    assert thin.history[-1][1][rate] == other_seed.history[-1][1][rate]  # the same subset for every seed
+    assert thin.history[-1][1][rate] != full.history[-1][1][rate]
+    assert thin.final_metrics[rate] == pytest.approx(full.final_metrics[rate])  # the whole split at the end
+    assert thin.best_metrics[rate] == pytest.approx(full.final_metrics[rate])
+    assert thin.final_metrics["train_loss"] == thin.history[-1][1]["train_loss"]
+    # the best evaluation's model, evaluated again on the whole split
+    assert thin.best_step in (2, 4) and math.isfinite(thin.best_metrics["val_f1"])
 
 
 # ---- data loading ----------------------------------------------------------------------------------
