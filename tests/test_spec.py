@@ -49,7 +49,7 @@ def test_shipped_specs_are_valid(spec):
 def test_good_spec_loads(tmp_path):
     spec = load_spec(write(tmp_path, GOOD))
     assert spec.seed_list == (0, 1)
-    assert spec.storage_url == "sqlite:///studies/t.db"
+    assert spec.storage_url == f"sqlite:///{tmp_path}/studies/t.db"  # the spec's project: its folder
     assert spec.study_name(1) == "t/02-gamma-neg"
     assert step_candidates(spec.steps[1]) == [{"loss.gamma_neg": 1}, {"loss.gamma_neg": 2}]
     assert spec.base_config().loss.gamma_neg == 0.0
@@ -99,3 +99,35 @@ def test_base_must_not_set_budget_or_stage(tmp_path):
     data = with_change("base/max_steps", 100)
     with pytest.raises(ConfigError, match=r"base\.max_steps"):
         load_spec(write(tmp_path, data))
+
+
+def test_a_spec_is_found_by_name_from_anywhere_in_its_project(tmp_path, monkeypatch):
+    from maou.errors import UserError
+    from maou.sweep.locate import locate_spec
+
+    (tmp_path / "sweeps").mkdir()
+    target = tmp_path / "sweeps" / "stage2-asl.yaml"
+    target.write_text(yaml.safe_dump(GOOD))
+    deep = tmp_path / "notebooks" / "today"
+    deep.mkdir(parents=True)
+    for name in ("stage2-asl", "stage2-asl.yaml", "sweeps/stage2-asl.yaml"):
+        assert locate_spec(name, deep).resolve() == target.resolve()
+    with pytest.raises(UserError, match="no such sweep spec: stage2-als; did you mean stage2-asl"):
+        locate_spec("stage2-als", deep)
+
+
+def test_relative_paths_inside_a_spec_are_read_against_its_project_root(tmp_path, monkeypatch):
+    (tmp_path / "sweeps").mkdir()
+    data = {**GOOD, "data": {"games": ["data/games"]}, "runs_dir": "runs/here",
+            "base": {**GOOD["base"], "init_from": "runs/stage1/checkpoint.pt"},
+            "steps": [{"name": "pre", "grid": {"init_from": [None, "winner-of:sweeps/other.yaml"]}}]}
+    path = tmp_path / "sweeps" / "rel.yaml"
+    path.write_text(yaml.safe_dump(data))
+    monkeypatch.chdir(tmp_path / "sweeps")  # started from elsewhere
+    spec = load_spec(path)
+    assert spec.data.games == (str(tmp_path / "data" / "games"),)
+    assert spec.data.dir.startswith(str(tmp_path / "data" / "build"))
+    assert spec.runs_dir == str(tmp_path / "runs" / "here")
+    assert spec.storage_url == f"sqlite:///{tmp_path}/studies/t.db" and spec.results_path == tmp_path / "results" / "t"
+    assert spec.base["init_from"] == str(tmp_path / "runs" / "stage1" / "checkpoint.pt")
+    assert spec.steps[0].grid["init_from"] == [None, f"winner-of:{tmp_path}/sweeps/other.yaml"]

@@ -9,7 +9,6 @@ import signal
 import sqlite3
 import subprocess
 import time
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import optuna
 import pandas as pd
 import pytest
 import yaml
-from sweep_helpers import REPO, SWEEP, free_port, run_cli, step_studies, tmp_spec
+from sweep_helpers import REPO, SWEEP, dashboard_studies, free_port, run_cli, step_studies, tmp_spec
 
 pytestmark = pytest.mark.slow
 
@@ -62,8 +61,9 @@ def test_status_counts_states(smoke_run):
     spec, url, _ = smoke_run
     result = run_cli("status", str(spec))
     assert result.returncode == 0, result.stderr
-    for name in ("smoke/01-baseline", "smoke/02-gamma-neg", "smoke/03-asl-clip"):
+    for name in ("1. baseline", "2. gamma-neg", "3. asl-clip"):
         assert name in result.stdout
+    assert "complete" in result.stdout
 
 
 def test_export_writes_files_with_their_columns(smoke_run, tmp_path):
@@ -72,8 +72,17 @@ def test_export_writes_files_with_their_columns(smoke_run, tmp_path):
     assert result.returncode == 0, result.stderr
     trials = pd.read_csv(tmp_path / "out" / "trials.csv")
     for column in ("study", "step", "trial", "state", "seed", "config", "value", "prune_reason",
-                   "param_loss.gamma_neg", "final_val_f1", "best_val_f1", "wall_time_s", "device"):
+                   "loss.gamma_neg", "optim.lr", "batch_size", "model.channels", "winner", "reused",
+                   "final_val_f1", "best_val_f1", "wall_time_s", "device"):
         assert column in trials.columns, column
+    # every row carries every resolved key, searched in its step or not
+    assert trials["loss.gamma_neg"].notna().all() and trials["optim.lr"].notna().all()
+    last = trials[trials["study"] == "smoke/03-asl-clip"]
+    assert set(last["loss.gamma_neg"]) <= {0.0, 1.0, 2.0} and last["loss.asl_clip"].notna().all()
+    # copies are marked: counting each (configuration, seed) once is one filter away
+    fresh = trials[~trials["reused"]]
+    assert len(fresh) == len(fresh.drop_duplicates(["config", "seed"]))
+    assert trials.groupby("study")["winner"].any().all()
     assert set(trials["study"]) == {"smoke/01-baseline", "smoke/02-gamma-neg", "smoke/03-asl-clip"}
     steps = pd.read_csv(tmp_path / "out" / "steps.csv")
     assert list(steps.columns) == ["study", "step", "config", "mean", "std", "sem", "n", "pruned", "failed", "winner",
@@ -102,14 +111,7 @@ def test_dashboard_serves_every_step_and_optuna_cli_lists_them(smoke_run, tmp_pa
     server = subprocess.Popen([SWEEP, "dashboard", str(spec), "--port", str(port)], cwd=REPO,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        body = None
-        for _ in range(100):
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as response:
-                    body = json.loads(response.read())
-                break
-            except OSError:
-                time.sleep(0.2)
+        body = dashboard_studies(port)
         assert body is not None, "optuna-dashboard did not answer"
         names = {s["study_name"] for s in body["study_summaries"]}
         assert names == {"smoke/01-baseline", "smoke/02-gamma-neg", "smoke/03-asl-clip", "smoke@lock"}

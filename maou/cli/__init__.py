@@ -1,5 +1,5 @@
 """The ``sweep`` command line: one module per command group (``data``, ``train``, the sweep
-commands), each adding its parsers and handlers. Handlers import what they need when they run,
+commands: run, results), each adding its parsers and handlers. Handlers import what they need when they run,
 so ``sweep --help`` never imports torch, optuna or ray."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from maou import __version__
-from maou.cli import data, sweep, train
+from maou.cli import data, results, run, train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     data.add_commands(commands)
     train.add_commands(commands)
-    sweep.add_commands(commands)
+    run.add_commands(commands)
+    results.add_commands(commands)
     return parser
 
 

@@ -1,121 +1,163 @@
-"""What ``sweep run`` shows: a live table of running and finished trials and the step's leaderboard.
+"""What ``sweep run`` shows while it runs, and after each step.
 
-On a terminal the table refreshes in place; elsewhere (CI, a log file) each finished trial and each
-step decision is printed as one line, so nothing long-running is silent.
+On a terminal: one live display (rich's ``Live`` around a ``Progress``, both context managers, so
+Ctrl-C closes them cleanly): the sweep's overall progress (trainings done of the expected total,
+elapsed, ETA) and one line per running trial (optimizer step of its budget, last training loss,
+last objective value, samples per second, ETA). Elsewhere (CI, a log file) each finished trial and
+each step's decision is printed as one line, so nothing long-running is silent. After each step:
+its leaderboard and decision, configurations wrapped one key per line (an 80-column terminal fits).
 """
 
 from __future__ import annotations
 
 import math
 import time
+from contextlib import AbstractContextManager
 from typing import Any
 
-from rich.console import Console, Group
+from rich.console import Console
 from rich.live import Live
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 
 def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
     if isinstance(value, float):
         return "nan" if math.isnan(value) else f"{value:.4g}"
     return str(value)
 
 
-class SweepView:
-    def __init__(self, console: Console | None = None) -> None:
+def _config(key: Any) -> str:
+    return "\n".join(f"{k}={_fmt(v)}" for k, v in key.items) or "(base)"
+
+
+class SweepView(AbstractContextManager):
+    """The sweep run's observer (steps from the protocol, trials from the recorder)."""
+
+    def __init__(self, console: Console | None = None, expected_trainings: int = 0) -> None:
         self.console = console or Console()
-        self.live: Live | None = None
-        self.rows: dict[int, dict[str, Any]] = {}
-        self.step_label = ""
         self.metric = ""
-        self.leaderboard: list[Any] = []
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                                 console=self.console, expand=False)
+        self.overall: TaskID = self.progress.add_task("trainings", total=expected_trainings or None, status="")
+        self.tasks: dict[int, TaskID] = {}
+        self.started: dict[int, float] = {}
+        self.status: dict[int, dict[str, Any]] = {}
+        self.live: Live | None = Live(self.progress, console=self.console, refresh_per_second=4,
+                                      transient=False) if self.console.is_terminal else None
+
+    # --------------------------------------------------------------- the live display
+    def __enter__(self) -> SweepView:
+        if self.live is not None:
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.live is not None:
+            self.live.__exit__(*exc)
+
+    def _print(self, *objects: Any) -> None:
+        (self.live.console if self.live is not None else self.console).print(*objects)
 
     # --------------------------------------------------------------- protocol callbacks
-    def step_started(self, spec, index, study, run) -> None:
-        self.rows = {}
+    def step_started(self, spec: Any, index: int, study: Any, run: Any) -> None:
         objective = run.recorder.objective
         self.metric = objective.metric
-        self.step_label = f"step {index + 1}/{len(spec.steps)} {study.study_name}"
-        self.console.rule(f"[bold]{self.step_label}[/] · {run.pending()} trials to run · "
-                          f"objective {objective.metric} ({objective.direction})")
-        if self.console.is_terminal:
-            self.live = Live(self._render(), console=self.console, refresh_per_second=2, transient=False)
-            self.live.start()
+        self._print(f"[bold]step {index + 1}/{len(spec.steps)} {study.study_name}[/] · {run.pending()} trainings "
+                    f"to run · objective {objective.metric} ({objective.direction})")
 
-    def trial_started(self, handle) -> None:
-        self.rows[handle.number] = {"trial": handle.number, "config": str(handle.training.key),
-                                    "seed": handle.training.seed, "state": "RUNNING", "step": 0, "value": None,
-                                    "started": time.time(), "reason": ""}
-        self._refresh()
+    def step_finished(self, spec: Any, index: int, study: Any, decision: Any) -> None:
+        self._print(leaderboard_table(decision))
+        for line in decision_lines(decision):
+            self._print(line)
 
-    def trial_reported(self, handle, step, metrics) -> None:
-        row = self.rows.get(handle.number)
-        if row is not None:
-            row["step"] = step
-            row["value"] = metrics.get(self.metric)
-        self._refresh()
+    # --------------------------------------------------------------- recorder callbacks
+    def trial_started(self, handle: Any) -> None:
+        key = handle.training.key
+        label = f"#{handle.number} {str(key) if not key.is_base else '(base)'} seed {handle.training.seed}"
+        self.tasks[handle.number] = self.progress.add_task(label[:60], total=None, status="starting")
+        self.started[handle.number] = time.perf_counter()
+        self.status[handle.number] = {"step": 0, "total": None, "loss": None, "value": None}
 
-    def trial_finished(self, handle, state, reason) -> None:
-        row = self.rows.get(handle.number)
-        if row is None:
+    def trial_progress(self, handle: Any, step: int, total: int, samples_per_s: float | None) -> None:
+        state = self.status.get(handle.number)
+        if state is None:
             return
-        row["state"] = state.name
-        row["reason"] = reason
-        row["elapsed"] = time.time() - row["started"]
-        if self.live is None:
-            self.console.print(f"  trial {handle.number:>3} {row['state']:<8} {row['config']} seed={row['seed']} "
-                               f"{self.metric}={_fmt(row['value'])} at step {row['step']} "
-                               f"({row['elapsed']:.1f}s){' ' + row['reason'] if row['reason'] else ''}")
-        self._refresh()
+        state.update(step=step, total=total, speed=samples_per_s)
+        self._update(handle.number)
 
-    def step_finished(self, spec, index, study, decision) -> None:
-        self.leaderboard = decision.stats
-        if self.live is not None:
-            self.live.update(self._render())
-            self.live.stop()
-            self.live = None
-        self.console.print(self._leaderboard_table(decision))
-        if decision.failed:
-            self.console.print("  [red]decision: none: no trial completed[/]")
+    def trial_reported(self, handle: Any, step: int, metrics: dict[str, float]) -> None:
+        state = self.status.get(handle.number)
+        if state is None:
             return
-        verdict = "adopted" if decision.adopted else "kept the carried configuration"
-        best = decision.best_comparison
-        if best is None:
-            numbers = "no challenger completed"
-        elif best.test.se is None:
-            numbers = f"best gain {_fmt(best.test.gain)}; noise not measured (1 seed), margin {_fmt(best.needed)}"
-        else:
-            numbers = (f"best gain {_fmt(best.test.gain)} +- {_fmt(best.test.se)}, p {_fmt(best.test.p)} "
-                       f"vs Holm level {_fmt(best.level)}, needed {_fmt(best.needed)}")
-        if best is not None and best.guard_failures:
-            numbers += "; guard: " + "; ".join(best.guard_failures)
-        self.console.print(f"  decision: {verdict}: {decision.winner_key} ({numbers})")
-        if decision.edge:
-            self.console.print(f"  [yellow]edge: the winner sits at the end of the grid of {', '.join(decision.edge)}"
-                               f"; a larger range may do better (extend: N grows it)[/]")
+        state.update(step=step, loss=metrics.get("train_loss", state["loss"]), value=metrics.get(self.metric))
+        self._update(handle.number)
 
-    # --------------------------------------------------------------- rendering
-    def _refresh(self) -> None:
-        if self.live is not None:
-            self.live.update(self._render())
+    def _update(self, number: int) -> None:
+        state = self.status[number]
+        speed = state.get("speed")
+        status = (f"loss {_fmt(state['loss'])} · {self.metric} {_fmt(state['value'])}"
+                  + (f" · {speed:,.0f} samples/s" if speed else ""))
+        self.progress.update(self.tasks[number], completed=state["step"], total=state["total"], status=status)
 
-    def _render(self) -> Group:
-        table = Table(title=self.step_label, expand=False)
-        for column in ("trial", "configuration", "seed", "state", "eval step", self.metric or "value", "reason"):
-            table.add_column(column)
-        for row in sorted(self.rows.values(), key=lambda r: r["trial"])[-20:]:
-            style = {"RUNNING": "yellow", "COMPLETE": "green", "PRUNED": "magenta", "FAIL": "red"}.get(row["state"])
-            table.add_row(str(row["trial"]), row["config"], str(row["seed"]), row["state"], str(row["step"]),
-                          _fmt(row["value"]) if row["value"] is not None else "-", row["reason"], style=style)
-        return Group(table)
+    def trial_finished(self, handle: Any, state: Any, reason: str) -> None:
+        task = self.tasks.pop(handle.number, None)
+        if task is not None:
+            self.progress.remove_task(task)
+        self.progress.advance(self.overall)
+        elapsed = time.perf_counter() - self.started.pop(handle.number, time.perf_counter())
+        last = self.status.pop(handle.number, {})
+        style = {"COMPLETE": "green", "PRUNED": "magenta", "FAIL": "red"}.get(state.name, "")
+        self._print(f"  trial {handle.number:>3} [{style}]{state.name:<8}[/] {handle.training.key} "
+                    f"seed={handle.training.seed} {self.metric}={_fmt(last.get('value'))} at step "
+                    f"{last.get('step', 0)} ({elapsed:.1f}s){' ' + reason if reason else ''}")
 
-    def _leaderboard_table(self, decision) -> Table:
-        table = Table(title="leaderboard (mean over seeds)")
-        for column in ("configuration", "mean", "std", "n", "pruned", "failed", ""):
-            table.add_column(column)
-        for stats in decision.stats:
-            mark = "winner" if stats.key == decision.winner_key else (
-                "carried" if stats.key == decision.carried_key else "")
-            table.add_row(str(stats.key), _fmt(stats.mean), _fmt(stats.std), str(stats.n),
-                          str(stats.pruned), str(stats.failed), mark)
-        return table
+    def expect(self, total: int) -> None:
+        """The expected number of trainings of the whole sweep (the plan's, updated as it runs)."""
+        self.progress.update(self.overall, total=max(total, int(self.progress.tasks[0].completed)))
+
+
+def leaderboard_table(decision: Any) -> Table:
+    table = Table(title="leaderboard (mean over seeds)")
+    for column in ("configuration", "mean", "± se", "n", "pruned", "failed", "gain", ""):
+        table.add_column(column, overflow="fold")
+    comparisons = {c.key: c for c in decision.comparisons}
+    for stats in decision.stats:
+        mark = "winner" if stats.key == decision.winner_key else (
+            "carried" if stats.key == decision.carried_key else "")
+        c = comparisons.get(stats.key)
+        table.add_row(_config(stats.key), _fmt(stats.mean), _fmt(stats.sem), str(stats.n), str(stats.pruned),
+                      str(stats.failed), _fmt(c.test.gain) if c else "", mark)
+    return table
+
+
+def decision_lines(decision: Any) -> list[str]:
+    if decision.failed:
+        return ["  [red]decision: none: no trial completed[/]"]
+    verdict = "adopted" if decision.adopted else "kept the carried configuration"
+    best = decision.best_comparison
+    if best is None:
+        numbers = "the carried configuration alone" if len(decision.stats) <= 1 else "no challenger completed"
+    elif best.test.se is None:
+        numbers = f"best gain {_fmt(best.test.gain)}; noise not measured (1 seed), margin {_fmt(best.needed)}"
+    else:
+        numbers = (f"best gain {_fmt(best.test.gain)} ± {_fmt(best.test.se)}, p {_fmt(best.test.p)} "
+                   f"vs Holm level {_fmt(best.level)}, needed {_fmt(best.needed)}")
+    if best is not None and best.guard_failures:
+        numbers += "; guard: " + "; ".join(best.guard_failures)
+    lines = [f"  decision: {verdict}: {decision.winner_key} ({numbers})"]
+    if decision.edge:
+        lines.append(f"  [yellow]edge: the winner sits at the end of the grid of {', '.join(decision.edge)}; "
+                     f"a larger range may do better (extend: N grows it)[/]")
+    return lines

@@ -122,7 +122,9 @@ class StepDecision:
 
     @property
     def noise_measured(self) -> bool:
-        return any(c.test.se is not None for c in self.comparisons)
+        """False only where challengers were compared without a noise estimate (one seed); a step
+        with nothing to compare has nothing to measure."""
+        return not self.comparisons or any(c.test.se is not None for c in self.comparisons)
 
     @property
     def margin(self) -> float:

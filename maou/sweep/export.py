@@ -20,13 +20,30 @@ from maou.sweep.identity import ConfigKey
 from maou.sweep.upstream import render, upstream_args
 
 
+def flat_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A resolved training config as dotted keys (``loss.gamma_neg``); lists become text."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update(flat_config(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = " ".join(map(str, value)) if isinstance(value, list) else value
+    return out
+
+
 def trial_rows(study: Any) -> list[dict[str, Any]]:
+    """One row per trial: every resolved training key as a column, whether its configuration won
+    the step, whether it was copied from an earlier step (count a configuration once: ``reused``)."""
+    decision = RecordedDecision.of_study(study)
+    winner = decision.winner_key.text if decision is not None and not decision.failed else None
     rows = []
     for t in study.get_trials(deepcopy=False):
         attrs = t.user_attrs
         row: dict[str, Any] = {
             "study": study.study_name, "step": attrs.get("step"), "trial": t.number, "state": t.state.name,
             "seed": attrs.get("seed"), "config": ConfigKey.of(attrs.get("overrides", {})).text,
+            "winner": winner is not None and attrs.get("config_key") == winner,
+            "reused": bool(attrs.get("reused_from")),
             "value": t.value, "prune_reason": attrs.get("prune_reason"), "prune_detail": attrs.get("prune_detail"),
             "prune_step": attrs.get("prune_step"), "stop_reason": attrs.get("stop_reason"),
             "fail_reason": attrs.get("fail_reason"), "steps_done": attrs.get("steps_done"),
@@ -36,7 +53,7 @@ def trial_rows(study: Any) -> list[dict[str, Any]]:
             "package_version": attrs.get("package_version"),
             "datetime_start": t.datetime_start, "datetime_complete": t.datetime_complete,
         }
-        row.update({f"param_{k}": v for k, v in t.params.items()})
+        row.update(flat_config(attrs.get("config") or {}))
         row.update({f"final_{k}": v for k, v in (attrs.get("final_metrics") or {}).items()})
         row.update({f"best_{k}": v for k, v in (attrs.get("best_metrics") or {}).items()})
         rows.append(row)
@@ -102,7 +119,7 @@ def export_sweep(spec: Any, out_dir: str | Path | None = None, storage_url: str 
     if not names:
         raise UserError(f"sweep {spec.name!r} has no step in {mask_url(url)} yet; run `sweep run` first")
     studies = [optuna.load_study(study_name=n, storage=storage) for n in names]
-    out = Path(out_dir or f"results/{spec.name}")
+    out = Path(out_dir) if out_dir else spec.results_path
     out.mkdir(parents=True, exist_ok=True)
     export = Export({"trials": out / "trials.csv", "steps": out / "steps.csv",
                      "prune_reasons": out / "prune_reasons.csv"})

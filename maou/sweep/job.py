@@ -10,6 +10,7 @@ same way locally and under Ray. Nothing here imports Optuna or Ray.
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
 
 #: Trains one config: ``(config, report, checkpoint_dir) -> TrainResult``; tests pass fakes.
 TrainFn = Callable[[TrainConfig, Report, "str | None"], TrainResult]
+#: ``(optimizer step, steps of the budget)``, as a run goes.
+Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -81,20 +84,36 @@ def load_datasets(config: TrainConfig, expected_hash: str | None = None, progres
 
 
 def train_on_datasets(config: TrainConfig, report: Report, checkpoint_dir: str | None,
-                      expected_hash: str | None = None, best_by: tuple[str, str] | None = None) -> TrainResult:
+                      expected_hash: str | None = None, best_by: tuple[str, str] | None = None,
+                      on_step: Progress | None = None) -> TrainResult:
     """The real trainer: the config's datasets (built if needed, verified against
     ``expected_hash``, cached per process), then train (``best_by``: the objective)."""
     from maou.trainer.loop import train_stage
 
     return train_stage(config, load_datasets(config, expected_hash), report=report, checkpoint_dir=checkpoint_dir,
-                       best_by=best_by)
+                       best_by=best_by, on_step=on_step)
 
 
-def run_job(job: Job, report: Report, train: TrainFn | None = None) -> TrainResult:
+class _Throttled:
+    """``progress(step, total)`` at most every ``interval_s`` seconds (and at the last step)."""
+
+    def __init__(self, progress: Progress, interval_s: float = 0.5) -> None:
+        self.progress, self.interval_s, self.last = progress, interval_s, 0.0
+
+    def __call__(self, step: int, total: int) -> None:
+        now = time.monotonic()
+        if now - self.last >= self.interval_s or step == total:
+            self.last = now
+            self.progress(step, total)
+
+
+def run_job(job: Job, report: Report, train: TrainFn | None = None, progress: Progress | None = None) -> TrainResult:
     """Train ``job`` (with ``train``, by default the real trainer on the job's verified datasets);
-    each evaluation is reported, then checked by the collapse monitor."""
+    each evaluation is reported, then checked by the collapse monitor. ``progress(step, total)``
+    hears of the optimizer steps of the real trainer, twice a second."""
     if train is None:
-        train = functools.partial(train_on_datasets, expected_hash=job.dataset_hash, best_by=job.objective)
+        train = functools.partial(train_on_datasets, expected_hash=job.dataset_hash, best_by=job.objective,
+                                  on_step=_Throttled(progress) if progress is not None else None)
     monitor = build_monitor(job.config.stage, job.pruning, job.max_steps)
     history: History = []
 

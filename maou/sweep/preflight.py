@@ -53,7 +53,7 @@ def _values_of(spec: SweepSpec, key: str) -> list[tuple[str, Any]]:
 def preflight(spec: SweepSpec, train_rows: int) -> None:
     """Refuse a sweep that cannot finish, before it trains anything."""
     check_writable(spec.runs_path, "runs_dir")
-    check_writable(Path("results") / spec.name, "the results folder")
+    check_writable(spec.results_path, "the results folder")
     for where, batch in _values_of(spec, "batch_size"):
         if isinstance(batch, (int, float)) and batch > train_rows:
             raise UserError(f"{where}: batch_size {batch:g} is larger than the training split "

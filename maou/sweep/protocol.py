@@ -10,6 +10,7 @@ next step as fixed.
 from __future__ import annotations
 
 import json
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ import optuna
 
 from maou.errors import UserError
 from maou.strict import to_dict
-from maou.sweep import faults
+from maou.sweep import faults, notes
 from maou.sweep.decision import StepDecision, collect_stats, decide
 from maou.sweep.edges import extension, grid_edges, with_extensions
 from maou.sweep.recorder import Objective, TrialRecorder
@@ -32,6 +33,7 @@ def fingerprint(spec: SweepSpec, dataset_hash: str | None, index: int) -> dict[s
     not be mixed. ``dataset_hash``: the content hash of the datasets (a changed corpus changes it)."""
     base = to_dict(spec.base_config())
     base.pop("seed", None)
+    base.pop("data", None)  # where the data lives may move; what it is, dataset_hash says
     objective = spec.step_objective(index)
     return {"stage": spec.stage, "base": base, "dataset_hash": dataset_hash, "metric": objective.metric,
             "direction": objective.direction, "reduce": objective.reduce}
@@ -192,10 +194,14 @@ def _open_study(spec: SweepSpec, index: int, storage: Any, context: StepContext,
     from maou.sweep.pruning import build_optuna_pruner
 
     step = spec.steps[index]
+    objective = spec.step_objective(index)
     study = optuna.create_study(
-        study_name=spec.study_name(index), storage=storage, direction=spec.step_objective(index).direction,
+        study_name=spec.study_name(index), storage=storage, direction=objective.direction,
         load_if_exists=True, sampler=_sampler(spec, index),
         pruner=build_optuna_pruner(spec.pruning.optuna) if spec.pruning.enabled else None)
+    with warnings.catch_warnings():  # experimental in Optuna, and exactly what the dashboard reads
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([objective.metric])  # the dashboard's axes say what is plotted
     check_fingerprint(study, spec, context.dataset_hash, index)
     for name, value in (("sweep", spec.name), ("step", step.name), ("step_index", index),
                         ("description", step.description), ("carried_in", carried)):
@@ -239,6 +245,8 @@ def _run_steps(spec: SweepSpec, storage: Any, context: StepContext, executor: An
         decision = _run_step(spec, index, study, context, executor, view, carried, studies)
         faults.point("decision")
         study.set_user_attr("decision", decision.as_attrs())
+        TrialRecorder(study, _objective(spec, index)).mark_winner(decision.winner_key.text)
+        notes.publish_step(study, spec, index, studies[0] if studies else study, [*studies, study])
         if view is not None:
             view.step_finished(spec, index, study, decision)
         if decision.failed:

@@ -46,10 +46,11 @@ def _finite_or_none(value: float | None) -> float | None:
     return round(value, 6) if value is not None and math.isfinite(value) else None
 
 
-def curves(history: History) -> dict[str, list[Any]]:
-    """The evaluation history as columns: ``step`` and each of :data:`CURVE_METRICS` present."""
+def curves(history: History, *also: str) -> dict[str, list[Any]]:
+    """The evaluation history as columns: ``step`` and each of :data:`CURVE_METRICS` (and ``also``)
+    present."""
     out: dict[str, list[Any]] = {"step": [step for step, _ in history]}
-    for name in CURVE_METRICS:
+    for name in dict.fromkeys((*CURVE_METRICS, *also)):
         if any(name in metrics for _, metrics in history):
             out[name] = [_finite_or_none(metrics.get(name)) for _, metrics in history]
     return out
@@ -69,6 +70,7 @@ class Observer(Protocol):
 
     def trial_started(self, handle: TrialHandle) -> None: ...
     def trial_reported(self, handle: TrialHandle, step: int, metrics: dict[str, float]) -> None: ...
+    def trial_progress(self, handle: TrialHandle, step: int, total: int, samples_per_s: float | None) -> None: ...
     def trial_finished(self, handle: TrialHandle, state: TrialState, reason: str) -> None: ...
 
 
@@ -77,6 +79,9 @@ class _Silent:
         pass
 
     def trial_reported(self, handle: TrialHandle, step: int, metrics: dict[str, float]) -> None:
+        pass
+
+    def trial_progress(self, handle: TrialHandle, step: int, total: int, samples_per_s: float | None) -> None:
         pass
 
     def trial_finished(self, handle: TrialHandle, state: TrialState, reason: str) -> None:
@@ -93,6 +98,8 @@ class TrialHandle:
     history: History = field(default_factory=list)
     #: The stop Optuna's pruner answered (the job's own stops come back in its result).
     stop: Stop | None = None
+    #: (time, optimizer step) of the last progress heard
+    last_progress: tuple[float, int] | None = None
 
     @property
     def number(self) -> int:
@@ -162,6 +169,8 @@ class TrialRecorder:
                         "metric": o.metric, "direction": o.direction, "reduce": o.reduce,
                         "reused_from": f"{source.user_attrs.get('study', '?')}#{source.number}"},
             intermediate_values=dict(source.intermediate_values)))
+        copied = self.study.get_trials(deepcopy=False)[-1]  # add_trial appends
+        self._note(optuna.trial.Trial(self.study, copied._trial_id), copied.state, copied.value)
 
     # ------------------------------------------------------------------ running
     def report(self, handle: TrialHandle, step: int, metrics: dict[str, float]) -> Stop | None:
@@ -181,6 +190,16 @@ class TrialRecorder:
             return handle.stop
         return None
 
+    def progress(self, handle: TrialHandle, step: int, total: int) -> None:
+        """How far a running trial got (no storage write: only the view hears of it)."""
+        now = time.time()
+        speed = None
+        if handle.last_progress is not None and now > handle.last_progress[0] and step > handle.last_progress[1]:
+            then, before = handle.last_progress
+            speed = (step - before) * handle.training.config.batch_size / (now - then)
+        handle.last_progress = (now, step)
+        self.observer.trial_progress(handle, step, total, speed)
+
     def annotate(self, handle: TrialHandle, attrs: dict[str, Any]) -> None:
         """Facts an executor learns about a running trial (where it ran, how often it was retried)."""
         for name, value in attrs.items():
@@ -191,7 +210,7 @@ class TrialRecorder:
         """Tell Optuna how the trial ended, with its metrics and stop reason on the trial."""
         trial = handle.trial
         trial.set_user_attr("wall_time_s", round(time.time() - handle.started, 3))
-        trial.set_user_attr("curves", curves(handle.history))
+        trial.set_user_attr("curves", curves(handle.history, self.objective.metric))
         if result is not None:
             self._record_result(trial, result)
         value: float | None = None
@@ -221,8 +240,31 @@ class TrialRecorder:
             self.study.tell(trial, value)
         else:
             self.study.tell(trial, state=state)
+        self._note(trial, state, value)
         self.observer.trial_finished(handle, state, reason)
         return state
+
+    def _note(self, trial: optuna.Trial, state: TrialState, value: float | None, winner: bool = False) -> None:
+        """The trial's note for optuna-dashboard: its configuration, seed and how it ended."""
+        import optuna_dashboard
+
+        from maou.sweep.notes import trial_note
+
+        attrs = self.study._storage.get_trial_user_attrs(trial._trial_id)
+        optuna_dashboard.save_note(trial, trial_note(attrs, state.name, value, winner))
+
+    def mark_winner(self, winner_key_text: str) -> list[int]:
+        """Mark the trials of the step's winning configuration: the study's ``winner_trials``, and
+        ``winner: true`` at the top of their notes (Optuna allows no attribute of a finished trial
+        to change, so the marker lives there)."""
+        finished = self.study.get_trials(deepcopy=False, states=FINISHED)
+        winners = [t.number for t in finished if t.user_attrs.get("config_key") == winner_key_text]
+        previous = set(self.study.user_attrs.get("winner_trials", []))
+        self.study.set_user_attr("winner_trials", winners)
+        for t in finished:
+            if (t.number in winners) != (t.number in previous):
+                self._note(optuna.trial.Trial(self.study, t._trial_id), t.state, t.value, t.number in winners)
+        return winners
 
     @staticmethod
     def _record_result(trial: optuna.Trial, result: TrainResult) -> None:

@@ -176,6 +176,8 @@ class SweepSpec:
     selection: Selection = field(default_factory=Selection)
     #: Where trial checkpoints go (default runs/<name>).
     runs_dir: str | None = None
+    #: Where ``sweep export`` and ``sweep report`` write (default results/<name>).
+    results_dir: str | None = None
 
     def __post_init__(self) -> None:
         require(self, "name", bool(_NAME.match(self.name)), "letters, digits, '.', '_' and '-' only")
@@ -197,6 +199,10 @@ class SweepSpec:
     @property
     def runs_path(self) -> Path:
         return Path(self.runs_dir or f"runs/{self.name}")
+
+    @property
+    def results_path(self) -> Path:
+        return Path(self.results_dir or f"results/{self.name}")
 
     def study_name(self, index: int) -> str:
         return f"{self.name}/{index + 1:02d}-{self.steps[index].name}"
@@ -293,7 +299,10 @@ def _validate_objectives(spec: SweepSpec) -> None:
 
 
 def load_spec(path: str | Path) -> SweepSpec:
-    """Read and validate a sweep spec (safe YAML, YAML 1.2 numbers); raises :class:`ConfigError`."""
+    """Read and validate a sweep spec (safe YAML, YAML 1.2 numbers), its relative paths read
+    against its project root (:mod:`maou.sweep.locate`); raises :class:`ConfigError`."""
+    from maou.sweep.locate import project_root, resolve_paths
+
     spec: SweepSpec = from_dict(SweepSpec, read_yaml_file(path, "sweep spec"))
     validate(spec)
-    return spec
+    return resolve_paths(spec, project_root(Path(path)))

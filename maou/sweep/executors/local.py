@@ -23,8 +23,11 @@ class LocalExecutor:
             def report(step: int, metrics: dict[str, float], handle: TrialHandle = handle) -> Stop | None:
                 return recorder.report(handle, step, metrics)
 
+            def progress(step: int, total: int, handle: TrialHandle = handle) -> None:
+                recorder.progress(handle, step, total)
+
             try:
-                result = run_job(job, report, self.train)
+                result = run_job(job, report, self.train, progress=progress)
             except KeyboardInterrupt:
                 recorder.interrupt(handle)
                 raise

@@ -51,6 +51,7 @@ _LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 #: Keys of the records a worker reports (next to the flat metrics, which Tune's own logs show).
 _RECORD = "maou_record"  # JSON: {"step", "metrics", "node_id", "cuda_visible_devices"}
 _FINAL = "maou_final"  # JSON: {"result": TrainResult.to_plain()} or {"error": traceback}, plus placement
+_PROGRESS = "maou_progress"  # JSON: {"step", "total"}: how far the trainer got between evaluations
 
 
 # ----------------------------------------------------------------------------- Ray session
@@ -129,8 +130,11 @@ def _trainable(config: dict[str, Any], train: TrainFn | None = None) -> None:
         tune.report({**flat, "step": int(step), _RECORD: json.dumps(record)})
         return None  # Optuna's pruner stops a trial from the driver's scheduler: Tune ends this worker
 
+    def progress(step: int, total: int) -> None:  # twice a second at most (run_job throttles)
+        tune.report({_PROGRESS: json.dumps({"step": int(step), "total": int(total)})})
+
     try:
-        final: dict[str, Any] = {"result": run_job(job, report, train).to_plain()}
+        final: dict[str, Any] = {"result": run_job(job, report, train, progress=progress).to_plain()}
     except Exception:  # noqa: BLE001 - the driver records it on the trial (FAIL); no retry
         final = {"error": traceback.format_exc()}
     tune.report({_FINAL: json.dumps({**final, **placement})})
@@ -221,6 +225,10 @@ class _StepState:
         if started is None:
             return False
         handle = started[0]
+        if _PROGRESS in result:
+            progress = json.loads(result[_PROGRESS])
+            self.recorder.progress(handle, progress["step"], progress["total"])
+            return False
         if _FINAL in result:
             final = json.loads(result[_FINAL])
             self._place(trial_id, handle, final)

@@ -1,0 +1,133 @@
+"""``sweep status``, ``sweep export``, ``sweep report`` and ``sweep dashboard``: what a sweep found."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from maou.cli.specs import add_spec_argument, spec_of
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    status = commands.add_parser("status", help="show the steps, trials and winners of a sweep")
+    add_spec_argument(status)
+    status.add_argument("--json", action="store_true", help="print the status as JSON")
+    status.set_defaults(handler=status_command)
+
+    export = commands.add_parser("export", help="write trials.csv, steps.csv, best.yaml, best-args.txt")
+    add_spec_argument(export)
+    export.add_argument("--out", default=None, metavar="DIR", help="default results/<sweep name>")
+    export.set_defaults(handler=export_command)
+
+    report = commands.add_parser("report", help="write results/<sweep>/report.html (self-contained)")
+    add_spec_argument(report)
+    report.add_argument("--out", default=None, metavar="FILE", help="default results/<sweep name>/report.html")
+    report.set_defaults(handler=report_command)
+
+    dashboard = commands.add_parser("dashboard", help="serve optuna-dashboard on the sweep's storage")
+    add_spec_argument(dashboard)
+    dashboard.add_argument("--port", type=int, default=8080)
+    dashboard.add_argument("--host", default="127.0.0.1")
+    dashboard.set_defaults(handler=dashboard_command)
+
+
+def status_table(status: dict[str, Any]) -> Any:
+    """The status as a table that wraps (a configuration one key per line) rather than cuts: four
+    columns (the step with its trial counts, the winner, its mean, the decision), so that an
+    80-column terminal shows it whole."""
+    from rich.table import Table
+
+    table = Table(title=f"sweep {status['sweep']} ({status['storage']})")
+    for column in ("step", "winner", "mean", "decision"):
+        table.add_column(column, overflow="fold")
+    for number, entry in enumerate(status["steps"], start=1):
+        title = f"{number}. {entry['step']}"
+        if not entry["started"]:
+            table.add_row(title, "", "", "not started")
+            continue
+        states, decision = entry["trials"], entry.get("decision")
+        counts = [f"{states.get(s, 0)} {s.lower()}" for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")
+                  if states.get(s)]
+        counts += [f"  {reason}: {n}" for reason, n in entry["prune_reasons"].items()]
+        winner = mean = ""
+        if decision is not None:
+            winner = "\n".join(f"{k}={v}" for k, v in decision["winner_overrides"].items()) or "(base)"
+            if decision.get("winner_mean") is not None:
+                sem = decision.get("winner_sem")
+                mean = f"{decision['winner_mean']:.4f}" + (f"\n± {sem:.4f}" if sem is not None else "")
+        table.add_row("\n".join([title, *counts]), winner, mean, entry["verdict"])
+    return table
+
+
+def status_command(args: argparse.Namespace) -> int:
+    from maou.sweep.status import sweep_status
+
+    status = sweep_status(spec_of(args), args.storage)
+    if args.json:
+        print(json.dumps(status, indent=2, sort_keys=True))
+        return 0
+    from rich.console import Console
+
+    Console().print(status_table(status))
+    return 0
+
+
+def report_command(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from maou.sweep.report import write_report
+
+    path = write_report(spec_of(args), args.out, args.storage)
+    Console().print(f"report: {path}")
+    return 0
+
+
+def export_command(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from maou.sweep.export import export_sweep
+
+    export = export_sweep(spec_of(args), args.out, args.storage)
+    console = Console()
+    for name, path in export.paths.items():
+        console.print(f"{name:>13}: {path}")
+    if export.pruned:
+        console.print("pruned trials by reason: " + ", ".join(f"{r}: {n}" for r, n in sorted(export.pruned.items())))
+    if "best_args" in export.paths:
+        console.print(f"upstream: {export.paths['best_args'].read_text().strip()}")
+    if export.no_winner:
+        console.print(f"[red]no best.yaml or best-args.txt: {export.no_winner}[/]")
+        return 1
+    return 0
+
+
+def serve_dashboard(storage: Any, host: str, port: int) -> None:
+    """optuna-dashboard's WSGI app served in this process (threaded) until Ctrl-C or SIGTERM."""
+    from socketserver import ThreadingMixIn
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+    import optuna_dashboard
+
+    class Server(ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+
+    class QuietHandler(WSGIRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    with make_server(host, port, optuna_dashboard.wsgi(storage), server_class=Server,
+                     handler_class=QuietHandler) as server:
+        server.serve_forever()
+
+
+def dashboard_command(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from maou.sweep.storage import open_storage
+
+    spec = spec_of(args)
+    storage = open_storage(args.storage or spec.storage_url, create=False)
+    Console().print(f"optuna-dashboard on http://{args.host}:{args.port}/dashboard/ (Ctrl-C to stop)")
+    serve_dashboard(storage, args.host, args.port)
+    return 0
