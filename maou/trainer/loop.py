@@ -26,9 +26,10 @@ from maou.trainer.checkpoint import CHECKPOINT_NAME, load_backbone, save_checkpo
 from maou.trainer.config import OptimConfig, TrainConfig
 from maou.trainer.metrics import Reference, evaluate
 from maou.trainer.models import StageModel, build_model
+from maou.trainer.prefetch import batch_indices, resolve_shuffle
 from maou.trainer.result import NAN_LOSS, History, Report, Stop, TrainResult
 from maou.trainer.tasks import Task, task_for
-from maou.trainer.tensors import Split, StageData
+from maou.trainer.tensors import Rows, StageData
 
 OnStep = Callable[[int, int], None]
 
@@ -105,8 +106,8 @@ class _Setup:
 
     device: torch.device
     amp_dtype: torch.dtype | None
-    train: Split
-    val: Split
+    train: Rows
+    val: Rows
     task: Task
     model: StageModel
     loss_fn: torch.nn.Module
@@ -144,7 +145,15 @@ def _setup(config: TrainConfig, data: StageData) -> _Setup:
         optimizer = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay,
                                       fused=True if device.type == "cuda" else None)
     return _Setup(device, amp_dtype, train, val, task, model, task.loss().to(device), params, optimizer,
-                  task.reference(train.targets))
+                  _reference(task, train))
+
+
+def _reference(task: Task, train: Rows) -> Reference:
+    """The task's reference constants of the training split, computed once per split and task."""
+    key = ("reference", type(task).__qualname__)
+    if key not in train.memo:
+        train.memo[key] = task.reference(train.iter_targets())
+    return train.memo[key]
 
 
 class _Evaluations:
@@ -189,36 +198,38 @@ def train_stage(config: TrainConfig, data: StageData, report: Report | None = No
     run.model.train()
     if config.freeze_backbone:
         run.model.backbone.eval()  # frozen BatchNorm statistics too
-    order, cursor = torch.empty(0, dtype=torch.long), rows
+    shuffle = resolve_shuffle(config.loader.shuffle, run.train)
+    # every epoch a fresh seeded order; batches prepared ahead (a mapped split) or taken in place
+    batches = run.train.stream(batch_indices(rows, batch_size, max_steps, generator, shuffle),
+                               config.loader.prefetch_batches)
     running = RunningLoss(run.device)
     stop: Stop | None = None
     step = samples = 0
     data_time = 0.0
     loop_started = time.perf_counter()
-    if config.eval_at_start:  # step 0: the untrained model, the baseline divergence is measured from
-        stop = evaluations(0, {"lr": learning_rate(config.optim, 0, max_steps), "epoch": 0.0})
-    while step < max_steps and stop is None:
-        fetch_started = time.perf_counter()
-        if cursor >= rows:  # a new epoch: a fresh seeded permutation, on the device
-            order, cursor = torch.randperm(rows, generator=generator).to(run.device), 0
-        index = order[cursor: cursor + batch_size]
-        cursor += batch_size
-        board, hand, targets = run.train.batch(index)
-        data_time += time.perf_counter() - fetch_started
-        lr = learning_rate(config.optim, step, max_steps)
-        running.add(_optimizer_step(run, config, lr, board, hand, targets))
-        step += 1
-        samples += index.shape[0]
-        if on_step is not None:
-            on_step(step, max_steps)
-        if step % config.budget.eval_every and step < max_steps and not running.non_finite:
-            continue
-        if run.device.type == "cuda":
-            torch.cuda.synchronize(run.device)  # queued training work counts as training time
-        train_loss = running.mean_and_reset()
-        stop = evaluations(step, {"train_loss": train_loss, "lr": lr, "epoch": samples / rows})
-        if not math.isfinite(train_loss):
-            stop = Stop(NAN_LOSS, f"training loss became {train_loss} between evaluations", step)
+    try:
+        if config.eval_at_start:  # step 0: the untrained model, the baseline divergence is measured from
+            stop = evaluations(0, {"lr": learning_rate(config.optim, 0, max_steps), "epoch": 0.0})
+        while step < max_steps and stop is None:
+            fetch_started = time.perf_counter()
+            board, hand, targets = next(batches)
+            data_time += time.perf_counter() - fetch_started
+            lr = learning_rate(config.optim, step, max_steps)
+            running.add(_optimizer_step(run, config, lr, board, hand, targets))
+            step += 1
+            samples += board.shape[0]
+            if on_step is not None:
+                on_step(step, max_steps)
+            if step % config.budget.eval_every and step < max_steps and not running.non_finite:
+                continue
+            if run.device.type == "cuda":
+                torch.cuda.synchronize(run.device)  # queued training work counts as training time
+            train_loss = running.mean_and_reset()
+            stop = evaluations(step, {"train_loss": train_loss, "lr": lr, "epoch": samples / rows})
+            if not math.isfinite(train_loss):
+                stop = Stop(NAN_LOSS, f"training loss became {train_loss} between evaluations", step)
+    finally:
+        batches.close()
     if run.device.type == "cuda":
         torch.cuda.synchronize(run.device)
     train_time = max(time.perf_counter() - loop_started - evaluations.seconds, 1e-9)

@@ -1,0 +1,121 @@
+"""The build pipeline: shards read on several processes, positions partitioned by id, the same
+datasets (byte for byte) as one process over the whole corpus; skips and duplicates across shards
+counted where a single reader finds them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import cshogi
+import numpy as np
+import pyarrow as pa
+import pyarrow.feather as feather
+import pytest
+
+from maou.data import pipeline
+from maou.data.build import build_datasets
+from maou.data.records import MAX_EXAMPLES, ReadStats, read_records
+from maou.data.sources import source_files
+
+REPO = Path(__file__).resolve().parents[2]
+BUNDLED = REPO / "data" / "games"
+GOLDEN_KIFU = REPO / "tests" / "golden" / "kifu"
+
+
+def mixed_corpus(root: Path) -> Path:
+    """Bundled games, copies of some of them under later names (duplicates across shards), a game
+    with an illegal move, one without a result, multi-game CSA, Shift-JIS KIF and HCPE rows."""
+    games = root / "games"
+    games.mkdir(parents=True)
+    files = sorted(BUNDLED.glob("*.csa"))[:24]
+    if len(files) < 24:
+        pytest.skip("bundled corpus data/games missing")
+    for f in files:
+        shutil.copy2(f, games / f.name)
+    for i, f in enumerate(files[:3]):
+        shutil.copy2(f, games / f"zz-copy-{i}.csa")
+    (games / "bad.csa").write_text("V2\nPI\n+\n+7776FU\n+7675FU\n%TORYO\n")
+    (games / "chudan.csa").write_text("V2\nPI\n+\n+5756FU\n-5354FU\n%CHUDAN\n")
+    for name in ("csa_multi_game.csa", "test_data_sjis.kif", "test_data_no_moves.csa"):
+        shutil.copy2(GOLDEN_KIFU / name, games / name)
+    record = read_records([files[5]])[0][0]
+    board, hcps, moves = cshogi.Board(record.sfen), [], []
+    for move in record.moves[:40]:
+        hcp = np.zeros(32, dtype=np.uint8)
+        board.to_hcp(hcp)
+        hcps.append(hcp)
+        moves.append(cshogi.move16(move))
+        board.push(move)
+    hcp_column = pa.FixedSizeBinaryArray.from_buffers(pa.binary(32), len(hcps),
+                                                      [None, pa.py_buffer(np.stack(hcps).tobytes())])
+    feather.write_feather(pa.table({"hcp": hcp_column, "bestMove16": np.array(moves, dtype=np.int16),
+                                    "gameResult": np.full(len(moves), cshogi.BLACK_WIN, dtype=np.int8)}),
+                          games / "positions.feather")
+    return games
+
+
+TIMING = {"built_at", "build_seconds", "positions_per_s", "workers"}
+
+
+def _manifest(path: Path) -> dict:
+    return {k: v for k, v in json.loads(path.read_text()).items() if k not in TIMING}
+
+
+def test_a_parallel_build_writes_what_one_process_writes(tmp_path, monkeypatch):
+    games = mixed_corpus(tmp_path)
+    serial = build_datasets([games], tmp_path / "serial", val_fraction=0.25, split_seed=1, progress=False,
+                            workers=1)
+    monkeypatch.setattr(pipeline, "SHARD_BYTES", (1, 20_000))       # many shards ...
+    monkeypatch.setattr(pipeline, "PARTITION_SOURCE_BYTES", 10_000)  # ... and partitions
+    plan = pipeline.plan_build([f for _, f, _ in source_files([games])], tmp_path / "x", workers=2)
+    assert len(plan.shards) > 4 and plan.partitions >= 8 and plan.workers == 2
+    parallel = build_datasets([games], tmp_path / "parallel", val_fraction=0.25, split_seed=1, progress=False,
+                              workers=2)
+    assert (serial.workers, parallel.workers) == (1, 2)
+    assert serial.manifest["content_hash"] == parallel.manifest["content_hash"]  # every file, byte for byte
+    for name in ("manifest.json", "stage2/manifest.json", "stage3/manifest.json"):
+        assert _manifest(tmp_path / "serial" / name) == _manifest(tmp_path / "parallel" / name), name
+    assert (tmp_path / "serial" / "split.json").read_bytes() == (tmp_path / "parallel" / "split.json").read_bytes()
+    assert not (tmp_path / "parallel" / pipeline.SCRATCH).exists()
+    # what a single reader over the whole corpus finds, counted once
+    stats = serial.manifest["games"]
+    assert stats["skipped_by_reason"] == {"duplicate game": 3, "illegal move": 1, "no moves": 1}
+    assert [e.split(": same moves as ")[0].rsplit("/", 1)[1] for e in stats["skipped_examples"]["duplicate game"]] \
+        == ["zz-copy-0.csa#0", "zz-copy-1.csa#0", "zz-copy-2.csa#0"]
+    _, reference = read_records([games])
+    assert stats == {**reference.to_dict(), "train": parallel.games["train"], "val": parallel.games["val"]}
+
+
+def test_split_json_is_json_dumps_indent_0(tmp_path):
+    games = mixed_corpus(tmp_path)
+    build_datasets([games], tmp_path / "out", progress=False, workers=1)
+    text = (tmp_path / "out" / "split.json").read_text()
+    split = json.loads(text)
+    assert text == json.dumps(split, indent=0) + "\n"
+    assert len(split["train"]) > len(split["val"]) > 0
+
+
+def test_read_stats_merge_keeps_the_first_examples():
+    first, second = ReadStats(files=1, games=2), ReadStats(files=3, games=4, positions=9, no_result=1)
+    for i in range(MAX_EXAMPLES - 1):
+        first.skip("malformed", f"a#{i}")
+    for i in range(MAX_EXAMPLES):
+        second.skip("malformed", f"b#{i}")
+    second.skip("illegal move", "b#9", "ply 2")
+    first.merge(second)
+    assert (first.files, first.games, first.positions, first.no_result) == (4, 6, 9, 1)
+    assert first.skipped == {"malformed": 2 * MAX_EXAMPLES - 1, "illegal move": 1}
+    assert first.examples["malformed"] == [f"a#{i}" for i in range(MAX_EXAMPLES - 1)] + ["b#0"]
+    assert first.examples["illegal move"] == ["b#9: ply 2"]
+
+
+def test_an_empty_corpus_is_refused_before_anything_is_written(tmp_path):
+    games = tmp_path / "games"
+    games.mkdir()
+    (games / "bad.csa").write_text("V2\nPI\n+\n+7776FU\n+7675FU\n%TORYO\n")
+    with pytest.raises(Exception, match="no readable games.*illegal move 1"):
+        build_datasets([games], tmp_path / "out", progress=False, workers=2)
+    assert not (tmp_path / "out" / "manifest.json").exists()
+    assert not (tmp_path / "out" / pipeline.SCRATCH).exists()
