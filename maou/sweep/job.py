@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from maou.sweep.pruning import PruningConfig, build_monitor
-from maou.trainer.config import TrainConfig
+from maou.trainer.config import DataConfig, TrainConfig
 from maou.trainer.result import History, Report, Stop, TrainResult
 
 #: Trains one config: ``(config, report, checkpoint_dir) -> TrainResult``; tests pass fakes.
@@ -29,6 +29,16 @@ class Job:
     pruning: PruningConfig
     #: The run's budget in optimizer steps (grace periods are shares of it).
     max_steps: int
+
+
+#: Dataset folders handed to this process for a data config (a node-local copy of the driver's
+#: datasets, :mod:`maou.sweep.executors.shipping`): used as they are, never rebuilt here.
+_PROVIDED: dict[DataConfig, str] = {}
+
+
+def provide_dataset(data: DataConfig, directory: str) -> None:
+    """Train every config whose ``data`` is ``data`` on the built datasets in ``directory``."""
+    _PROVIDED[data] = directory
 
 
 @lru_cache(maxsize=4)
@@ -48,6 +58,8 @@ def dataset_of(config: TrainConfig, progress: bool = False) -> tuple[str | None,
     from maou.data.build import ensure_datasets
     from maou.trainer.tensors import dataset_content_hash
 
+    if config.data in _PROVIDED:
+        return _PROVIDED[config.data], dataset_content_hash(_PROVIDED[config.data])
     directory = ensure_datasets(config.data, progress=progress)
     return str(directory), dataset_content_hash(directory)
 
@@ -74,4 +86,4 @@ def run_job(job: Job, report: Report, train: TrainFn = train_on_datasets) -> Tra
     return train(job.config, monitored, job.checkpoint_dir)
 
 
-__all__ = ["Job", "TrainFn", "dataset_of", "run_job", "train_on_datasets"]
+__all__ = ["Job", "TrainFn", "dataset_of", "provide_dataset", "run_job", "train_on_datasets"]
