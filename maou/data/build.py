@@ -62,6 +62,8 @@ class BuildSummary:
     val_dropped_in_train: int = 0
     seconds: float = 0.0
     workers: int = 1
+    #: CPU time of the build: its own process and every reading and aggregating task.
+    cpu_seconds: float = 0.0
     manifest: dict = field(default_factory=dict)
 
     @property
@@ -85,7 +87,7 @@ def build_datasets(games: Sequence[str | Path] | str | Path, out_dir: str | Path
         raise UserError("no game records given (--games PATH ...)")
     if not 0.0 < val_fraction < 1.0:
         raise UserError(f"val_fraction must be in (0, 1), got {val_fraction}")
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     files = source_files(games)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -102,15 +104,16 @@ def build_datasets(games: Sequence[str | Path] | str | Path, out_dir: str | Path
         read, written = run_pipeline(plan, bar, val_fraction, split_seed, out, refuse_empty)
     summary = BuildSummary(out_dir=out, stats=read.stats, workers=plan.workers)
     summary.games = {name: read.count(name) for name in SPLITS}
-    summary.positions = written.pop("positions")
-    summary.unique_positions = written.pop("unique_positions")
-    stages = {"stage1": write_stage1(out / "stage1"), **written}
+    summary.positions, summary.unique_positions = written.positions, written.unique_positions
+    stages = {"stage1": write_stage1(out / "stage1"), **written.stages}
     for stage_manifest in stages.values():
         stage_manifest["layout"] = {"compression": "none", "record_batch_rows": RECORD_BATCH_ROWS}
     summary.val_dropped_in_train = stages["stage2"]["val_dropped_seen_in_train"]
     summary.rows = {"stage1": {"all": stages["stage1"]["rows"]["all"]}, "stage2": stages["stage2"]["rows"],
                     "stage3": stages["stage3"]["rows"]}
     summary.seconds = time.perf_counter() - started
+    # tasks run in this process are in its own time already
+    summary.cpu_seconds = time.process_time() - cpu_started + (written.task_cpu_seconds if plan.workers > 1 else 0.0)
     _write_manifests(summary, games, files, stages, split_seed, val_fraction)
     if progress:
         print_summary(summary)
@@ -154,6 +157,7 @@ def _write_manifests(summary: BuildSummary, games: list, files: list, stages: di
         "rows": summary.rows,
         "positions_per_s": round(summary.positions_per_s, 1),
         "workers": summary.workers,
+        "build_cpu_seconds": round(summary.cpu_seconds, 3),
         "files": written,
     }
     (out / MANIFEST).write_text(json.dumps(summary.manifest, indent=2) + "\n")

@@ -10,6 +10,7 @@ with a result, aggregated (:func:`maou.data.positions.aggregate_played`). Rows a
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ class PartitionResult:
     rows: dict[str, dict[str, int]] = field(default_factory=lambda: {"stage2": {}, "stage3": {}})
     val_dropped_seen_in_train: int = 0
     val_rows_also_in_train: int = 0
+    cpu_seconds: float = 0.0
 
 
 def output_path(scratch: Path, stage_number: int, split: str, partition: int) -> Path:
@@ -92,6 +94,7 @@ def _write(path: Path, table: Any) -> int:
 
 def build_partition(task: PartitionTask) -> PartitionResult:
     """Write the partition's four tables (Stage 2 and 3, train and val) into the scratch folder."""
+    started = time.process_time()
     scratch = Path(task.scratch)
     result = PartitionResult(task.number)
     positions = _Positions(read_partition(scratch, task.number, "u")[0])
@@ -118,6 +121,7 @@ def build_partition(task: PartitionTask) -> PartitionResult:
         result.rows["stage3"][split] = _write(output_path(scratch, 3, split, task.number),
                                               _stage3(positions, rows[agg.rows], agg))
         train_keys = keys
+    result.cpu_seconds = time.process_time() - started
     return result
 
 

@@ -20,7 +20,7 @@ import json
 import math
 import os
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,9 +36,10 @@ from maou.data.writers import SPLITS, DatasetFile, stage2_schema, stage3_schema
 
 #: Shards hold about this many bytes of record files (fewer, larger ones for big corpora) ...
 SHARD_BYTES = (256 << 10, 8 << 20)
-#: ... and a partition about the positions of this many bytes of records.
-PARTITION_SOURCE_BYTES = 8 << 20
-MAX_PARTITION_BITS = 12
+#: ... and a partition about the positions of this many bytes of records (terse CSA, about 8
+#: bytes a move: 130k positions, some 200 MB for the task that aggregates it).
+PARTITION_SOURCE_BYTES = 1 << 20
+MAX_PARTITION_BITS = 10
 SCRATCH = ".scratch"
 
 
@@ -60,7 +61,7 @@ class BuildPlan:
 
 
 def plan_build(files: Sequence[Path], out: Path, workers: int | None = None) -> BuildPlan:
-    """Shards of consecutive files (about four per worker, within ``SHARD_BYTES``) and a power of
+    """Shards of consecutive files (about eight per worker, within ``SHARD_BYTES``) and a power of
     two of partitions (one per ``PARTITION_SOURCE_BYTES`` of records, at least one per worker).
 
     ``workers`` (default: every core this process may use) caps the processes; with one worker,
@@ -68,7 +69,7 @@ def plan_build(files: Sequence[Path], out: Path, workers: int | None = None) -> 
     sizes = [f.stat().st_size for f in files]
     total = sum(sizes)
     wanted = max(1, workers if workers is not None else available_cpus())
-    shard_bytes = min(max(total // (4 * wanted), SHARD_BYTES[0]), SHARD_BYTES[1])
+    shard_bytes = min(max(total // (8 * wanted), SHARD_BYTES[0]), SHARD_BYTES[1])
     scratch = out / SCRATCH
     groups: list[list[int]] = [[]]
     held = 0
@@ -95,6 +96,8 @@ class Games:
     record: np.ndarray
     side: np.ndarray
     base: tuple[int, ...]
+    #: CPU time of the reading tasks.
+    cpu_seconds: float = 0.0
 
     def count(self, split: str) -> int:
         return int(np.count_nonzero(self.side == SPLITS.index(split)))
@@ -110,18 +113,26 @@ def _pool(workers: int) -> Executor | None:
     return ProcessPoolExecutor(max_workers=workers, mp_context=context)
 
 
-def _run(pool: Executor | None, fn: Callable[[Any], Any], tasks: Sequence[Any], bar: Any, title: str) -> list:
-    """``fn`` of every task, in task order (in this process without a pool)."""
-    progress = bar.add_task(title, total=len(tasks))
-    results: list[Any] = [None] * len(tasks)
+def _completed(pool: Executor | None, fn: Callable[[Any], Any], tasks: Sequence[Any]) -> Iterator[tuple[int, Any]]:
+    """``(index, fn(task))`` of every task as it finishes (in order, in this process, without a pool)."""
     if pool is None:
         for i, task in enumerate(tasks):
-            results[i] = fn(task)
-            bar.advance(progress)
-        return results
+            yield i, fn(task)
+        return
     futures = {pool.submit(fn, task): i for i, task in enumerate(tasks)}
     for future in as_completed(futures):
-        results[futures[future]] = future.result()
+        yield futures[future], future.result()
+
+
+def _run(pool: Executor | None, fn: Callable[[Any], Any], tasks: Sequence[Any], bar: Any, title: str,
+         on_result: Callable[[int, Any], None] | None = None) -> list:
+    """``fn`` of every task, in task order; ``on_result(index, result)`` as each one finishes."""
+    progress = bar.add_task(title, total=len(tasks))
+    results: list[Any] = [None] * len(tasks)
+    for i, result in _completed(pool, fn, tasks):
+        results[i] = result
+        if on_result is not None:
+            on_result(i, result)
         bar.advance(progress)
     return results
 
@@ -151,7 +162,7 @@ def _resolve_games(plan: BuildPlan, shards: list[ShardResult], val_fraction: flo
     kept = np.flatnonzero(side == 0)
     side[kept] = split_games(len(kept), val_fraction, split_seed)
     base = tuple(int(b) for b in np.cumsum([0] + [len(x) for x in g])[:-1])
-    return Games(stats, file, record, side, base)
+    return Games(stats, file, record, side, base, sum(result.cpu_seconds for result in shards))
 
 
 def read_games(plan: BuildPlan, pool: Executor | None, bar: Any, val_fraction: float, split_seed: int) -> Games:
@@ -179,37 +190,62 @@ def write_split(path: Path, plan: BuildPlan, games: Games) -> None:
         f.write("}\n")
 
 
-def write_datasets(plan: BuildPlan, pool: Executor | None, bar: Any, games: Games, out: Path) -> dict[str, dict]:
-    """Phases 3 and 4: every partition's rows, then the Stage 2 and 3 files; their manifest sections."""
+class _InOrder:
+    """Appends each partition's tables to the dataset files as soon as every earlier one is in, so
+    the files fill while later partitions are still being aggregated."""
+
+    def __init__(self, plan: BuildPlan, out: Path) -> None:
+        self.plan, self.next = plan, 0
+        self.ready: set[int] = set()
+        self.files = {(number, split): DatasetFile(out / f"stage{number}" / f"{split}.feather", schema)
+                      for number, schema in ((2, stage2_schema()), (3, stage3_schema())) for split in SPLITS}
+
+    def __call__(self, partition: int, _result: Any) -> None:
+        import pyarrow as pa
+
+        self.ready.add(partition)
+        while self.next in self.ready:
+            for (number, split), target in self.files.items():
+                with pa.OSFile(str(output_path(self.plan.scratch, number, split, self.next))) as source:
+                    target.write(pa.ipc.open_file(source).read_all())
+            self.ready.discard(self.next)
+            self.next += 1
+
+    def close(self) -> dict[str, dict]:
+        entries = {key: target.close() for key, target in self.files.items()}
+        return {f"stage{n}": {"rows": {s: entries[n, s]["rows"] for s in SPLITS},
+                              "files": {s: entries[n, s] for s in SPLITS}} for n in (2, 3)}
+
+
+@dataclass
+class Written:
+    """What phases 3 and 4 wrote: the Stage 2 and 3 manifest sections, the counts per split, and
+    the CPU time of every task of the build."""
+
+    stages: dict[str, dict]
+    positions: dict[str, int]
+    unique_positions: dict[str, int]
+    task_cpu_seconds: float
+
+
+def write_datasets(plan: BuildPlan, pool: Executor | None, bar: Any, games: Games, out: Path) -> Written:
+    """Phases 3 and 4: every partition's rows, appended in id order to the Stage 2 and 3 files."""
     tasks = [PartitionTask(p, str(plan.scratch), games.base) for p in range(plan.partitions)]
-    parts: list[PartitionResult] = _run(pool, build_partition, tasks, bar, f"aggregating ({len(tasks)} partitions)")
-    stages: dict[str, dict] = {}
-    for number, schema in ((2, stage2_schema()), (3, stage3_schema())):
-        files = {split: _concatenate(plan, number, split, schema, out / f"stage{number}" / f"{split}.feather")
-                 for split in SPLITS}
-        stages[f"stage{number}"] = {"rows": {split: entry["rows"] for split, entry in files.items()}, "files": files}
+    files = _InOrder(plan, out)
+    parts: list[PartitionResult] = _run(pool, build_partition, tasks, bar, f"aggregating ({len(tasks)} partitions)",
+                                        on_result=files)
+    stages = files.close()
     unique = {split: sum(p.unique[split] for p in parts) for split in SPLITS}
     legal = {split: sum(p.legal_moves[split] for p in parts) for split in SPLITS}
     stages["stage2"].update(val_dropped_seen_in_train=sum(p.val_dropped_seen_in_train for p in parts),
                             mean_legal_moves={s: legal[s] / unique[s] if unique[s] else 0.0 for s in SPLITS})
     stages["stage3"].update(val_rows_also_in_train=sum(p.val_rows_also_in_train for p in parts))
-    stages["positions"] = {split: sum(p.positions[split] for p in parts) for split in SPLITS}
-    stages["unique_positions"] = unique
-    return stages
-
-
-def _concatenate(plan: BuildPlan, number: int, split: str, schema: Any, path: Path) -> dict:
-    import pyarrow as pa
-
-    target = DatasetFile(path, schema)
-    for partition in range(plan.partitions):
-        with pa.OSFile(str(output_path(plan.scratch, number, split, partition))) as source:
-            target.write(pa.ipc.open_file(source).read_all())
-    return target.close()
+    return Written(stages, {split: sum(p.positions[split] for p in parts) for split in SPLITS}, unique,
+                   games.cpu_seconds + sum(p.cpu_seconds for p in parts))
 
 
 def run_pipeline(plan: BuildPlan, bar: Any, val_fraction: float, split_seed: int, out: Path,
-                 on_games: Callable[[Games], None]) -> tuple[Games, dict[str, dict]]:
+                 on_games: Callable[[Games], None]) -> tuple[Games, Written]:
     """All four phases with one pool of workers; ``on_games`` sees the games before the writing
     starts (the build refuses an empty corpus there). The scratch folder is removed at the end."""
     pool = _pool(plan.workers)
@@ -224,5 +260,5 @@ def run_pipeline(plan: BuildPlan, bar: Any, val_fraction: float, split_seed: int
         shutil.rmtree(plan.scratch, ignore_errors=True)
 
 
-__all__ = ["BuildPlan", "Games", "PARTITION_SOURCE_BYTES", "SHARD_BYTES", "available_cpus", "plan_build",
+__all__ = ["BuildPlan", "Games", "PARTITION_SOURCE_BYTES", "SHARD_BYTES", "Written", "available_cpus", "plan_build",
            "run_pipeline", "write_split"]

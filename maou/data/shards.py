@@ -18,6 +18,7 @@ Occurrences keep game order, then ply order.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,8 @@ class ShardResult:
     number: int
     stats: ReadStats
     games: ShardGames
+    #: CPU time the task took (its process's, wherever it ran).
+    cpu_seconds: float = 0.0
 
 
 class _GameLog:
@@ -185,6 +188,7 @@ def read_partition(scratch: Path, partition: int, kind: str) -> tuple[dict[str, 
 
 def read_shard(task: ShardTask) -> ShardResult:
     """Read, validate and replay the shard's games; spill their positions (runs in a worker process)."""
+    started = time.process_time()
     stats = ReadStats()
     log = _GameLog(task.files, task.first_file)
     sink = _PartitionSink(Path(task.scratch), task.number, task.partition_bits)
@@ -200,7 +204,7 @@ def read_shard(task: ShardTask) -> ShardResult:
     if pending:
         sink.spill(pending, first)
     sink.close()
-    return ShardResult(task.number, stats, log.games())
+    return ShardResult(task.number, stats, log.games(), time.process_time() - started)
 
 
 __all__ = ["FLUSH_POSITIONS", "OCCURRENCE_COLUMNS", "ShardGames", "ShardResult", "ShardTask", "UNIQUE_COLUMNS",

@@ -9,6 +9,7 @@ closed, so a build holds at most one batch of each table in memory. Rows are sor
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,6 @@ from typing import Any
 import numpy as np
 
 from maou.data.layout import RECORD_BATCH_ROWS, fixed_list, hcp_column, sparse_column, sparse_type
-from maou.data.sources import file_sha256
 from maou.shogi import BOARD_SHAPE, HCP_BYTES, PIECES_IN_HAND_NUM, REACHABLE_SQUARES_NUM, stage1_rows
 from maou.shogi.shapes import MOVE_LABELS_PACKED_BYTES
 from maou.stages import stage
@@ -72,6 +72,33 @@ def stage3_table(ids: np.ndarray, hcps: np.ndarray, boards: np.ndarray, hands: n
     return pa.Table.from_arrays(columns, schema=stage3_schema())
 
 
+class _HashingSink:
+    """A file written front to back that hashes what goes through it (no second read for the manifest)."""
+
+    def __init__(self, path: Path) -> None:
+        self.file = open(path, "wb")  # closed by close()
+        self.digest = hashlib.sha256()
+        self.position = 0
+        self.closed = False
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data)
+        self.digest.update(view)
+        self.file.write(view)
+        self.position += view.nbytes
+        return view.nbytes
+
+    def tell(self) -> int:
+        return self.position
+
+    def flush(self) -> None:
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+        self.closed = True
+
+
 class DatasetFile:
     """One dataset table, written in record batches of ``RECORD_BATCH_ROWS`` rows (the last one
     shorter) to ``path + ".tmp"``, renamed to ``path`` by :meth:`close`."""
@@ -82,7 +109,8 @@ class DatasetFile:
         self.path, self.schema = path, schema
         self.tmp = path.with_name(path.name + ".tmp")
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.writer = pa.ipc.new_file(str(self.tmp), schema,
+        self.sink = _HashingSink(self.tmp)
+        self.writer = pa.ipc.new_file(pa.PythonFile(self.sink, mode="w"), schema,
                                       options=pa.ipc.IpcWriteOptions(compression=COMPRESSION))
         self.pending: list[Any] = []
         self.pending_rows = self.rows = 0
@@ -110,9 +138,10 @@ class DatasetFile:
         if self.pending_rows:
             self._flush(self.pending_rows)
         self.writer.close()
+        self.sink.close()
         os.replace(self.tmp, self.path)
         return {"file": self.path.name, "rows": self.rows, "bytes": self.path.stat().st_size,
-                "sha256": file_sha256(self.path), "columns": {f.name: str(f.type) for f in self.schema}}
+                "sha256": self.sink.digest.hexdigest(), "columns": {f.name: str(f.type) for f in self.schema}}
 
 
 def write_table(path: Path, table: Any) -> dict:

@@ -3,8 +3,9 @@
 Opening maps the file and takes numpy views of its columns (:mod:`maou.trainer.columns`); no row
 is read. A batch is gathered on the host (board ids, hand counts, each target in its stored form:
 a few hundred bytes a row), copied to the training device (pinned, asynchronous on CUDA) and
-decoded there (bit-unpacking, sparse scatter). :meth:`MappedSplit.stream` does that for the next
-batches in a background thread (:class:`~maou.trainer.prefetch.Prefetcher`). The tensors it
+decoded there (bit-unpacking, sparse scatter). :meth:`MappedSplit.stream` gathers and copies the
+next batches in a background thread (:class:`~maou.trainer.prefetch.Prefetcher`), which decodes
+them too on CUDA. The tensors it
 yields equal, bit for bit, those of the in-memory :class:`~maou.trainer.tensors.Split` of the same
 file (:meth:`MappedSplit.materialize`).
 
@@ -28,6 +29,8 @@ from maou.trainer.columns import Chunked, TargetColumn, fixed_rows, open_table, 
 from maou.trainer.prefetch import Prefetcher
 
 Batch = tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]
+#: A batch gathered but not decoded: board, hand, each target's stored parts, rows.
+_Loaded = tuple[torch.Tensor, torch.Tensor, dict[str, tuple[torch.Tensor, ...]], int]
 #: Batches prepared ahead of the training step.
 PREFETCH_BATCHES = 4
 #: Rows decoded at once when a whole split is read (materialize, the training reference).
@@ -71,23 +74,32 @@ class MappedSplit:
             return tensor.pin_memory().to(self.device, non_blocking=True)
         return tensor.to(self.device)
 
+    def _load(self, index: torch.Tensor) -> _Loaded:
+        """Rows ``index`` gathered from the mapping, in their stored form, on this split's device."""
+        rows = index.detach().to("cpu", torch.int64).numpy()
+        parts = {name: tuple(self._tensor(p) for p in column.gather(rows)) for name, column in self.columns.items()}
+        return self._tensor(self.board.take(rows)), self._tensor(self.hand.take(rows)), parts, len(rows)
+
+    def _decode(self, loaded: _Loaded) -> Batch:
+        board, hand, parts, rows = loaded
+        return board, hand, {name: self.columns[name].decode(parts[name], rows) for name in self.columns}
+
     def _targets(self, index: np.ndarray) -> dict[str, torch.Tensor]:
-        out = {}
-        for name, column in self.columns.items():
-            parts = tuple(self._tensor(p) for p in column.gather(index))
-            out[name] = column.decode(parts, len(index))
-        return out
+        return self._decode(self._load(torch.from_numpy(index)))[2]
 
     def batch(self, index: torch.Tensor) -> Batch:
         """Rows ``index`` (a tensor on any device): board, hand, targets on this split's device."""
-        rows = index.detach().to("cpu", torch.int64).numpy()
-        board = self._tensor(self.board.take(rows))
-        hand = self._tensor(self.hand.take(rows))
-        return board, hand, self._targets(rows)
+        return self._decode(self._load(index))
 
     def stream(self, indices: Iterator[torch.Tensor], depth: int = PREFETCH_BATCHES) -> Any:
-        """Batches of each of ``indices``, prepared ``depth`` ahead in a thread (``close()`` it)."""
-        return Prefetcher(self.batch, indices, depth, self.device)
+        """Batches of each of ``indices``, prepared ``depth`` ahead in a thread (``close()`` it).
+
+        The thread gathers (numpy) and copies to the device; it decodes too on CUDA (GPU kernels, on
+        its own stream). On CPU the training thread decodes: torch's CPU kernels run on one thread
+        pool, and a second thread entering it would oversubscribe the cores."""
+        if self.device.type == "cuda":
+            return Prefetcher(self.batch, indices, depth, self.device)
+        return Prefetcher(self._load, indices, depth, self.device, finish=self._decode)
 
     def iter_batches(self, batch_size: int) -> Iterator[Batch]:
         """Every row in order, ``batch_size`` at a time (prefetched)."""

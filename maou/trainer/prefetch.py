@@ -76,11 +76,12 @@ class _Failure:
 
 
 class Prefetcher:
-    """An iterator over ``produce(index)`` for each index of ``indices``, ``depth`` batches ahead."""
+    """An iterator over ``finish(produce(index))`` for each index of ``indices``: ``produce`` runs in
+    a thread, ``depth`` batches ahead; ``finish`` (default: none) in the iterating thread."""
 
     def __init__(self, produce: Callable[[torch.Tensor], Any], indices: Iterator[torch.Tensor], depth: int,
-                 device: torch.device) -> None:
-        self.produce, self.indices, self.device = produce, indices, device
+                 device: torch.device, finish: Callable[[Any], Any] | None = None) -> None:
+        self.produce, self.indices, self.device, self.finish = produce, indices, device, finish
         self.queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._work, name="maou-prefetch", daemon=True)
@@ -128,7 +129,7 @@ class Prefetcher:
             current.wait_event(event)
             for tensor in _tensors(batch):
                 tensor.record_stream(current)  # the side stream's allocations are used on this one
-        return batch
+        return batch if self.finish is None else self.finish(batch)
 
     def close(self) -> None:
         """Stop the thread (it may be ahead by ``depth`` batches); safe to call twice."""

@@ -56,7 +56,7 @@ def mixed_corpus(root: Path) -> Path:
     return games
 
 
-TIMING = {"built_at", "build_seconds", "positions_per_s", "workers"}
+TIMING = {"built_at", "build_seconds", "build_cpu_seconds", "positions_per_s", "workers"}
 
 
 def _manifest(path: Path) -> dict:
