@@ -125,27 +125,21 @@ class DenseTarget:
     """One value per label (or a scalar) per row, cast to the target's dtype on the device."""
 
     target: Target
-    values: Chunked
+    rows: Chunked
 
     def gather(self, index: np.ndarray) -> Parts:
-        return (self.values.take(index),)
+        return (self.rows.take(index),)
 
     def decode(self, parts: tuple[torch.Tensor, ...], rows: int) -> torch.Tensor:
         return parts[0].to(_TORCH_DTYPES[self.target.dtype])
 
     def row_bytes(self) -> float:
-        return self.values.row_bytes
+        return self.rows.row_bytes
 
 
 @dataclass
-class BitpackedTarget:
-    """Multi-hot flags, eight a byte (``BIT_ORDER``), unpacked on the device."""
-
-    target: Target
-    packed: Chunked
-
-    def gather(self, index: np.ndarray) -> Parts:
-        return (self.packed.take(index),)
+class BitpackedTarget(DenseTarget):
+    """Multi-hot flags, eight a byte (``BIT_ORDER``) in ``rows``, unpacked on the device."""
 
     def decode(self, parts: tuple[torch.Tensor, ...], rows: int) -> torch.Tensor:
         assert BIT_ORDER == "little"
@@ -153,9 +147,6 @@ class BitpackedTarget:
         shifts = torch.arange(8, dtype=torch.uint8, device=packed.device)
         flags = torch.bitwise_and(torch.bitwise_right_shift(packed.unsqueeze(-1), shifts), 1)
         return flags.reshape(rows, self.target.width).to(_TORCH_DTYPES[self.target.dtype])
-
-    def row_bytes(self) -> float:
-        return self.packed.row_bytes
 
 
 @dataclass
