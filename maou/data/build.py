@@ -81,7 +81,11 @@ def _progress(enabled: bool) -> Any:
 def build_datasets(games: Sequence[str | Path] | str | Path, out_dir: str | Path, val_fraction: float = 0.1,
                    split_seed: int = 0, progress: bool = True, workers: int | None = None) -> BuildSummary:
     """Read the game records of ``games`` and write the Stage 1/2/3 datasets under ``out_dir``,
-    with ``workers`` processes (default: every core; :mod:`maou.data.pipeline`)."""
+    with ``workers`` processes (default: every core; :mod:`maou.data.pipeline`).
+
+    The workers start through a fork server, which imports the main module again, as every
+    ``multiprocessing`` program does: a script that calls this runs it under
+    ``if __name__ == "__main__":`` (``sweep data build`` and ``sweep run`` do)."""
     games = [games] if isinstance(games, (str, Path)) else list(games)
     if not games:
         raise UserError("no game records given (--games PATH ...)")
