@@ -39,7 +39,7 @@ from typing import Any
 
 from maou import __version__
 from maou.data.layout import RECORD_BATCH_ROWS
-from maou.data.pipeline import Games, plan_build, run_pipeline
+from maou.data.pipeline import Games, plan_build, run_pipeline, worker_pool
 from maou.data.records import ReadStats
 from maou.data.sources import source_files, sources_content_hash, sources_fingerprint
 from maou.data.writers import SPLITS, write_stage1
@@ -83,9 +83,9 @@ def build_datasets(games: Sequence[str | Path] | str | Path, out_dir: str | Path
     """Read the game records of ``games`` and write the Stage 1/2/3 datasets under ``out_dir``,
     with ``workers`` processes (default: every core; :mod:`maou.data.pipeline`).
 
-    The workers start through a fork server, which imports the main module again, as every
-    ``multiprocessing`` program does: a script that calls this runs it under
-    ``if __name__ == "__main__":`` (``sweep data build`` and ``sweep run`` do)."""
+    Workers started from a process that runs threads come from a fork server, which imports the
+    main module again, as every ``multiprocessing`` program does: a script that calls this runs
+    it under ``if __name__ == "__main__":`` (``sweep data build`` and ``sweep run`` do)."""
     games = [games] if isinstance(games, (str, Path)) else list(games)
     if not games:
         raise UserError("no game records given (--games PATH ...)")
@@ -104,8 +104,8 @@ def build_datasets(games: Sequence[str | Path] | str | Path, out_dir: str | Path
             reasons = ", ".join(f"{k} {v}" for k, v in read.stats.skipped.most_common()) or "no record files found"
             raise UserError(f"no readable games in {', '.join(map(str, games))} ({len(files)} files; {reasons})")
 
-    with _progress(progress) as bar:
-        read, written = run_pipeline(plan, bar, val_fraction, split_seed, out, refuse_empty)
+    with worker_pool(plan.workers) as pool, _progress(progress) as bar:  # workers before the bar's thread
+        read, written = run_pipeline(plan, pool, bar, val_fraction, split_seed, out, refuse_empty)
     summary = BuildSummary(out_dir=out, stats=read.stats, workers=plan.workers)
     summary.games = {name: read.count(name) for name in SPLITS}
     summary.positions, summary.unique_positions = written.positions, written.unique_positions

@@ -16,6 +16,7 @@ depend on the number of workers, shards or partitions.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -103,14 +104,30 @@ class Games:
         return int(np.count_nonzero(self.side == SPLITS.index(split)))
 
 
-def _pool(workers: int) -> Executor | None:
+@contextlib.contextmanager
+def worker_pool(workers: int) -> Iterator[Executor | None]:
+    """``workers`` processes, started now (None for one: the build runs in this process).
+
+    A process with a single thread forks them (fast, and nothing is imported again); otherwise
+    (a progress bar's thread, a Ray worker) they come from a fork server, which imports the main
+    module again as every ``multiprocessing`` program does."""
     if workers <= 1:
-        return None
+        yield None
+        return
     import multiprocessing
 
-    context = multiprocessing.get_context("forkserver")  # no fork of a process that may run threads
-    context.set_forkserver_preload(["maou.data.shards", "maou.data.partitions"])
-    return ProcessPoolExecutor(max_workers=workers, mp_context=context)
+    tasks = Path("/proc/self/task")
+    single = tasks.is_dir() and len(os.listdir(tasks)) == 1
+    context = multiprocessing.get_context("fork" if single else "forkserver")
+    if not single:
+        context.set_forkserver_preload(["maou.data.shards", "maou.data.partitions"])
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+    try:
+        for started in [pool.submit(os.getpid) for _ in range(workers)]:  # every worker, before any thread
+            started.result()
+        yield pool
+    finally:
+        pool.shutdown(cancel_futures=True)
 
 
 def _completed(pool: Executor | None, fn: Callable[[Any], Any], tasks: Sequence[Any]) -> Iterator[tuple[int, Any]]:
@@ -206,8 +223,9 @@ class _InOrder:
         self.ready.add(partition)
         while self.next in self.ready:
             for (number, split), target in self.files.items():
-                with pa.OSFile(str(output_path(self.plan.scratch, number, split, self.next))) as source:
-                    target.write(pa.ipc.open_file(source).read_all())
+                source = pa.memory_map(str(output_path(self.plan.scratch, number, split, self.next)))
+                target.write(pa.ipc.open_file(source).read_all())  # zero copy: the writer copies once
+                source.close()
             self.ready.discard(self.next)
             self.next += 1
 
@@ -244,21 +262,18 @@ def write_datasets(plan: BuildPlan, pool: Executor | None, bar: Any, games: Game
                    games.cpu_seconds + sum(p.cpu_seconds for p in parts))
 
 
-def run_pipeline(plan: BuildPlan, bar: Any, val_fraction: float, split_seed: int, out: Path,
+def run_pipeline(plan: BuildPlan, pool: Executor | None, bar: Any, val_fraction: float, split_seed: int, out: Path,
                  on_games: Callable[[Games], None]) -> tuple[Games, Written]:
-    """All four phases with one pool of workers; ``on_games`` sees the games before the writing
-    starts (the build refuses an empty corpus there). The scratch folder is removed at the end."""
-    pool = _pool(plan.workers)
+    """All four phases on ``pool`` (:func:`worker_pool`); ``on_games`` sees the games before the
+    writing starts (the build refuses an empty corpus there). The scratch folder is removed."""
     try:
         games = read_games(plan, pool, bar, val_fraction, split_seed)
         on_games(games)
         write_split(out / "split.json", plan, games)
         return games, write_datasets(plan, pool, bar, games, out)
     finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
         shutil.rmtree(plan.scratch, ignore_errors=True)
 
 
 __all__ = ["BuildPlan", "Games", "PARTITION_SOURCE_BYTES", "SHARD_BYTES", "Written", "available_cpus", "plan_build",
-           "run_pipeline", "write_split"]
+           "run_pipeline", "worker_pool", "write_split"]

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -193,15 +194,10 @@ def train_stage(config: TrainConfig, data: StageData, report: Report | None = No
     batch_size = min(config.batch_size, rows)
     max_steps = config.budget.total_steps(rows, config.batch_size)
     evaluations = _Evaluations(run, config, report)
-    generator = torch.Generator().manual_seed(config.seed)
-
     run.model.train()
     if config.freeze_backbone:
         run.model.backbone.eval()  # frozen BatchNorm statistics too
-    shuffle = resolve_shuffle(config.loader.shuffle, run.train)
-    # every epoch a fresh seeded order; batches prepared ahead (a mapped split) or taken in place
-    batches = run.train.stream(batch_indices(rows, batch_size, max_steps, generator, shuffle),
-                               config.loader.prefetch_batches)
+    batches = _training_batches(run, config, rows, batch_size, max_steps)
     running = RunningLoss(run.device)
     stop: Stop | None = None
     step = samples = 0
@@ -233,9 +229,8 @@ def train_stage(config: TrainConfig, data: StageData, report: Report | None = No
     if run.device.type == "cuda":
         torch.cuda.synchronize(run.device)
     train_time = max(time.perf_counter() - loop_started - evaluations.seconds, 1e-9)
-    checkpoint = None
-    if checkpoint_dir is not None:
-        checkpoint = Path(checkpoint_dir) / CHECKPOINT_NAME
+    checkpoint = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
+    if checkpoint is not None:
         save_checkpoint(checkpoint, run.model, config, step)
     final_step, final_metrics = evaluations.history[-1]
     best_step, best_metrics = evaluations.best or (final_step, final_metrics)
@@ -245,6 +240,15 @@ def train_stage(config: TrainConfig, data: StageData, report: Report | None = No
         wall_time_s=time.perf_counter() - started, device=str(run.device), samples_per_s=samples / train_time,
         checkpoint=str(checkpoint) if checkpoint else None, data_wait_share=data_time / train_time,
         dataset_hash=data.content_hash)
+
+
+def _training_batches(run: _Setup, config: TrainConfig, rows: int, batch_size: int, max_steps: int) -> Any:
+    """The run's batches: every epoch a fresh seeded order of the rows (``config.loader.shuffle``),
+    prepared ahead in a thread (a mapped split) or taken in place (in memory); ``close()`` it."""
+    generator = torch.Generator().manual_seed(config.seed)
+    shuffle = resolve_shuffle(config.loader.shuffle, run.train)
+    return run.train.stream(batch_indices(rows, batch_size, max_steps, generator, shuffle),
+                            config.loader.prefetch_batches)
 
 
 def _optimizer_step(run: _Setup, config: TrainConfig, lr: float, board: torch.Tensor, hand: torch.Tensor,

@@ -115,22 +115,6 @@ def test_layout_and_column_types(built):
         assert (np.diff(ids.astype(np.float64)) >= 0).all() and len(np.unique(ids)) == len(ids)  # sorted, unique
 
 
-def test_files_are_uncompressed_and_map_with_zero_copy(built):
-    from maou.data.layout import RECORD_BATCH_ROWS
-    from maou.trainer.columns import open_table
-
-    _, out, _ = built
-    for path in [out / "stage1" / "all.feather", *out.glob("stage[23]/*.feather")]:
-        reader = pa.ipc.open_file(pa.memory_map(str(path)))
-        batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]
-        assert all(b.num_rows <= RECORD_BATCH_ROWS for b in batches) and sum(b.num_rows for b in batches) > 0
-        table, zero_copy = open_table(path)
-        assert zero_copy and table.equals(feather.read_table(path))  # plain pyarrow reads the same table
-    lz4 = out / "lz4.feather"  # upstream's compressed files still load, but into memory
-    feather.write_feather(feather.read_table(out / "stage2" / "train.feather"), lz4, compression="lz4")
-    assert open_table(lz4)[1] is False
-
-
 def test_split_is_by_game(built):
     summary, out, games = built
     split = json.loads((out / "split.json").read_text())

@@ -63,10 +63,17 @@ def _manifest(path: Path) -> dict:
     return {k: v for k, v in json.loads(path.read_text()).items() if k not in TIMING}
 
 
-def test_a_parallel_build_writes_what_one_process_writes(tmp_path, monkeypatch):
-    games = mixed_corpus(tmp_path)
-    serial = build_datasets([games], tmp_path / "serial", val_fraction=0.25, split_seed=1, progress=False,
-                            workers=1)
+@pytest.fixture(scope="module")
+def serial_build(tmp_path_factory):
+    """The mixed corpus built by one process: (summary, corpus folder, output folder)."""
+    root = tmp_path_factory.mktemp("serial")
+    games = mixed_corpus(root)
+    summary = build_datasets([games], root / "serial", val_fraction=0.25, split_seed=1, progress=False, workers=1)
+    return summary, games, root / "serial"
+
+
+def test_a_parallel_build_writes_what_one_process_writes(serial_build, tmp_path, monkeypatch):
+    serial, games, serial_out = serial_build
     monkeypatch.setattr(pipeline, "SHARD_BYTES", (1, 20_000))       # many shards ...
     monkeypatch.setattr(pipeline, "PARTITION_SOURCE_BYTES", 10_000)  # ... and partitions
     plan = pipeline.plan_build([f for _, f, _ in source_files([games])], tmp_path / "x", workers=2)
@@ -76,8 +83,8 @@ def test_a_parallel_build_writes_what_one_process_writes(tmp_path, monkeypatch):
     assert (serial.workers, parallel.workers) == (1, 2)
     assert serial.manifest["content_hash"] == parallel.manifest["content_hash"]  # every file, byte for byte
     for name in ("manifest.json", "stage2/manifest.json", "stage3/manifest.json"):
-        assert _manifest(tmp_path / "serial" / name) == _manifest(tmp_path / "parallel" / name), name
-    assert (tmp_path / "serial" / "split.json").read_bytes() == (tmp_path / "parallel" / "split.json").read_bytes()
+        assert _manifest(serial_out / name) == _manifest(tmp_path / "parallel" / name), name
+    assert (serial_out / "split.json").read_bytes() == (tmp_path / "parallel" / "split.json").read_bytes()
     assert not (tmp_path / "parallel" / pipeline.SCRATCH).exists()
     # what a single reader over the whole corpus finds, counted once
     stats = serial.manifest["games"]
@@ -88,13 +95,27 @@ def test_a_parallel_build_writes_what_one_process_writes(tmp_path, monkeypatch):
     assert stats == {**reference.to_dict(), "train": parallel.games["train"], "val": parallel.games["val"]}
 
 
-def test_split_json_is_json_dumps_indent_0(tmp_path):
-    games = mixed_corpus(tmp_path)
-    build_datasets([games], tmp_path / "out", progress=False, workers=1)
-    text = (tmp_path / "out" / "split.json").read_text()
+def test_split_json_is_json_dumps_indent_0(serial_build):
+    text = (serial_build[2] / "split.json").read_text()
     split = json.loads(text)
     assert text == json.dumps(split, indent=0) + "\n"
     assert len(split["train"]) > len(split["val"]) > 0
+
+
+def test_files_are_uncompressed_and_map_with_zero_copy(serial_build, tmp_path):
+    from maou.data.layout import RECORD_BATCH_ROWS
+    from maou.trainer.columns import open_table
+
+    out = serial_build[2]
+    for path in [out / "stage1" / "all.feather", *out.glob("stage[23]/*.feather")]:
+        reader = pa.ipc.open_file(pa.memory_map(str(path)))
+        batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]
+        assert all(b.num_rows <= RECORD_BATCH_ROWS for b in batches) and sum(b.num_rows for b in batches) > 0
+        table, zero_copy = open_table(path)
+        assert zero_copy and table.equals(feather.read_table(path))  # plain pyarrow reads the same table
+    lz4 = tmp_path / "lz4.feather"  # upstream's compressed files still load, but into memory
+    feather.write_feather(feather.read_table(out / "stage2" / "train.feather"), lz4, compression="lz4")
+    assert open_table(lz4)[1] is False
 
 
 def test_read_stats_merge_keeps_the_first_examples():
