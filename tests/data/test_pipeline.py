@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import cshogi
@@ -93,6 +96,40 @@ def test_a_parallel_build_writes_what_one_process_writes(serial_build, tmp_path,
         == ["zz-copy-0.csa#0", "zz-copy-1.csa#0", "zz-copy-2.csa#0"]
     _, reference = read_records([games])
     assert stats == {**reference.to_dict(), "train": parallel.games["train"], "val": parallel.games["val"]}
+
+
+def test_workers_of_a_process_running_threads_come_from_a_fork_server(serial_build, tmp_path, monkeypatch):
+    serial, games, _ = serial_build
+    monkeypatch.setattr(pipeline, "SHARD_BYTES", (1, 20_000))
+    release = threading.Event()
+    busy = threading.Thread(target=release.wait, daemon=True)  # a thread: forking now would be unsafe
+    busy.start()
+    try:
+        with pipeline.worker_pool(2) as pool:
+            assert pool is not None and pool._mp_context.get_start_method() == "forkserver"  # type: ignore[attr-defined]
+        parallel = build_datasets([games], tmp_path / "out", val_fraction=0.25, split_seed=1, progress=False, workers=2)
+    finally:
+        release.set()
+        busy.join()
+    assert parallel.workers == 2 and parallel.manifest["content_hash"] == serial.manifest["content_hash"]
+
+
+def test_a_single_threaded_process_forks_its_workers(serial_build, tmp_path):
+    serial, games, _ = serial_build
+    code = ("import json, sys\n"
+            "from maou.data import pipeline\n"
+            "from maou.data.build import build_datasets\n"
+            "with pipeline.worker_pool(2) as pool:\n"
+            "    method = pool._mp_context.get_start_method()\n"
+            "pipeline.SHARD_BYTES = (1, 20_000)\n"
+            "s = build_datasets([sys.argv[1]], sys.argv[2], val_fraction=0.25, split_seed=1, progress=False,"
+            " workers=2)\n"
+            "print(json.dumps([method, s.workers, s.manifest['content_hash']]))\n")
+    result = subprocess.run([sys.executable, "-c", code, str(games), str(tmp_path / "out")], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    method, workers, content_hash = json.loads(result.stdout.strip().splitlines()[-1])
+    assert (method, workers) == ("fork", 2) and content_hash == serial.manifest["content_hash"]
 
 
 def test_split_json_is_json_dumps_indent_0(serial_build):
