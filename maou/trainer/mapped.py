@@ -5,9 +5,8 @@ is read. A batch is gathered on the host (board ids, hand counts, each target in
 a few hundred bytes a row), copied to the training device (pinned, asynchronous on CUDA) and
 decoded there (bit-unpacking, sparse scatter). :meth:`MappedSplit.stream` gathers and copies the
 next batches in a background thread (:class:`~maou.trainer.prefetch.Prefetcher`), which decodes
-them too on CUDA. The tensors it
-yields equal, bit for bit, those of the in-memory :class:`~maou.trainer.tensors.Split` of the same
-file (:meth:`MappedSplit.materialize`).
+them too on CUDA. The tensors it yields equal, bit for bit, those of the in-memory
+:class:`~maou.trainer.tensors.Split` of the same file (:meth:`MappedSplit.materialize`).
 
 Concurrent trials on one machine map the same files: the operating system's page cache holds
 them once, whatever the number of trials.

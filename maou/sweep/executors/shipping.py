@@ -23,6 +23,7 @@ import fcntl
 import json
 import os
 import shutil
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,7 +85,7 @@ def offer_dataset(directory: str, stage_number: int, content_hash: str) -> tuple
     node = context.get_node_id()
     directory = str(Path(directory).resolve())
     files = offered_files(Path(directory), stage_number)
-    name = f"maou-dataset-{content_hash[:16]}-{os.getpid()}"
+    name = f"maou-dataset-{content_hash[:16]}-{uuid.uuid4().hex[:12]}"  # one per step: names are not reused
     server = ray.remote(num_cpus=0)(_Server).options(
         name=name, scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(
         directory, [f for f, _, _ in files])
