@@ -1,11 +1,18 @@
-"""Training throughput: ``train_stage`` against a bare hand-written PyTorch loop.
+"""Training throughput: ``train_stage`` against a bare hand-written PyTorch loop, and the compact
+(memory-mapped) data path against the dense in-memory one.
 
-Same model (``build_model``), batch, optimizer (AdamW), gradient clipping, autocast and data
-(whole tensors on the device, batches by slicing a seeded permutation); the bare loop has no
-schedule, no loss bookkeeping, no callbacks. Prints samples/s of both, their ratio (goal >= 0.95)
-and the share of the step time spent taking batches (goal < 5%).
+1. Framework overhead: same model (``build_model``), batch, optimizer (AdamW), gradient clipping,
+   autocast and data (whole tensors on the device, batches by slicing a seeded permutation); the
+   bare loop has no schedule, no loss bookkeeping, no callbacks. Samples/s of both, their ratio
+   (goal >= 0.95) and the share of the step time spent taking batches (goal < 5%).
+2. Compact vs dense, Stages 2 and 3: the same synthetic rows written as a dataset file (bit-packed
+   legal moves, sparse policy) and trained through the mapping (gathered, copied to the device,
+   unpacked there, prefetched in a thread), against the same rows as dense tensors moved to the
+   device once. Samples/s of both, their ratio (goal >= 0.95) and the compact path's data wait.
 
-    python bench/train_throughput.py                        # small, about a minute on 2 CPU cores
+Timings on a shared machine are noisy: each is the best of ``--repeats`` interleaved runs.
+
+    python bench/train_throughput.py                        # small, a few minutes on 2 CPU cores
     python bench/train_throughput.py --device cuda --blocks 10 --channels 128 --batch 1024 \\
         --rows 65536 --steps 300                            # realistic, bf16 autocast on CUDA
 """
@@ -14,20 +21,25 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 import torch.nn.functional as F
 
-from maou.shogi.shapes import BOARD_SHAPE, MOVE_LABELS_NUM, PIECE_IDS_NUM, PIECES_IN_HAND_NUM
+from maou.data.layout import pack_flags
+from maou.data.writers import stage2_table, stage3_table, write_table
+from maou.shogi.shapes import BOARD_SHAPE, HCP_BYTES, MOVE_LABELS_NUM, PIECE_IDS_NUM, PIECES_IN_HAND_NUM
 from maou.strict import with_overrides
 from maou.trainer.config import train_config_from_dict
 from maou.trainer.loop import resolve_device, train_stage
 from maou.trainer.models import build_model
-from maou.trainer.tensors import Split, StageData
+from maou.trainer.tensors import Split, StageData, load_stage_data
 
 
 def synthetic_stage2(rows: int, seed: int = 0) -> Split:
@@ -38,6 +50,58 @@ def synthetic_stage2(rows: int, seed: int = 0) -> Split:
     hand = torch.randint(0, 3, (rows, PIECES_IN_HAND_NUM), generator=g).to(torch.uint8)
     legal = (torch.rand(rows, MOVE_LABELS_NUM, generator=g) < 0.075).to(torch.uint8)
     return Split(board, hand, {"legal_moves": legal})
+
+
+def synthetic_stage3(rows: int, seed: int = 0) -> Split:
+    """Stage 2's boards and hands, a policy over 1 to 3 played moves (float16 frequencies) and a value."""
+    base = synthetic_stage2(rows, seed)
+    g = torch.Generator().manual_seed(seed + 100)
+    policy = torch.zeros(rows, MOVE_LABELS_NUM)
+    for _ in range(3):
+        policy[torch.arange(rows), torch.randint(0, MOVE_LABELS_NUM, (rows,), generator=g)] += \
+            (torch.rand(rows, generator=g) < 0.6).float() + 0.01
+    policy = (policy / policy.sum(1, keepdim=True)).half().float()  # what the files hold: float16
+    value = torch.rand(rows, generator=g).round(decimals=1)
+    return Split(base.board, base.hand, {"policy": policy, "value": value})
+
+
+def write_compact(split: Split, stage: int, path: Path) -> None:
+    """``split`` as a dataset file in the compact layout sweep data build writes."""
+    n = len(split)
+    common = (np.arange(n, dtype=np.uint64), np.zeros((n, HCP_BYTES), np.uint8), split.board.numpy(),
+              split.hand.numpy())
+    if stage == 2:
+        write_table(path, stage2_table(*common, pack_flags(split.targets["legal_moves"].numpy())))
+        return
+    policy = split.targets["policy"].numpy()
+    rows, labels = np.nonzero(policy)
+    offsets = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=n))]).astype(np.int32)
+    write_table(path, stage3_table(*common, (offsets, labels, policy[rows, labels].astype(np.float16)),
+                                   split.targets["value"].numpy(), np.ones(n, np.uint32)))
+
+
+def compact_vs_dense(config, stage: int, rows: int, repeats: int) -> None:
+    """Samples/s of train_stage on the same rows, memory-mapped compact file vs dense tensors."""
+    make = synthetic_stage2 if stage == 2 else synthetic_stage3
+    train, val = make(rows), make(512, seed=1)
+    config = with_overrides(config, {"stage": stage, "eval_at_start": False})
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, split in (("train", train), ("val", val)):
+            write_compact(split, stage, Path(tmp) / f"stage{stage}" / f"{name}.feather")
+        data = {"dense": StageData(stage, train, val), "compact": load_stage_data(stage, tmp)}
+        train_stage(with_overrides(config, {"budget.max_steps": 5, "budget.eval_every": 5}), data["compact"])
+        speed: dict[str, list[float]] = {"dense": [], "compact": []}
+        waits = []
+        for _ in range(repeats):
+            for kind in ("dense", "compact"):
+                result = train_stage(config, data[kind])
+                speed[kind].append(result.samples_per_s)
+                if kind == "compact":
+                    waits.append(result.data_wait_share)
+    dense, compact = max(speed["dense"]), max(speed["compact"])
+    print(f"stage {stage}: dense {dense:,.0f} samples/s (runs {', '.join(f'{v:,.0f}' for v in speed['dense'])}), "
+          f"compact {compact:,.0f} (runs {', '.join(f'{v:,.0f}' for v in speed['compact'])}): ratio "
+          f"{compact / dense:.3f} (goal >= 0.95); compact data wait {100 * min(waits):.2f}% of step time (goal < 5%)")
 
 
 def sync(device: torch.device) -> None:
@@ -102,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda[:N]")
     parser.add_argument("--no-amp", dest="amp", action="store_false", help="no bf16 autocast on CUDA")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (0 = torch default)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs of each loop; the best counts")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs of each loop; the best counts")
     args = parser.parse_args(argv)
 
     device = resolve_device(args.device)
@@ -138,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"data wait   : {100 * fetch_s / step_s:.2f}% of step time taking batches alone "
           f"({1e3 * fetch_s / args.steps:.3f} ms of {1e3 * step_s / args.steps:.2f} ms per step); "
           f"host-side share inside train_stage {100 * min(shares):.2f}%  (goal < 5%)")
+    print("compact (memory-mapped, decoded on the device) vs dense (in-memory tensors), train_stage:")
+    for stage in (2, 3):
+        compact_vs_dense(config, stage, args.rows, args.repeats)
     return 0
 
 

@@ -17,6 +17,8 @@ from typing import Literal
 from maou.shogi.shapes import MOVE_LABELS_NUM, REACHABLE_SQUARES_NUM
 
 Direction = Literal["maximize", "minimize"]
+#: How a target is stored in the dataset files (see :class:`Target`).
+Storage = Literal["dense", "bitpacked", "sparse"]
 #: Reported at every evaluation of every stage, next to the stage's own ``val_*`` metrics.
 TRAIN_METRICS = ("train_loss", "lr", "epoch")
 #: Which way is better, for every metric that can be an objective or a guard (the others, such
@@ -43,13 +45,26 @@ class GuardDefault:
 
 @dataclass(frozen=True)
 class Target:
-    """One target tensor: its key (the model output of the same name), the Arrow column it is
-    read from, its width per row (0 for a scalar), and its stored dtype."""
+    """One target tensor: its key (the model output of the same name), its dense Arrow column
+    (upstream's name: one value per label), its width per row (0 for a scalar), the dtype of the
+    tensor the trainer sees, and how ``sweep data build`` stores it.
+
+    ``storage``: ``dense`` (in ``column``); ``bitpacked`` (multi-hot flags, eight a byte, in
+    ``compact_column``); ``sparse`` (a row's non-zero labels and their weights, in
+    ``compact_column``). The byte layouts are in :mod:`maou.data.layout`. The loader reads the
+    compact column when a file has it, else the dense one (upstream's files, older builds).
+    """
 
     name: str
     column: str
     width: int
     dtype: Literal["uint8", "float32"]
+    storage: Storage = "dense"
+    compact_column: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.storage == "dense") != (self.compact_column is None):
+            raise ValueError(f"target {self.name}: a compact column goes with a bitpacked or sparse storage")
 
 
 @dataclass(frozen=True)
@@ -91,7 +106,8 @@ STAGES: dict[int, Stage] = {s.number: s for s in (
           rules=_ALWAYS, data_source="synthetic", upstream_prefix="--stage1-",
           task="maou.trainer.tasks:ReachableSquares"),
     Stage(2, "legal moves",
-          targets=(Target("legal_moves", "legalMovesLabel", MOVE_LABELS_NUM, "uint8"),),
+          targets=(Target("legal_moves", "legalMovesLabel", MOVE_LABELS_NUM, "uint8",
+                          storage="bitpacked", compact_column="legalMovesBits"),),
           metrics=("val_loss", "val_f1", "val_precision", "val_recall", "val_pred_pos_rate",
                    "val_label_pos_rate", "val_f1_all_positive", "val_average_precision",
                    "val_f1_best_threshold", "val_best_threshold"),
@@ -99,7 +115,8 @@ STAGES: dict[int, Stage] = {s.number: s for s in (
           rules=(*_ALWAYS, "legal_moves"), data_source="games", upstream_prefix="--stage2-",
           task="maou.trainer.tasks:LegalMoves"),
     Stage(3, "policy + value",
-          targets=(Target("policy", "moveLabel", MOVE_LABELS_NUM, "float32"),
+          targets=(Target("policy", "moveLabel", MOVE_LABELS_NUM, "float32",
+                          storage="sparse", compact_column="moveLabelSparse"),
                    Target("value", "resultValue", 0, "float32")),
           metrics=("val_loss", "val_policy_top1", "val_policy_ce", "val_policy_entropy",
                    "val_policy_top1_baseline", "val_value_bce", "val_value_brier", "val_value_accuracy",
@@ -122,4 +139,5 @@ def stage(number: int) -> Stage:
     return STAGES[number]
 
 
-__all__ = ["METRIC_DIRECTIONS", "STAGES", "GuardDefault", "Stage", "TRAIN_METRICS", "Target", "stage"]
+__all__ = ["METRIC_DIRECTIONS", "STAGES", "GuardDefault", "Stage", "Storage", "TRAIN_METRICS", "Target",
+           "stage"]

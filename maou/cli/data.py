@@ -14,6 +14,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     build.add_argument("--out", required=True, metavar="DIR", help="output folder")
     build.add_argument("--val-fraction", type=float, default=0.1, help="share of games held out (default 0.1)")
     build.add_argument("--split-seed", type=int, default=0, help="seed of the by-game split (default 0)")
+    build.add_argument("--workers", type=int, default=None, metavar="N",
+                       help="processes reading and aggregating (default: every core)")
     build.set_defaults(handler=build_command)
     selfplay = data_commands.add_parser("selfplay", help="play USI engine games and write CSA records")
     selfplay.add_argument("--engine", choices=["fairy-stockfish", "gpsusi"], default="fairy-stockfish")
@@ -28,7 +30,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 def build_command(args: argparse.Namespace) -> int:
     from maou.data.build import build_datasets
 
-    build_datasets(args.games, args.out, val_fraction=args.val_fraction, split_seed=args.split_seed, progress=True)
+    build_datasets(args.games, args.out, val_fraction=args.val_fraction, split_seed=args.split_seed, progress=True,
+                   workers=args.workers)
     return 0
 
 

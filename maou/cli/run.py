@@ -13,7 +13,8 @@ from maou.cli.specs import add_spec_argument, spec_of
 def add_commands(commands: argparse._SubParsersAction) -> None:
     run = commands.add_parser("run", help="run a sweep spec step by step (resumes if interrupted)")
     add_spec_argument(run)
-    run.add_argument("--executor", choices=["local", "ray"], default=None, help="override the spec's executor kind")
+    run.add_argument("--executor", choices=["auto", "local", "ray"], default=None,
+                     help="override the spec's executor kind")
     run.set_defaults(handler=run_command)
 
     plan = commands.add_parser("plan", help="show the steps, configurations and trainings of a spec, and their cost")

@@ -1,21 +1,25 @@
 """Game records -> Stage 1/2/3 Arrow datasets (``sweep data build``), split by game.
 
-Layout of ``OUT`` (all tables Arrow IPC ``.feather``, lz4-compressed, one row per position;
-column types in :mod:`maou.data.writers`):
+Layout of ``OUT`` (all tables uncompressed Arrow IPC ``.feather`` files that the trainer
+memory-maps, one row per position; column types and byte layouts in :mod:`maou.data.layout`):
 
 * ``stage1/all.feather``: the 1,105 synthetic rows of :func:`maou.shogi.stage1_rows`
   (``boardIdPositions``, ``piecesInHand``, ``reachableSquares``). Stage 1 has no split.
 * ``stage2/{train,val}.feather``: every unique position of the split's games: ``id`` uint64
   (upstream maou's position id, :func:`maou.shogi.position_id`), ``hcp`` (32-byte cshogi
-  HuffmanCodedPos), ``boardIdPositions``, ``piecesInHand``, ``legalMovesLabel`` (1496 uint8
-  multi-hot). Validation drops every position that also occurs in train (counted in the manifest).
+  HuffmanCodedPos), ``boardIdPositions``, ``piecesInHand``, ``legalMovesBits`` (the 1496-label
+  legal-move multi-hot, bit-packed into 187 bytes). Validation drops every position that also
+  occurs in train (counted in the manifest).
 * ``stage3/{train,val}.feather``: positions aggregated by id within the split (games with a
-  result only): ``id``, ``hcp``, ``boardIdPositions``, ``piecesInHand``, ``moveLabel`` (1496
-  float16: per-label play counts / count, sums to 1), ``resultValue`` float32 (wins / count for
-  the side to move; win 1, loss 0, draw 0.5), ``count`` uint32.
+  result only): ``id``, ``hcp``, ``boardIdPositions``, ``piecesInHand``, ``moveLabelSparse`` (the
+  played labels with their float16 frequency, per-label play counts / count, sums to 1),
+  ``resultValue`` float32 (wins / count for the side to move; win 1, loss 0, draw 0.5),
+  ``count`` uint32.
 * ``split.json`` (the game ids of each split), ``manifest.json`` per stage folder and at ``OUT``
   (written last: its presence marks a complete build; its ``content_hash`` names the data).
 
+The build runs on every core (:mod:`maou.data.pipeline`) in memory bounded by its shard and
+partition sizes, whatever the corpus; its output does not depend on the number of workers.
 The split is by game, seeded: no game has positions on both sides, and with two or more games
 each side gets at least one.
 """
@@ -34,19 +38,16 @@ from pathlib import Path
 from typing import Any
 
 from maou import __version__
-from maou.data.positions import Positions, encode_unique, extract_positions
-from maou.data.records import GameRecord, ReadStats, iter_records
-from maou.data.sources import (
-    source_files,
-    sources_content_hash,
-    sources_fingerprint,
-    split_games,
-)
-from maou.data.writers import SPLITS, write_stage1, write_stage2, write_stage3
+from maou.data.layout import RECORD_BATCH_ROWS
+from maou.data.pipeline import Games, plan_build, run_pipeline, worker_pool
+from maou.data.records import ReadStats
+from maou.data.sources import source_files, sources_content_hash, sources_fingerprint
+from maou.data.writers import SPLITS, write_stage1
 from maou.errors import UserError
 
 #: Bumped when the written layout changes; a dataset of another format version is rebuilt.
-FORMAT_VERSION = 1
+#: 2: uncompressed, memory-mappable files; Stage 2 legal moves bit-packed, Stage 3 policy sparse.
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 
 
@@ -60,6 +61,9 @@ class BuildSummary:
     rows: dict[str, dict[str, int]] = field(default_factory=dict)
     val_dropped_in_train: int = 0
     seconds: float = 0.0
+    workers: int = 1
+    #: CPU time of the build: its own process and every reading and aggregating task.
+    cpu_seconds: float = 0.0
     manifest: dict = field(default_factory=dict)
 
     @property
@@ -74,33 +78,14 @@ def _progress(enabled: bool) -> Any:
     return Progress(*columns, disable=not enabled, transient=True)
 
 
-def _read_split_positions(games: Sequence[str | Path], files: list, stats: ReadStats, val_fraction: float,
-                          split_seed: int, progress: bool) -> tuple[dict[str, list[GameRecord]], dict[str, Positions]]:
-    """Read every record, split the games, replay each split: (games, positions) by split."""
-    with _progress(progress) as bar:
-        task = bar.add_task("reading game records", total=len(files))
-        records: list[GameRecord] = []
-        last_files = 0
-        for record in iter_records([], stats, files=[f for _, f, _ in files]):
-            records.append(record)
-            if stats.files != last_files:
-                bar.update(task, completed=stats.files - 1, description=f"reading game records ({len(records)} games)")
-                last_files = stats.files
-        bar.update(task, completed=len(files))
-        if not records:
-            reasons = ", ".join(f"{k} {v}" for k, v in stats.skipped.most_common()) or "no record files found"
-            raise UserError(f"no readable games in {', '.join(map(str, games))} ({len(files)} files; {reasons})")
-        is_val = split_games(len(records), val_fraction, split_seed)
-        by_split = {"train": [g for g, v in zip(records, is_val) if not v],
-                    "val": [g for g, v in zip(records, is_val) if v]}
-        task = bar.add_task("replaying games", total=len(records))
-        positions = {name: extract_positions(by_split[name], bar, task) for name in SPLITS}
-    return by_split, positions
-
-
 def build_datasets(games: Sequence[str | Path] | str | Path, out_dir: str | Path, val_fraction: float = 0.1,
-                   split_seed: int = 0, progress: bool = True) -> BuildSummary:
-    """Read the game records of ``games`` and write the Stage 1/2/3 datasets under ``out_dir``."""
+                   split_seed: int = 0, progress: bool = True, workers: int | None = None) -> BuildSummary:
+    """Read the game records of ``games`` and write the Stage 1/2/3 datasets under ``out_dir``,
+    with ``workers`` processes (default: every core; :mod:`maou.data.pipeline`).
+
+    Workers started from a process that runs threads come from a fork server, which imports the
+    main module again, as every ``multiprocessing`` program does: a script that calls this runs
+    it under ``if __name__ == "__main__":`` (``sweep data build`` and ``sweep run`` do)."""
     games = [games] if isinstance(games, (str, Path)) else list(games)
     if not games:
         raise UserError("no game records given (--games PATH ...)")
@@ -108,27 +93,33 @@ def build_datasets(games: Sequence[str | Path] | str | Path, out_dir: str | Path
         raise UserError(f"--out {out_dir} is a file, not a folder")
     if not 0.0 < val_fraction < 1.0:
         raise UserError(f"val_fraction must be in (0, 1), got {val_fraction}")
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     files = source_files(games)
     out = Path(out_dir)
-    summary = BuildSummary(out_dir=out, stats=ReadStats())
-    by_split, positions = _read_split_positions(games, files, summary.stats, val_fraction, split_seed, progress)
-
     out.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
         (out / MANIFEST).unlink()  # the top manifest marks a complete build: written last
-    summary.games = {name: len(by_split[name]) for name in SPLITS}
-    summary.positions = {name: positions[name].positions for name in SPLITS}
-    summary.unique_positions = {name: len(positions[name]) for name in SPLITS}
-    encoded = {name: encode_unique(positions[name]) for name in SPLITS}
-    stages = {"stage1": write_stage1(out / "stage1"), "stage2": write_stage2(out / "stage2", positions, encoded),
-              "stage3": write_stage3(out / "stage3", positions, encoded)}
+    plan = plan_build([f for _, f, _ in files], out, workers)
+
+    def refuse_empty(read: Games) -> None:
+        if read.stats.games == 0:
+            reasons = ", ".join(f"{k} {v}" for k, v in read.stats.skipped.most_common()) or "no record files found"
+            raise UserError(f"no readable games in {', '.join(map(str, games))} ({len(files)} files; {reasons})")
+
+    with worker_pool(plan.workers) as pool, _progress(progress) as bar:  # workers before the bar's thread
+        read, written = run_pipeline(plan, pool, bar, val_fraction, split_seed, out, refuse_empty)
+    summary = BuildSummary(out_dir=out, stats=read.stats, workers=plan.workers)
+    summary.games = {name: read.count(name) for name in SPLITS}
+    summary.positions, summary.unique_positions = written.positions, written.unique_positions
+    stages = {"stage1": write_stage1(out / "stage1"), **written.stages}
+    for stage_manifest in stages.values():
+        stage_manifest["layout"] = {"compression": "none", "record_batch_rows": RECORD_BATCH_ROWS}
     summary.val_dropped_in_train = stages["stage2"]["val_dropped_seen_in_train"]
     summary.rows = {"stage1": {"all": stages["stage1"]["rows"]["all"]}, "stage2": stages["stage2"]["rows"],
                     "stage3": stages["stage3"]["rows"]}
-    (out / "split.json").write_text(json.dumps(
-        {name: [g.game_id for g in by_split[name]] for name in SPLITS}, indent=0) + "\n")
     summary.seconds = time.perf_counter() - started
+    # tasks run in this process are in its own time already
+    summary.cpu_seconds = time.process_time() - cpu_started + (written.task_cpu_seconds if plan.workers > 1 else 0.0)
     _write_manifests(summary, games, files, stages, split_seed, val_fraction)
     if progress:
         print_summary(summary)
@@ -171,6 +162,8 @@ def _write_manifests(summary: BuildSummary, games: list, files: list, stages: di
         "stage3_val_rows_also_in_train": stages["stage3"]["val_rows_also_in_train"],
         "rows": summary.rows,
         "positions_per_s": round(summary.positions_per_s, 1),
+        "workers": summary.workers,
+        "build_cpu_seconds": round(summary.cpu_seconds, 3),
         "files": written,
     }
     (out / MANIFEST).write_text(json.dumps(summary.manifest, indent=2) + "\n")

@@ -84,6 +84,17 @@ class ReadStats:
         if len(examples) < MAX_EXAMPLES:
             examples.append(f"{where}: {detail}" if detail else where)
 
+    def merge(self, other: ReadStats) -> None:
+        """Add ``other``'s counts, as if its records had been read after these."""
+        self.files += other.files
+        self.games += other.games
+        self.positions += other.positions
+        self.no_result += other.no_result
+        self.skipped.update(other.skipped)
+        for reason, examples in other.examples.items():
+            kept = self.examples.setdefault(reason, [])
+            kept.extend(examples[: MAX_EXAMPLES - len(kept)])
+
     @property
     def games_skipped(self) -> int:
         return sum(self.skipped.values())
@@ -191,10 +202,11 @@ def replay(sfen: str, moves: Iterable[int]) -> tuple[cshogi.Board, int | None]:
 
 
 class _Reader:
-    """Stateful iterator over records: tracks duplicates and fills a :class:`ReadStats`."""
+    """Stateful iterator over records: tracks duplicates (unless told not to) and fills a :class:`ReadStats`."""
 
-    def __init__(self, stats: ReadStats):
+    def __init__(self, stats: ReadStats, detect_duplicates: bool = True):
         self.stats = stats
+        self.detect_duplicates = detect_duplicates
         self.seen_games: dict[tuple[str, tuple[int, ...]], str] = {}
 
     def game(self, source: str, index: int, sfen: str, moves: list[int], ending: str, win: int | None,
@@ -212,10 +224,11 @@ class _Reader:
             self.stats.skip("illegal move", where, f"illegal move at ply {illegal}")
             return None
         key = (sfen, tuple(moves))
-        if key in self.seen_games:
+        if self.detect_duplicates and key in self.seen_games:
             self.stats.skip("duplicate game", where, f"same moves as {self.seen_games[key]}")
             return None
-        self.seen_games[key] = where
+        if self.detect_duplicates:
+            self.seen_games[key] = where
         if fmt == "kif":
             winner = kif_winner
         else:
@@ -330,13 +343,15 @@ def _short(exc: BaseException) -> str:
 
 
 def iter_records(paths: Iterable[str | Path], stats: ReadStats | None = None,
-                 files: list[Path] | None = None) -> Iterator[GameRecord]:
+                 files: list[Path] | None = None, detect_duplicates: bool = True) -> Iterator[GameRecord]:
     """Valid games of ``paths`` in order (files sorted within folders); skips are counted in ``stats``.
 
-    ``files`` (from :func:`find_record_files`) saves searching the paths again.
+    ``files`` (from :func:`find_record_files`) saves searching the paths again. With
+    ``detect_duplicates`` off, a game with the same start and moves as an earlier one is yielded
+    too (a parallel build finds those across its shards: :func:`game_digest`).
     """
     stats = stats if stats is not None else ReadStats()
-    reader = _Reader(stats)
+    reader = _Reader(stats, detect_duplicates)
     for path in files if files is not None else find_record_files(paths):
         stats.files += 1
         source = str(path)
@@ -355,11 +370,22 @@ def iter_records(paths: Iterable[str | Path], stats: ReadStats | None = None,
         yield from (reader.csa(source, text) if fmt == "csa" else reader.kif(source, text))
 
 
+def game_digest(record: GameRecord) -> bytes:
+    """16 bytes naming a game's start position and moves: equal for the games ``iter_records`` calls
+    duplicates (HCPE rows are never duplicates and have none)."""
+    import hashlib
+
+    sfen = record.sfen.encode()
+    digest = hashlib.blake2b(len(sfen).to_bytes(4, "little") + sfen, digest_size=16)
+    digest.update(np.asarray(record.moves, dtype=np.uint32).tobytes())
+    return digest.digest()
+
+
 def read_records(paths: Iterable[str | Path]) -> tuple[list[GameRecord], ReadStats]:
     """All valid games of ``paths`` and the read statistics."""
     stats = ReadStats()
     return list(iter_records(paths, stats)), stats
 
 
-__all__ = ["GameRecord", "ReadStats", "RECORD_SUFFIXES", "decode_text", "find_record_files", "iter_records",
-           "read_hcpe_table", "read_records", "record_format", "replay", "split_csa_games"]
+__all__ = ["GameRecord", "ReadStats", "RECORD_SUFFIXES", "decode_text", "find_record_files", "game_digest",
+           "iter_records", "read_hcpe_table", "read_records", "record_format", "replay", "split_csa_games"]

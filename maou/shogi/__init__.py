@@ -12,6 +12,7 @@ from maou.shogi.shapes import (
     HAND_KINDS_NUM,
     HCP_BYTES,
     MOVE_LABELS_NUM,
+    MOVE_LABELS_PACKED_BYTES,
     PIECE_IDS_NUM,
     PIECE_TYPES_NUM,
     PIECES_IN_HAND_NUM,
@@ -23,7 +24,8 @@ from maou.shogi.shapes import (
 from maou.shogi.stage1 import Stage1Rows, stage1_rows
 
 __all__ = [
-    "BOARD_SHAPE", "HAND_KINDS_NUM", "HCP_BYTES", "MOVE_LABELS_NUM", "PIECE_IDS_NUM", "PIECE_TYPES_NUM",
+    "BOARD_SHAPE", "HAND_KINDS_NUM", "HCP_BYTES", "MOVE_LABELS_NUM", "MOVE_LABELS_PACKED_BYTES", "PIECE_IDS_NUM",
+    "PIECE_TYPES_NUM",
     "PIECES_IN_HAND_NUM", "REACHABLE_SQUARES_NUM", "SQUARES_NUM", "STAGE1_POSITIVES_NUM", "STAGE1_ROWS_NUM",
     "Stage1Rows", "encode_position", "encode_positions", "encode_raw", "label_table", "legal_moves_mask",
     "legal_moves_masks", "move_label", "move_labels", "position_id", "position_ids", "stage1_rows",

@@ -9,9 +9,10 @@ same way locally and under Ray. Nothing here imports Optuna or Ray.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING
 from maou.errors import UserError
 from maou.stages import stage
 from maou.sweep.pruning import PruningConfig, build_monitor
-from maou.trainer.config import TrainConfig
+from maou.trainer.config import DataConfig, TrainConfig
 from maou.trainer.result import History, Report, Stop, TrainResult
 
 if TYPE_CHECKING:
@@ -49,6 +50,16 @@ class DatasetChanged(UserError):
     """The data a trial would train on is not the data its sweep recorded."""
 
 
+#: Dataset folders handed to this process for a data config (a node-local copy of the driver's
+#: datasets, :mod:`maou.sweep.executors.shipping`): used as they are, never rebuilt here.
+_PROVIDED: dict[DataConfig, str] = {}
+
+
+def provide_dataset(data: DataConfig, directory: str) -> None:
+    """Train every config whose ``data`` is ``data`` on the built datasets in ``directory``."""
+    _PROVIDED[data] = directory
+
+
 @lru_cache(maxsize=4)
 def _cached_stage_data(stage: int, dataset_dir: str | None, dataset_hash: str | None) -> StageData:
     from maou.trainer.tensors import load_stage_data
@@ -61,10 +72,24 @@ def dataset_of(config: TrainConfig, progress: bool = False) -> tuple[str | None,
     (``(None, None)`` for a stage whose rows are synthetic)."""
     if stage(config.stage).data_source == "synthetic":
         return None, None
+    with _ready(config, progress) as (directory, content_hash):
+        return directory, content_hash
+
+
+@contextlib.contextmanager
+def _ready(config: TrainConfig, progress: bool) -> Iterator[tuple[str, str | None]]:
+    """The stage's dataset folder and content hash: a node-local copy handed to this process as it
+    is, else the build folder, built if needed, its lock held while the block reads it."""
+    if config.data in _PROVIDED:
+        from maou.trainer.tensors import dataset_content_hash
+
+        directory = _PROVIDED[config.data]
+        yield directory, dataset_content_hash(directory)
+        return
     from maou.data.build import datasets_ready
 
-    with datasets_ready(config.data, progress=progress) as (directory, content_hash):
-        return str(directory), content_hash
+    with datasets_ready(config.data, progress=progress) as (path, content_hash):
+        yield str(path), content_hash
 
 
 def load_datasets(config: TrainConfig, expected_hash: str | None = None, progress: bool = False) -> StageData:
@@ -72,14 +97,12 @@ def load_datasets(config: TrainConfig, expected_hash: str | None = None, progres
     hash); :class:`DatasetChanged` when ``expected_hash`` is given and the data differs."""
     if stage(config.stage).data_source == "synthetic":
         return _cached_stage_data(config.stage, None, None)
-    from maou.data.build import datasets_ready
-
-    with datasets_ready(config.data, progress=progress) as (directory, content_hash):
+    with _ready(config, progress) as (directory, content_hash):
         if expected_hash is not None and content_hash != expected_hash:
             raise DatasetChanged(
                 f"the datasets in {directory} changed under this sweep (recorded {expected_hash[:12]}, found "
-                f"{content_hash[:12]}): their games changed, or another sweep rebuilt the folder; give each "
-                f"corpus its own data.dir (the default does) and run the sweep again")
+                f"{(content_hash or 'none')[:12]}): their games changed, or another sweep rebuilt the folder; "
+                f"give each corpus its own data.dir (the default does) and run the sweep again")
         return _cached_stage_data(config.stage, str(directory), content_hash)
 
 
@@ -125,4 +148,5 @@ def run_job(job: Job, report: Report, train: TrainFn | None = None, progress: Pr
     return train(job.config, monitored, job.checkpoint_dir)
 
 
-__all__ = ["DatasetChanged", "Job", "TrainFn", "dataset_of", "load_datasets", "run_job", "train_on_datasets"]
+__all__ = ["DatasetChanged", "Job", "TrainFn", "dataset_of", "load_datasets", "provide_dataset", "run_job",
+           "train_on_datasets"]

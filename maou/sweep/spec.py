@@ -79,19 +79,23 @@ class Selection:
 
 @dataclass(frozen=True)
 class Executor:
-    kind: Literal["local", "ray"] = "local"
+    #: ``auto``: in this process on a CPU-only or single-GPU machine, Ray with one trial per GPU
+    #: (or ``gpus_per_trial`` of one) when several fit; see :func:`maou.sweep.executors.resolve_auto`.
+    kind: Literal["auto", "local", "ray"] = "auto"
     #: Ray cluster address: null starts a local Ray, ``auto`` or HOST:6379 joins a running cluster.
     address: str | None = None
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
-    max_concurrent: int = 2
+    #: Trials running at once under Ray; null: as many as the cluster's CPUs and GPUs hold.
+    max_concurrent: int | None = None
     #: Re-run a trial whose worker process died this many times.
     max_retries: int = 1
 
     def __post_init__(self) -> None:
         require(self, "cpus_per_trial", self.cpus_per_trial > 0, "must be > 0")
         require(self, "gpus_per_trial", self.gpus_per_trial >= 0, "must be >= 0")
-        require(self, "max_concurrent", self.max_concurrent >= 1, "must be >= 1")
+        require(self, "max_concurrent", self.max_concurrent is None or self.max_concurrent >= 1,
+                "must be >= 1 or null")
         require(self, "max_retries", self.max_retries >= 0, "must be >= 0")
 
 

@@ -95,6 +95,22 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class LoaderConfig:
+    """How training batches reach the model (never what they hold)."""
+
+    #: Training batches prepared ahead in a background thread (memory-mapped datasets).
+    prefetch_batches: int = 4
+    #: Row order of each epoch: ``full`` (a seeded permutation of every row), ``block`` (blocks of
+    #: 4096 consecutive rows in seeded order, shuffled within windows of 16 blocks: mostly
+    #: sequential reads, for data larger than memory), ``auto`` (``block`` when the training
+    #: split's mapped bytes exceed half of this machine's memory, else ``full``).
+    shuffle: Literal["auto", "full", "block"] = "auto"
+
+    def __post_init__(self) -> None:
+        require(self, "prefetch_batches", self.prefetch_batches >= 1, "must be >= 1")
+
+
+@dataclass(frozen=True)
 class Budget:
     """How long one run trains: exactly one of ``max_steps`` and ``epochs``; evaluated every
     ``eval_every`` optimizer steps (and at the end)."""
@@ -132,6 +148,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     batch_size: int = 64
     budget: Budget = field(default_factory=default_budget)
+    loader: LoaderConfig = field(default_factory=LoaderConfig)
     #: Also evaluate the untrained model, as step 0: the reference a diverging run is measured
     #: against (a run that blows up before its first scheduled evaluation is otherwise its own best).
     eval_at_start: bool = True

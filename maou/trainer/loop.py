@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,9 +27,10 @@ from maou.trainer.checkpoint import CHECKPOINT_NAME, load_backbone, save_checkpo
 from maou.trainer.config import OptimConfig, TrainConfig
 from maou.trainer.metrics import Reference, evaluate
 from maou.trainer.models import StageModel, build_model
+from maou.trainer.prefetch import batch_indices, resolve_shuffle
 from maou.trainer.result import NAN_LOSS, History, Report, Stop, TrainResult
 from maou.trainer.tasks import Task, task_for
-from maou.trainer.tensors import Split, StageData
+from maou.trainer.tensors import Rows, StageData
 
 OnStep = Callable[[int, int], None]
 
@@ -105,11 +107,11 @@ class _Setup:
 
     device: torch.device
     amp_dtype: torch.dtype | None
-    train: Split
+    train: Rows
     #: What the evaluations during training see: the whole validation split, or ``eval_rows`` of it
-    val: Split
+    val: Rows
     #: The whole validation split: the final (and best) metrics are computed on it
-    val_full: Split
+    val_full: Rows
     task: Task
     model: StageModel
     loss_fn: torch.nn.Module
@@ -147,7 +149,15 @@ def _setup(config: TrainConfig, data: StageData) -> _Setup:
         optimizer = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay,
                                       fused=True if device.type == "cuda" else None)
     return _Setup(device, amp_dtype, train, val, val_full, task, model, task.loss().to(device), params, optimizer,
-                  task.reference(train.targets))
+                  _reference(task, train))
+
+
+def _reference(task: Task, train: Rows) -> Reference:
+    """The task's reference constants of the training split, computed once per split and task."""
+    key = ("reference", type(task).__qualname__)
+    if key not in train.memo:
+        train.memo[key] = task.reference(train.iter_targets())
+    return train.memo[key]
 
 
 class _Evaluations:
@@ -164,7 +174,7 @@ class _Evaluations:
         self.best_state: dict[str, torch.Tensor] | None = None
         self.seconds = 0.0
 
-    def evaluate(self, split: Split) -> dict[str, float]:
+    def evaluate(self, split: Rows) -> dict[str, float]:
         r = self.run
         return evaluate(r.model, r.task, r.loss_fn, split, r.reference, self.batch_size, r.amp_dtype)
 
@@ -220,47 +230,43 @@ def train_stage(config: TrainConfig, data: StageData, report: Report | None = No
     max_steps = config.budget.total_steps(rows, config.batch_size)
     info = stage(config.stage)
     evaluations = _Evaluations(run, config, report, best_by or (info.selection_metric, info.selection_direction))
-    generator = torch.Generator().manual_seed(config.seed)
-
     run.model.train()
     if config.freeze_backbone:
         run.model.backbone.eval()  # frozen BatchNorm statistics too
-    order, cursor = torch.empty(0, dtype=torch.long), rows
+    batches = _training_batches(run, config, rows, batch_size, max_steps)
     running = RunningLoss(run.device)
     stop: Stop | None = None
     step = samples = 0
     data_time = 0.0
     loop_started = time.perf_counter()
-    if config.eval_at_start:  # step 0: the untrained model, the baseline divergence is measured from
-        stop = evaluations(0, {"lr": learning_rate(config.optim, 0, max_steps), "epoch": 0.0})
-    while step < max_steps and stop is None:
-        fetch_started = time.perf_counter()
-        if cursor >= rows:  # a new epoch: a fresh seeded permutation, on the device
-            order, cursor = torch.randperm(rows, generator=generator).to(run.device), 0
-        index = order[cursor: cursor + batch_size]
-        cursor += batch_size
-        board, hand, targets = run.train.batch(index)
-        data_time += time.perf_counter() - fetch_started
-        lr = learning_rate(config.optim, step, max_steps)
-        running.add(_optimizer_step(run, config, lr, board, hand, targets))
-        step += 1
-        samples += index.shape[0]
-        if on_step is not None:
-            on_step(step, max_steps)
-        if step % config.budget.eval_every and step < max_steps and not running.non_finite:
-            continue
-        if run.device.type == "cuda":
-            torch.cuda.synchronize(run.device)  # queued training work counts as training time
-        train_loss = running.mean_and_reset()
-        stop = evaluations(step, {"train_loss": train_loss, "lr": lr, "epoch": samples / rows})
-        if not math.isfinite(train_loss):
-            stop = Stop(NAN_LOSS, f"training loss became {train_loss} between evaluations", step)
+    try:
+        if config.eval_at_start:  # step 0: the untrained model, the baseline divergence is measured from
+            stop = evaluations(0, {"lr": learning_rate(config.optim, 0, max_steps), "epoch": 0.0})
+        while step < max_steps and stop is None:
+            fetch_started = time.perf_counter()
+            board, hand, targets = next(batches)
+            data_time += time.perf_counter() - fetch_started
+            lr = learning_rate(config.optim, step, max_steps)
+            running.add(_optimizer_step(run, config, lr, board, hand, targets))
+            step += 1
+            samples += board.shape[0]
+            if on_step is not None:
+                on_step(step, max_steps)
+            if step % config.budget.eval_every and step < max_steps and not running.non_finite:
+                continue
+            if run.device.type == "cuda":
+                torch.cuda.synchronize(run.device)  # queued training work counts as training time
+            train_loss = running.mean_and_reset()
+            stop = evaluations(step, {"train_loss": train_loss, "lr": lr, "epoch": samples / rows})
+            if not math.isfinite(train_loss):
+                stop = Stop(NAN_LOSS, f"training loss became {train_loss} between evaluations", step)
+    finally:
+        batches.close()
     if run.device.type == "cuda":
         torch.cuda.synchronize(run.device)
     train_time = max(time.perf_counter() - loop_started - evaluations.seconds, 1e-9)
-    checkpoint = None
-    if checkpoint_dir is not None:
-        checkpoint = Path(checkpoint_dir) / CHECKPOINT_NAME
+    checkpoint = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
+    if checkpoint is not None:
         save_checkpoint(checkpoint, run.model, config, step)
     final_step = evaluations.history[-1][0]
     final_metrics, best = evaluations.on_full_validation()
@@ -271,6 +277,15 @@ def train_stage(config: TrainConfig, data: StageData, report: Report | None = No
         wall_time_s=time.perf_counter() - started, device=str(run.device), samples_per_s=samples / train_time,
         checkpoint=str(checkpoint) if checkpoint else None, data_wait_share=data_time / train_time,
         dataset_hash=data.content_hash)
+
+
+def _training_batches(run: _Setup, config: TrainConfig, rows: int, batch_size: int, max_steps: int) -> Any:
+    """The run's batches: every epoch a fresh seeded order of the rows (``config.loader.shuffle``),
+    prepared ahead in a thread (a mapped split) or taken in place (in memory); ``close()`` it."""
+    generator = torch.Generator().manual_seed(config.seed)
+    shuffle = resolve_shuffle(config.loader.shuffle, run.train)
+    return run.train.stream(batch_indices(rows, batch_size, max_steps, generator, shuffle),
+                            config.loader.prefetch_batches)
 
 
 def _optimizer_step(run: _Setup, config: TrainConfig, lr: float, board: torch.Tensor, hand: torch.Tensor,

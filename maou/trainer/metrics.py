@@ -147,12 +147,10 @@ def evaluate(model: torch.nn.Module, task: Task, loss_fn: torch.nn.Module, split
         n = len(split)
         loss_sum = torch.zeros((), device=split.device)
         parts: dict[str, list[torch.Tensor]] = {}
-        for start in range(0, n, batch_size):
-            index = torch.arange(start, min(start + batch_size, n), device=split.device)
-            board, hand, targets = split.batch(index)
+        for board, hand, targets in split.iter_batches(batch_size):
             with torch.autocast(split.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 outputs = model(board, hand)
-            loss_sum += loss_fn(outputs, targets).float() * len(index)
+            loss_sum += loss_fn(outputs, targets).float() * board.shape[0]
             for key, value in task.row_stats(outputs, targets, reference).items():
                 parts.setdefault(key, []).append(value)
         metrics = {"val_loss": float(loss_sum) / max(n, 1)}

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import abc
 import importlib
+import math
+from collections.abc import Iterable
 from typing import Any, ClassVar
 
 import torch
@@ -64,8 +66,8 @@ class Task(abc.ABC):
         """``val_*`` metrics (but ``val_loss``) from the per-row quantities of the whole set."""
         return {f"val_{k}": float(v.mean()) for k, v in stats.items()}
 
-    def reference(self, train_targets: Tensors) -> Reference:
-        """Constants of the training split that the stage's baselines predict."""
+    def reference(self, train_targets: Iterable[Tensors]) -> Reference:
+        """Constants of the training split (its targets, in chunks of rows) that the stage's baselines predict."""
         return Reference()
 
 
@@ -153,10 +155,15 @@ class PolicyValue(Task):
         c = self.loss_config
         return _PolicyValueLoss(PolicyValueLoss(c.policy_loss_ratio, c.value_loss_ratio, c.value_loss))
 
-    def reference(self, train_targets: Tensors) -> Reference:
+    def reference(self, train_targets: Iterable[Tensors]) -> Reference:
         """The training-label value mean and the most frequent most-played move."""
-        top = torch.bincount(train_targets["policy"].float().argmax(dim=1), minlength=MOVE_LABELS_NUM)
-        return Reference(value_mean=float(train_targets["value"].float().mean()), top_move=int(top.argmax()))
+        top = torch.zeros(MOVE_LABELS_NUM, dtype=torch.long)
+        value_sum, rows = 0.0, 0
+        for chunk in train_targets:
+            top += torch.bincount(chunk["policy"].float().argmax(dim=1), minlength=MOVE_LABELS_NUM).cpu()
+            value_sum += float(chunk["value"].double().sum())
+            rows += chunk["value"].shape[0]
+        return Reference(value_mean=value_sum / rows if rows else math.nan, top_move=int(top.argmax()))
 
     def row_stats(self, outputs: Tensors, targets: Tensors, reference: Reference) -> Tensors:
         policy, value = outputs["policy"].float(), outputs["value"].float()

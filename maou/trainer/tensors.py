@@ -1,9 +1,17 @@
-"""A stage's train and validation splits as whole in-memory tensors, batched by index.
+"""A stage's train and validation splits, batched by index: memory-mapped files or in-memory tensors.
 
-No per-sample Python work anywhere: each split is a handful of tensors (board ids, hand counts,
-targets); the trainer moves them to the device once and takes a batch with one index gather per
-tensor (``split.batch(index)``), the index being a slice of a per-epoch ``torch.randperm``.
-Targets keep their compact stored dtype (multi-hot targets stay uint8); losses and metrics
+Two kinds of split give the trainer the same tensors:
+
+* :class:`~maou.trainer.mapped.MappedSplit` (the default for datasets built from games): the
+  dataset file memory-mapped, each batch gathered from the mapping in its compact stored form and
+  decoded on the training device, prefetched in a background thread. A few hundred bytes a row
+  stay resident, shared by every trial on the machine.
+* :class:`Split`: whole tensors in memory (Stage 1's synthetic rows, ``storage="memory"``); the
+  trainer moves them to the device once and takes a batch with one index gather per tensor.
+
+No per-sample Python work anywhere. Both offer ``batch(index)``, ``stream(indices)`` (the
+training batches), ``iter_batches`` (evaluation), ``iter_targets`` (the training reference) and
+``subset``. Targets keep a compact dtype (multi-hot targets stay uint8); losses and metrics
 convert them to float32 on the device.
 
 Target keys, columns, widths and dtypes come from the stage registry (:mod:`maou.stages`) and
@@ -14,16 +22,22 @@ float32 in [0, 1].
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from math import prod
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from maou.errors import UserError
-from maou.shogi.shapes import BOARD_SHAPE, PIECES_IN_HAND_NUM
-from maou.stages import Target, stage
+from maou.shogi.shapes import BOARD_SHAPE
+from maou.stages import stage
+from maou.trainer.mapped import CHUNK_ROWS, MappedSplit, open_split
+
+Batch = tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]
+#: Where a split's rows live: ``mapped`` (the file, memory-mapped) or ``memory`` (whole tensors).
+Storage = Literal["mapped", "memory"]
 
 
 @dataclass
@@ -33,6 +47,8 @@ class Split:
     board: torch.Tensor
     hand: torch.Tensor
     targets: dict[str, torch.Tensor] = field(default_factory=dict)
+    #: Results computed once from the whole split (the training reference), by key.
+    memo: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         n = self.board.shape[0]
@@ -41,6 +57,10 @@ class Split:
 
     def __len__(self) -> int:
         return int(self.board.shape[0])
+
+    @property
+    def target_names(self) -> tuple[str, ...]:
+        return tuple(self.targets)
 
     @property
     def device(self) -> torch.device:
@@ -59,12 +79,45 @@ class Split:
 
         return Split(move(self.board), move(self.hand), {k: move(v) for k, v in self.targets.items()})
 
-    def batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    def batch(self, index: torch.Tensor) -> Batch:
         """Rows ``index`` (a tensor on this split's device): board, hand, targets."""
         return self.board[index], self.hand[index], {k: v[index] for k, v in self.targets.items()}
 
+    def stream(self, indices: Iterator[torch.Tensor], depth: int = 0) -> _Batches:
+        """The batches of ``indices`` (CPU index tensors), taken when asked for (already in memory)."""
+        return _Batches(self, indices)
+
+    def iter_batches(self, batch_size: int) -> Iterator[Batch]:
+        """Every row in order, ``batch_size`` at a time."""
+        for start in range(0, len(self), batch_size):
+            yield self.batch(torch.arange(start, min(start + batch_size, len(self)), device=self.device))
+
+    def iter_targets(self, batch_size: int = CHUNK_ROWS) -> Iterator[dict[str, torch.Tensor]]:
+        for start in range(0, len(self), batch_size):
+            yield {k: v[start:start + batch_size] for k, v in self.targets.items()}
+
     def subset(self, index: torch.Tensor) -> Split:
         return Split(*self.batch(index))
+
+
+class _Batches:
+    """``Split.stream``: a closeable iterator, like the prefetching one of a mapped split."""
+
+    def __init__(self, split: Split, indices: Iterator[torch.Tensor]) -> None:
+        self.split, self.indices = split, indices
+
+    def __iter__(self) -> _Batches:
+        return self
+
+    def __next__(self) -> Batch:
+        return self.split.batch(next(self.indices).to(self.split.device))
+
+    def close(self) -> None:
+        pass
+
+
+#: Either kind of split.
+Rows = Split | MappedSplit
 
 
 @dataclass
@@ -73,27 +126,28 @@ class StageData:
     content hash of the dataset they were read from (None for the synthetic Stage 1 rows)."""
 
     stage: int
-    train: Split
-    val: Split
+    train: Rows
+    val: Rows
     content_hash: str | None = None
 
     def __post_init__(self) -> None:
         expected = set(stage(self.stage).target_names)
         for name, split in (("train", self.train), ("val", self.val)):
-            if set(split.targets) != expected:
+            if set(split.target_names) != expected:
                 raise ValueError(f"stage {self.stage} {name} targets must be {sorted(expected)}, "
-                                 f"got {sorted(split.targets)}")
+                                 f"got {sorted(split.target_names)}")
 
 
 def load_stage_data(stage_number: int, dataset_dir: str | Path | None = None,
-                    max_rows: int | None = None) -> StageData:
-    """Load a stage's splits as tensors.
+                    max_rows: int | None = None, storage: Storage = "mapped") -> StageData:
+    """Open a stage's splits.
 
     A ``synthetic`` stage (Stage 1) comes from :func:`maou.shogi.stage1_rows` (``dataset_dir`` is
-    ignored; train and val are the same 1,105 rows). Other stages read
-    ``dataset_dir/stage{N}/{train,val}.feather`` as written by ``sweep data build``, and carry the
-    build's ``content_hash`` (``dataset_dir/manifest.json``). ``max_rows`` keeps the first rows of
-    each split (tests).
+    ignored; train and val are the same 1,105 rows, in memory). Other stages open
+    ``dataset_dir/stage{N}/{train,val}.feather`` as written by ``sweep data build`` (or upstream's
+    dense columns), memory-mapped (``storage="mapped"``) or decoded into memory (``"memory"``),
+    and carry the build's ``content_hash`` (``dataset_dir/manifest.json``). ``max_rows`` keeps the
+    first rows of each split (tests).
     """
     info = stage(stage_number)
     if info.data_source == "synthetic":
@@ -101,7 +155,9 @@ def load_stage_data(stage_number: int, dataset_dir: str | Path | None = None,
     if dataset_dir is None:
         raise UserError(f"stage {stage_number} needs a dataset folder (built by `sweep data build`)")
     folder = Path(dataset_dir) / f"stage{stage_number}"
-    train, val = (_read_split(info.targets, folder / f"{name}.feather", max_rows) for name in ("train", "val"))
+    train, val = (open_split(folder / f"{name}.feather", info.targets, max_rows) for name in ("train", "val"))
+    if storage == "memory":
+        train, val = train.materialize(), val.materialize()
     return StageData(stage_number, train, val, content_hash=dataset_content_hash(dataset_dir))
 
 
@@ -127,36 +183,3 @@ def _stage1_data(max_rows: int | None) -> StageData:
         board, hand, reachable = board[:max_rows], hand[:max_rows], reachable[:max_rows]
     split = Split(board, hand, {target.name: reachable.reshape(-1, target.width)})
     return StageData(1, split, split)
-
-
-def _read_split(targets: tuple[Target, ...], path: Path, max_rows: int | None) -> Split:
-    import pyarrow.feather as feather
-
-    if not path.is_file():
-        raise UserError(f"no dataset file {path}; build it with `sweep data build`")
-    table = feather.read_table(path, memory_map=True)
-    if max_rows is not None:
-        table = table.slice(0, max_rows)
-    board = _column(table, path, "boardIdPositions", BOARD_SHAPE, np.uint8)
-    hand = _column(table, path, "piecesInHand", (PIECES_IN_HAND_NUM,), np.uint8)
-    columns = {t.name: _column(table, path, t.column, (t.width,) if t.width else (), np.dtype(t.dtype))
-               for t in targets}
-    return Split(board, hand, columns)
-
-
-def _column(table, path: Path, name: str, shape: tuple[int, ...], dtype) -> torch.Tensor:
-    """A (possibly nested) list column as one (N, *shape) tensor, without per-row Python work."""
-    import pyarrow as pa
-
-    if name not in table.column_names:
-        raise UserError(f"{path}: missing column {name!r} (has {', '.join(table.column_names)})")
-    array = table.column(name).combine_chunks()
-    while isinstance(array.type, (pa.ListType, pa.LargeListType, pa.FixedSizeListType)):
-        array = array.flatten()
-    values = array.to_numpy(zero_copy_only=False)
-    rows = table.num_rows
-    if values.size != rows * prod(shape):
-        raise UserError(f"{path}: column {name!r} has {values.size} values for {rows} rows, "
-                        f"expected {prod(shape)} per row")
-    # astype copies: the tensor owns its memory (the table may be memory-mapped and read-only)
-    return torch.from_numpy(values.reshape((rows, *shape)).astype(dtype))

@@ -24,6 +24,7 @@ from maou.data.sources import file_sha256, split_games
 from maou.shogi import (
     BOARD_SHAPE,
     MOVE_LABELS_NUM,
+    MOVE_LABELS_PACKED_BYTES,
     PIECES_IN_HAND_NUM,
     REACHABLE_SQUARES_NUM,
     STAGE1_ROWS_NUM,
@@ -53,6 +54,24 @@ def column(table: pa.Table, name: str, shape: tuple[int, ...]) -> np.ndarray:
     while pa.types.is_fixed_size_list(array.type):
         array = array.flatten()
     return array.to_numpy().reshape((table.num_rows, *shape))
+
+
+def legal_masks_of(table: pa.Table) -> np.ndarray:
+    """The (N, 1496) multi-hot of a Stage 2 table, unpacked with plain numpy."""
+    packed = column(table, "legalMovesBits", (MOVE_LABELS_PACKED_BYTES,))
+    return np.unpackbits(packed, axis=1, bitorder="little")
+
+
+def policy_of(table: pa.Table) -> np.ndarray:
+    """The (N, 1496) float16 policy of a Stage 3 table, from its sparse entries with plain pyarrow."""
+    sparse = table.column("moveLabelSparse").combine_chunks()
+    lengths = sparse.value_lengths().to_numpy()
+    entries = sparse.flatten()
+    labels, weights = entries.field("label").to_numpy(), entries.field("weight").to_numpy()
+    assert all((np.diff(row) > 0).all() for row in np.split(labels, np.cumsum(lengths)[:-1]))  # ascending
+    dense = np.zeros((table.num_rows, MOVE_LABELS_NUM), dtype=np.float16)
+    dense[np.repeat(np.arange(table.num_rows), lengths), labels] = weights
+    return dense
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +104,9 @@ def test_layout_and_column_types(built):
         assert t2.schema.field("hcp").type == pa.binary(32)
         assert t2.schema.field("boardIdPositions").type == board_type
         assert t2.schema.field("piecesInHand").type == hand_type
-        assert t2.schema.field("legalMovesLabel").type == pa.list_(pa.uint8(), MOVE_LABELS_NUM)
-        assert t3.schema.field("moveLabel").type == pa.list_(pa.float16(), MOVE_LABELS_NUM)
+        assert t2.schema.field("legalMovesBits").type == pa.list_(pa.uint8(), MOVE_LABELS_PACKED_BYTES)
+        assert t3.schema.field("moveLabelSparse").type == pa.list_(
+            pa.struct([("label", pa.uint16()), ("weight", pa.float16())]))
         assert t3.schema.field("resultValue").type == pa.float32()
         assert t3.schema.field("count").type == pa.uint32()
         assert t2.num_rows == summary.rows["stage2"][split] > 0
@@ -139,7 +159,7 @@ def test_stage2_rows_match_the_encoding(built):
         hcps = hcps[: table.num_rows * 32].reshape(-1, 32)
         boards = column(table, "boardIdPositions", BOARD_SHAPE)
         hands = column(table, "piecesInHand", (PIECES_IN_HAND_NUM,))
-        masks = column(table, "legalMovesLabel", (MOVE_LABELS_NUM,))
+        masks = legal_masks_of(table)
         ids = table.column("id").to_numpy()
         for i in range(0, table.num_rows, 7):
             board.set_hcp(hcps[i])
@@ -156,7 +176,7 @@ def test_stage3_targets(built):
     split = json.loads((out / "split.json").read_text())
     for name in ("train", "val"):
         table = read(out, 3, name)
-        policy = column(table, "moveLabel", (MOVE_LABELS_NUM,)).astype(np.float32)
+        policy = policy_of(table).astype(np.float32)
         value = table.column("resultValue").to_numpy()
         count = table.column("count").to_numpy()
         np.testing.assert_allclose(policy.sum(axis=1), 1.0, atol=2e-3)
@@ -200,14 +220,19 @@ def test_manifests(built):
 
 
 def test_trainer_reads_the_datasets(built):
-    pytest.importorskip("torch")
+    torch = pytest.importorskip("torch")
     from maou.trainer.tensors import load_stage_data
 
     summary, out, _ = built
     for stage in (2, 3):
         data = load_stage_data(stage, out)
         assert len(data.train) == summary.rows[f"stage{stage}"]["train"]
-        assert tuple(data.val.board.shape[1:]) == BOARD_SHAPE
+        board, _, targets = data.val.batch(torch.arange(3))
+        assert tuple(board.shape[1:]) == BOARD_SHAPE
+        table = read(out, stage, "val")
+        expected = legal_masks_of(table) if stage == 2 else policy_of(table).astype(np.float32)
+        name = "legal_moves" if stage == 2 else "policy"
+        assert (targets[name].numpy() == expected[:3]).all()
 
 
 def test_vectorised_encoding_equals_per_board_functions():

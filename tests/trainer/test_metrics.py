@@ -56,7 +56,7 @@ def test_every_task_reports_exactly_its_registered_metrics(stage_number):
         outputs[target.name] = torch.randn(shape, generator=g)
         targets[target.name] = (torch.rand(shape, generator=g) < 0.3).to(torch.uint8 if target.dtype == "uint8"
                                                                           else torch.float32)
-    reference = task(stage_number).reference(targets)
+    reference = task(stage_number).reference([targets])
     assert {"val_loss", *compute_metrics(stage_number, outputs, targets, reference)} == set(info.metrics)
 
 
@@ -131,9 +131,14 @@ def test_value_skill_of_the_constant_mean_predictor_is_zero():
 
 def test_reference_of_training_split():
     policy = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.6, 0.4], [1.0, 0.0, 0.0]])
-    ref = task(3).reference({"policy": policy, "value": torch.tensor([1.0, 0.0, 0.5])})
+    value = torch.tensor([1.0, 0.0, 0.5])
+    ref = task(3).reference([{"policy": policy, "value": value}])
     assert ref == Reference(value_mean=0.5, top_move=1)
-    assert task(1).reference({"reachable": torch.zeros(2, 3)}) == Reference()
+    # the training split comes in chunks of rows: the same reference, however it is cut
+    chunks = [{"policy": policy[:1], "value": value[:1]}, {"policy": policy[1:], "value": value[1:]}]
+    assert task(3).reference(chunks) == ref
+    assert task(3).reference([{"policy": policy[2:], "value": value[2:]}]) == Reference(value_mean=0.5, top_move=0)
+    assert task(1).reference([{"reachable": torch.zeros(2, 3)}]) == Reference()
 
 
 class _Fixed(nn.Module):

@@ -155,8 +155,8 @@ def test_nan_loss_stops_the_run_with_a_last_report(stage_data, tiny_config):
     assert math.isnan(result.final_metrics["train_loss"])
 
 
-def test_poisoned_input_stops_the_run_at_once(stage_data, tiny_config):
-    clean = stage_data(3).train
+def test_poisoned_input_stops_the_run_at_once(stage_data, tiny_config, dataset_dir):
+    clean = load_stage_data(3, dataset_dir, storage="memory").train
     value = clean.targets["value"].clone()
     value[:] = float("nan")
     poisoned = Split(clean.board, clean.hand, {"policy": clean.targets["policy"], "value": value})
@@ -213,17 +213,18 @@ def test_load_stage_data_shapes(dataset_dir):
     assert s1.train.board.shape == (STAGE1_ROWS_NUM, *BOARD_SHAPE) and s1.train.board.dtype == torch.uint8
     assert s1.train.hand.shape == (STAGE1_ROWS_NUM, PIECES_IN_HAND_NUM)
     assert s1.train.targets["reachable"].shape == (STAGE1_ROWS_NUM, REACHABLE_SQUARES_NUM)
-    s2 = load_stage_data(2, dataset_dir, max_rows=10)
+    s2 = load_stage_data(2, dataset_dir, max_rows=10, storage="memory")
     assert len(s2.train) == len(s2.val) == 10
     assert s2.train.targets["legal_moves"].shape == (10, MOVE_LABELS_NUM)
-    s3 = load_stage_data(3, dataset_dir, max_rows=10)
+    assert s2.train.targets["legal_moves"].dtype == torch.uint8
+    s3 = load_stage_data(3, dataset_dir, max_rows=10, storage="memory")
     assert s3.train.targets["policy"].dtype == torch.float32 and s3.train.targets["value"].shape == (10,)
     assert torch.allclose(s3.train.targets["policy"].sum(1), torch.ones(10), atol=1e-4)
 
 
 def test_nested_and_flat_board_columns_load_the_same(synthetic_datasets, tmp_path):
-    flat = load_stage_data(2, synthetic_datasets(tmp_path / "flat", 20, 5))
-    nested = load_stage_data(2, synthetic_datasets(tmp_path / "nested", 20, 5, nested_board=True))
+    flat = load_stage_data(2, synthetic_datasets(tmp_path / "flat", 20, 5), storage="memory")
+    nested = load_stage_data(2, synthetic_datasets(tmp_path / "nested", 20, 5, nested_board=True), storage="memory")
     assert torch.equal(flat.train.board, nested.train.board) and flat.train.board.shape == (20, *BOARD_SHAPE)
 
 

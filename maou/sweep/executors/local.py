@@ -19,6 +19,7 @@ class LocalExecutor:
         recorder = step.recorder
         while (started := step.next_job()) is not None:
             handle, job = started
+            recorder.annotate(handle, {"executor": "local"})
 
             def report(step: int, metrics: dict[str, float], handle: TrialHandle = handle) -> Stop | None:
                 return recorder.report(handle, step, metrics)

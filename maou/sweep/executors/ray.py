@@ -52,6 +52,7 @@ _LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 _RECORD = "maou_record"  # JSON: {"step", "metrics", "node_id", "cuda_visible_devices"}
 _FINAL = "maou_final"  # JSON: {"result": TrainResult.to_plain()} or {"error": traceback}, plus placement
 _PROGRESS = "maou_progress"  # JSON: {"step", "total"}: how far the trainer got between evaluations
+_DATASET = "maou_dataset"  # the DatasetOffer of a multi-node run (executors/shipping.py), or absent
 
 
 # ----------------------------------------------------------------------------- Ray session
@@ -61,7 +62,7 @@ def init_ray(config: Executor):
         raise UserError("executor.address: Ray Client (ray://) runs Tune's loop on the cluster, away from this "
                         "driver's Optuna storage; run `sweep run` on a cluster node with address: auto "
                         "(or HEAD:6379) instead")
-    local = config.address is None and not os.environ.get("RAY_ADDRESS")
+    local = _local(config)
     if local:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         # A local Ray of one node listens on the loopback interface only: Ray picks 127.0.0.1 as
@@ -101,6 +102,11 @@ def init_ray(config: Executor):
     return ray
 
 
+def _local(config: Executor) -> bool:
+    """A private Ray of this process (no cluster address given)."""
+    return config.address is None and not os.environ.get("RAY_ADDRESS")
+
+
 class _NoTuneResumeHint(logging.Filter):
     """Tune suggests ``Tuner.restore`` after Ctrl-C; a sweep resumes with ``sweep run`` instead."""
 
@@ -123,6 +129,12 @@ def _trainable(config: dict[str, Any], train: TrainFn | None = None) -> None:
     job: Job = config["maou"]
     placement = _placement()
     reserved = {*AUTO_RESULT_KEYS, DONE, "trial_id", "step"}
+    if config.get(_DATASET) is not None:  # another node's dataset: this node's copy of it
+        from maou.sweep.executors.shipping import local_dataset
+        from maou.sweep.job import provide_dataset
+
+        placement["dataset_dir"] = local_dataset(config[_DATASET])
+        provide_dataset(job.config.data, placement["dataset_dir"])
 
     def report(step: int, metrics: dict[str, float]) -> None:
         record = {"step": int(step), "metrics": metrics, **placement}
@@ -144,8 +156,8 @@ def _trainable(config: dict[str, Any], train: TrainFn | None = None) -> None:
 class _StepState:
     """The driver's bookkeeping of one step: Ray trial id -> the live trial and its records."""
 
-    def __init__(self, step: StepRun, executor: Executor) -> None:
-        self.step, self.recorder, self.executor = step, step.recorder, executor
+    def __init__(self, step: StepRun, executor: Executor, offer: Any = None) -> None:
+        self.step, self.recorder, self.executor, self.offer = step, step.recorder, executor, offer
         self.live: dict[str, tuple[TrialHandle, Job]] = {}  # ray trial id -> trial in flight
         self.final: dict[str, dict[str, Any]] = {}
         self.errors: dict[str, str] = {}
@@ -169,7 +181,7 @@ class _StepState:
         handle, job = started
         self.live[trial_id] = started
         self.recorder.annotate(handle, {"executor": "ray", "ray_trial_id": trial_id})
-        return {"maou": replace(job, checkpoint_dir=str(Path(job.checkpoint_dir).resolve()))}
+        return {"maou": replace(job, checkpoint_dir=str(Path(job.checkpoint_dir).resolve())), _DATASET: self.offer}
 
     def _worker_config(self, config: TrainConfig) -> TrainConfig:
         """The config a worker trains: its own CPU threads, and paths absolute (no chdir games)."""
@@ -249,7 +261,10 @@ class _StepState:
             return
         self.placed.add(trial_id)
         gpu = record.get("cuda_visible_devices")
-        self.recorder.annotate(handle, {"node_id": record.get("node_id"), "cuda_visible_devices": gpu})
+        placed = {"node_id": record.get("node_id"), "cuda_visible_devices": gpu}
+        if "dataset_dir" in record:  # a node-local copy of the dataset (another node than the driver's)
+            placed["dataset_dir"] = record["dataset_dir"]
+        self.recorder.annotate(handle, placed)
         self.device[trial_id] = "cuda" if gpu not in (None, "") and self.executor.gpus_per_trial > 0 else "cpu"
 
     def error(self, trial_id: str, text: str, retries: int) -> None:
@@ -347,10 +362,13 @@ class RayExecutor:
         self.train = train
 
     def run(self, step: StepRun) -> None:
-        init_ray(self.config)
+        ray = init_ray(self.config)
         from ray import tune
 
-        state = _StepState(step, self.config)
+        from maou.sweep.executors.shipping import offer_for
+
+        offer, server = offer_for(step.context.base, cluster=not _local(self.config))
+        state = _StepState(step, self.config, offer)
         searcher_class, scheduler_class = _tune_classes()
         resources = {"cpu": self.config.cpus_per_trial, "gpu": self.config.gpus_per_trial}
         trainable = tune.with_resources(tune.with_parameters(_trainable, train=self.train), resources)
@@ -368,6 +386,8 @@ class RayExecutor:
         try:
             tuner.fit()
         finally:
+            if server is not None:
+                ray.kill(server)
             leftovers = list(state.live.values())
             state.live.clear()
             for handle, _ in leftovers:

@@ -1,0 +1,134 @@
+"""Phase two of a build: one partition of positions -> its Stage 2 and Stage 3 rows, sorted by id.
+
+Every occurrence of a position is in the same partition (:mod:`maou.data.shards`), so each
+partition deduplicates alone, exactly as one pass over the whole corpus would: per split (the
+game's side, from the build's game table), the unique positions in first-seen order; Stage 2
+rows are those (validation drops the ones also in train), Stage 3 rows their played occurrences
+with a result, aggregated (:func:`maou.data.positions.aggregate_played`). Rows are sorted by id
+(stable), and partitions are id ranges: written one after the other they are the sorted tables.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from maou.data.positions import Stage3Aggregate, aggregate_played
+from maou.data.shards import read_partition
+from maou.data.writers import SPLITS, stage2_table, stage3_table
+from maou.shogi.shapes import BOARD_SHAPE
+
+#: The build's game table in the scratch folder: per game, 0 train, 1 validation, -1 left out.
+GAMES_FILE = "games.npy"
+
+
+@dataclass(frozen=True)
+class PartitionTask:
+    number: int
+    scratch: str
+    #: Per shard, the number of the shard's first game among all games (``GAMES_FILE`` rows).
+    game_base: tuple[int, ...]
+
+
+@dataclass
+class PartitionResult:
+    """What the manifests count, per split (``train``, ``val``)."""
+
+    number: int
+    positions: dict[str, int] = field(default_factory=dict)
+    unique: dict[str, int] = field(default_factory=dict)
+    legal_moves: dict[str, int] = field(default_factory=dict)
+    rows: dict[str, dict[str, int]] = field(default_factory=lambda: {"stage2": {}, "stage3": {}})
+    val_dropped_seen_in_train: int = 0
+    val_rows_also_in_train: int = 0
+    cpu_seconds: float = 0.0
+
+
+def output_path(scratch: Path, stage_number: int, split: str, partition: int) -> Path:
+    return scratch / "out" / f"stage{stage_number}-{split}-{partition:04d}.arrow"
+
+
+class _Positions:
+    """The partition's unique positions, each key once (any copy: equal keys are equal positions)."""
+
+    def __init__(self, columns: dict[str, np.ndarray]) -> None:
+        self.keys, first = np.unique(columns["key"], return_index=True)
+        self.columns = {name: values[first] for name, values in columns.items()}
+
+    def rows_of(self, keys: np.ndarray) -> np.ndarray:
+        return np.searchsorted(self.keys, keys)
+
+    def ids(self, rows: np.ndarray) -> np.ndarray:
+        return self.columns["id"][rows]
+
+    def take(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(ids, hcps, boards (R, 9, 9), hands)`` of ``rows``."""
+        c = self.columns
+        return c["id"][rows], c["hcp"][rows], c["board"][rows].reshape(-1, *BOARD_SHAPE), c["hand"][rows]
+
+
+def _first_seen(keys: np.ndarray) -> np.ndarray:
+    """The distinct ``keys`` in order of first appearance."""
+    _, first = np.unique(keys, return_index=True)
+    return keys[np.sort(first)]
+
+
+def _index_in(keys: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """For each of ``values`` (all present in the distinct ``keys``), its index in ``keys``."""
+    sorter = np.argsort(keys)
+    return sorter[np.searchsorted(keys[sorter], values)]
+
+
+def _write(path: Path, table: Any) -> int:
+    import pyarrow as pa
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with pa.ipc.new_file(str(path), table.schema) as writer:
+        writer.write_table(table)
+    return table.num_rows
+
+
+def build_partition(task: PartitionTask) -> PartitionResult:
+    """Write the partition's four tables (Stage 2 and 3, train and val) into the scratch folder."""
+    started = time.process_time()
+    scratch = Path(task.scratch)
+    result = PartitionResult(task.number)
+    positions = _Positions(read_partition(scratch, task.number, "u")[0])
+    occ, shard = read_partition(scratch, task.number, "o")
+    games = np.asarray(task.game_base, dtype=np.int64)[shard] + occ["game"]
+    side = np.load(scratch / GAMES_FILE, mmap_mode="r")[games]
+    train_keys = np.zeros(0, dtype=np.uint64)
+    for code, split in enumerate(SPLITS):
+        mask = side == code
+        keys = _first_seen(occ["key"][mask])
+        rows = positions.rows_of(keys)
+        result.positions[split] = int(np.count_nonzero(occ["played"][mask]))
+        result.unique[split] = len(keys)
+        result.legal_moves[split] = int(positions.columns["legal_count"][rows].sum(dtype=np.int64))
+        keep = ~np.isin(keys, train_keys)  # all of train; validation drops positions seen in train
+        result.val_dropped_seen_in_train += int(np.count_nonzero(~keep))
+        stage2 = rows[keep][np.argsort(positions.ids(rows[keep]), kind="stable")]
+        result.rows["stage2"][split] = _write(output_path(scratch, 2, split, task.number), stage2_table(
+            *positions.take(stage2), positions.columns["legal_bits"][stage2]))
+        labelled = mask & (occ["label"] >= 0)
+        agg = aggregate_played(_index_in(keys, occ["key"][labelled]), occ["label"][labelled].astype(np.int64),
+                               occ["value"][labelled], len(keys))
+        result.val_rows_also_in_train += int(np.count_nonzero(np.isin(keys[agg.rows], train_keys)))
+        result.rows["stage3"][split] = _write(output_path(scratch, 3, split, task.number),
+                                              _stage3(positions, rows[agg.rows], agg))
+        train_keys = keys
+    result.cpu_seconds = time.process_time() - started
+    return result
+
+
+def _stage3(positions: _Positions, rows: np.ndarray, agg: Stage3Aggregate) -> Any:
+    order = np.argsort(positions.ids(rows), kind="stable")
+    return stage3_table(*positions.take(rows[order]), agg.sparse_policy(order), agg.result_value()[order],
+                        agg.count[order])
+
+
+__all__ = ["GAMES_FILE", "PartitionResult", "PartitionTask", "build_partition", "output_path"]

@@ -1,0 +1,279 @@
+"""The build's pipeline: shards of record files -> partitions of positions -> the dataset files.
+
+1. **Read** (:mod:`maou.data.shards`, one task per shard, on every core): records are read,
+   validated and replayed; positions are spilled to partitions by id.
+2. **Split**: in the build's process, the games of all shards in file order: duplicates (same
+   start and moves as an earlier game) are left out and counted, exactly where a single reader
+   would have found them, then the seeded split by game (:func:`maou.data.sources.split_games`).
+3. **Aggregate** (:mod:`maou.data.partitions`, one task per partition, on every core).
+4. **Concatenate**: the partitions' tables, in id order, into ``stage2/`` and ``stage3/``.
+
+Memory: a shard task holds one flush of positions, a partition task one partition (their number
+grows with the corpus, :func:`plan_build`), the build's own process a few bytes per game.
+Intermediate files live in ``OUT/.scratch`` and are removed at the end. The output does not
+depend on the number of workers, shards or partitions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from maou.data.partitions import GAMES_FILE, PartitionResult, PartitionTask, build_partition, output_path
+from maou.data.records import ReadStats
+from maou.data.shards import ShardResult, ShardTask, read_shard
+from maou.data.sources import split_games
+from maou.data.writers import SPLITS, DatasetFile, stage2_schema, stage3_schema
+
+#: Shards hold about this many bytes of record files (fewer, larger ones for big corpora) ...
+SHARD_BYTES = (256 << 10, 8 << 20)
+#: ... and a partition about the positions of this many bytes of records (terse CSA, about 8
+#: bytes a move: 130k positions, some 200 MB for the task that aggregates it).
+PARTITION_SOURCE_BYTES = 1 << 20
+MAX_PARTITION_BITS = 10
+SCRATCH = ".scratch"
+
+
+def available_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+@dataclass
+class BuildPlan:
+    files: list[Path]
+    scratch: Path
+    shards: list[ShardTask]
+    partition_bits: int
+    workers: int
+
+    @property
+    def partitions(self) -> int:
+        return 2 ** self.partition_bits
+
+
+def plan_build(files: Sequence[Path], out: Path, workers: int | None = None) -> BuildPlan:
+    """Shards of consecutive files (about eight per worker, within ``SHARD_BYTES``) and a power of
+    two of partitions (one per ``PARTITION_SOURCE_BYTES`` of records, at least one per worker).
+
+    ``workers`` (default: every core this process may use) caps the processes; with one worker,
+    or one shard, everything runs in this process."""
+    sizes = [f.stat().st_size for f in files]
+    total = sum(sizes)
+    wanted = max(1, workers if workers is not None else available_cpus())
+    shard_bytes = min(max(total // (8 * wanted), SHARD_BYTES[0]), SHARD_BYTES[1])
+    scratch = out / SCRATCH
+    groups: list[list[int]] = [[]]
+    held = 0
+    for i, size in enumerate(sizes):
+        if groups[-1] and held + size > shard_bytes:
+            groups.append([])
+            held = 0
+        groups[-1].append(i)
+        held += size
+    workers = min(wanted, len(groups))
+    partitions = max(workers, math.ceil(total / PARTITION_SOURCE_BYTES))
+    bits = min(MAX_PARTITION_BITS, max(0, math.ceil(math.log2(partitions))))
+    shards = [ShardTask(n, tuple(str(files[i]) for i in group), group[0], str(scratch), bits)
+              for n, group in enumerate(groups) if group]
+    return BuildPlan(list(files), scratch, shards, bits, workers)
+
+
+@dataclass
+class Games:
+    """Every valid game of the build in file order and its side: 0 train, 1 val, -1 left out."""
+
+    stats: ReadStats
+    file: np.ndarray
+    record: np.ndarray
+    side: np.ndarray
+    base: tuple[int, ...]
+    #: CPU time of the reading tasks.
+    cpu_seconds: float = 0.0
+
+    def count(self, split: str) -> int:
+        return int(np.count_nonzero(self.side == SPLITS.index(split)))
+
+
+@contextlib.contextmanager
+def worker_pool(workers: int) -> Iterator[Executor | None]:
+    """``workers`` processes, started now (None for one: the build runs in this process).
+
+    A process with a single thread forks them (fast, and nothing is imported again); otherwise
+    (a progress bar's thread, a Ray worker) they come from a fork server, which imports the main
+    module again as every ``multiprocessing`` program does."""
+    if workers <= 1:
+        yield None
+        return
+    import multiprocessing
+
+    tasks = Path("/proc/self/task")
+    single = tasks.is_dir() and len(os.listdir(tasks)) == 1
+    context = multiprocessing.get_context("fork" if single else "forkserver")
+    if not single:
+        context.set_forkserver_preload(["maou.data.shards", "maou.data.partitions"])
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+    try:
+        for started in [pool.submit(os.getpid) for _ in range(workers)]:  # every worker, before any thread
+            started.result()
+        yield pool
+    finally:
+        pool.shutdown(cancel_futures=True)
+
+
+def _completed(pool: Executor | None, fn: Callable[[Any], Any], tasks: Sequence[Any]) -> Iterator[tuple[int, Any]]:
+    """``(index, fn(task))`` of every task as it finishes (in order, in this process, without a pool)."""
+    if pool is None:
+        for i, task in enumerate(tasks):
+            yield i, fn(task)
+        return
+    futures = {pool.submit(fn, task): i for i, task in enumerate(tasks)}
+    for future in as_completed(futures):
+        yield futures[future], future.result()
+
+
+def _run(pool: Executor | None, fn: Callable[[Any], Any], tasks: Sequence[Any], bar: Any, title: str,
+         on_result: Callable[[int, Any], None] | None = None) -> list:
+    """``fn`` of every task, in task order; ``on_result(index, result)`` as each one finishes."""
+    progress = bar.add_task(title, total=len(tasks))
+    results: list[Any] = [None] * len(tasks)
+    for i, result in _completed(pool, fn, tasks):
+        results[i] = result
+        if on_result is not None:
+            on_result(i, result)
+        bar.advance(progress)
+    return results
+
+
+def _resolve_games(plan: BuildPlan, shards: list[ShardResult], val_fraction: float, split_seed: int) -> Games:
+    """Merge the shards' statistics, leave out duplicate games as one reader would, split by game."""
+    stats = ReadStats()
+    for result in shards:
+        stats.merge(result.stats)
+    g = [result.games for result in shards]
+    file, record, moves, no_result = (np.concatenate([getattr(x, n) for x in g]) for n in
+                                      ("file", "record", "moves", "no_result"))
+    digest, hashed = np.concatenate([x.digest for x in g]), np.concatenate([x.has_digest for x in g])
+    side = np.zeros(len(file), dtype=np.int8)
+    candidates = np.flatnonzero(hashed)
+    if len(candidates):
+        _, first, inverse = np.unique(np.ascontiguousarray(digest[candidates]).view("V16").ravel(),
+                                      return_index=True, return_inverse=True)
+        original = candidates[first[inverse.ravel()]]
+        for game, earlier in zip(candidates[original != candidates], original[original != candidates]):
+            stats.skip("duplicate game", f"{plan.files[file[game]]}#{record[game]}",
+                       f"same moves as {plan.files[file[earlier]]}#{record[earlier]}")
+            stats.games -= 1
+            stats.positions -= int(moves[game])
+            stats.no_result -= int(no_result[game])
+            side[game] = -1
+    kept = np.flatnonzero(side == 0)
+    side[kept] = split_games(len(kept), val_fraction, split_seed)
+    base = tuple(int(b) for b in np.cumsum([0] + [len(x) for x in g])[:-1])
+    return Games(stats, file, record, side, base, sum(result.cpu_seconds for result in shards))
+
+
+def read_games(plan: BuildPlan, pool: Executor | None, bar: Any, val_fraction: float, split_seed: int) -> Games:
+    """Phases 1 and 2: read every shard, spill its positions, then split the games."""
+    shutil.rmtree(plan.scratch, ignore_errors=True)
+    plan.scratch.mkdir(parents=True)
+    shards = _run(pool, read_shard, plan.shards, bar, f"reading game records ({len(plan.files)} files)")
+    games = _resolve_games(plan, shards, val_fraction, split_seed)
+    np.save(plan.scratch / GAMES_FILE, games.side)
+    return games
+
+
+def write_split(path: Path, plan: BuildPlan, games: Games) -> None:
+    """``split.json``: the game ids of each split (``json.dumps(..., indent=0)``), streamed."""
+    with open(path, "w") as f:
+        f.write("{\n")
+        for code, name in enumerate(SPLITS):
+            members = np.flatnonzero(games.side == code)
+            f.write(f"{json.dumps(name)}: " + ("[\n" if len(members) else "[]"))
+            for start in range(0, len(members), 10_000):
+                chunk = members[start:start + 10_000]
+                f.write((",\n" if start else "") + ",\n".join(
+                    json.dumps(f"{plan.files[games.file[g]]}#{games.record[g]}") for g in chunk))
+            f.write(("\n]" if len(members) else "") + (",\n" if code + 1 < len(SPLITS) else "\n"))
+        f.write("}\n")
+
+
+class _InOrder:
+    """Appends each partition's tables to the dataset files as soon as every earlier one is in, so
+    the files fill while later partitions are still being aggregated."""
+
+    def __init__(self, plan: BuildPlan, out: Path) -> None:
+        self.plan, self.next = plan, 0
+        self.ready: set[int] = set()
+        self.files = {(number, split): DatasetFile(out / f"stage{number}" / f"{split}.feather", schema)
+                      for number, schema in ((2, stage2_schema()), (3, stage3_schema())) for split in SPLITS}
+
+    def __call__(self, partition: int, _result: Any) -> None:
+        import pyarrow as pa
+
+        self.ready.add(partition)
+        while self.next in self.ready:
+            for (number, split), target in self.files.items():
+                source = pa.memory_map(str(output_path(self.plan.scratch, number, split, self.next)))
+                target.write(pa.ipc.open_file(source).read_all())  # zero copy: the writer copies once
+                source.close()
+            self.ready.discard(self.next)
+            self.next += 1
+
+    def close(self) -> dict[str, dict]:
+        entries = {key: target.close() for key, target in self.files.items()}
+        return {f"stage{n}": {"rows": {s: entries[n, s]["rows"] for s in SPLITS},
+                              "files": {s: entries[n, s] for s in SPLITS}} for n in (2, 3)}
+
+
+@dataclass
+class Written:
+    """What phases 3 and 4 wrote: the Stage 2 and 3 manifest sections, the counts per split, and
+    the CPU time of every task of the build."""
+
+    stages: dict[str, dict]
+    positions: dict[str, int]
+    unique_positions: dict[str, int]
+    task_cpu_seconds: float
+
+
+def write_datasets(plan: BuildPlan, pool: Executor | None, bar: Any, games: Games, out: Path) -> Written:
+    """Phases 3 and 4: every partition's rows, appended in id order to the Stage 2 and 3 files."""
+    tasks = [PartitionTask(p, str(plan.scratch), games.base) for p in range(plan.partitions)]
+    files = _InOrder(plan, out)
+    parts: list[PartitionResult] = _run(pool, build_partition, tasks, bar, f"aggregating ({len(tasks)} partitions)",
+                                        on_result=files)
+    stages = files.close()
+    unique = {split: sum(p.unique[split] for p in parts) for split in SPLITS}
+    legal = {split: sum(p.legal_moves[split] for p in parts) for split in SPLITS}
+    stages["stage2"].update(val_dropped_seen_in_train=sum(p.val_dropped_seen_in_train for p in parts),
+                            mean_legal_moves={s: legal[s] / unique[s] if unique[s] else 0.0 for s in SPLITS})
+    stages["stage3"].update(val_rows_also_in_train=sum(p.val_rows_also_in_train for p in parts))
+    return Written(stages, {split: sum(p.positions[split] for p in parts) for split in SPLITS}, unique,
+                   games.cpu_seconds + sum(p.cpu_seconds for p in parts))
+
+
+def run_pipeline(plan: BuildPlan, pool: Executor | None, bar: Any, val_fraction: float, split_seed: int, out: Path,
+                 on_games: Callable[[Games], None]) -> tuple[Games, Written]:
+    """All four phases on ``pool`` (:func:`worker_pool`); ``on_games`` sees the games before the
+    writing starts (the build refuses an empty corpus there). The scratch folder is removed."""
+    try:
+        games = read_games(plan, pool, bar, val_fraction, split_seed)
+        on_games(games)
+        write_split(out / "split.json", plan, games)
+        return games, write_datasets(plan, pool, bar, games, out)
+    finally:
+        shutil.rmtree(plan.scratch, ignore_errors=True)
+
+
+__all__ = ["BuildPlan", "Games", "PARTITION_SOURCE_BYTES", "SHARD_BYTES", "Written", "available_cpus", "plan_build",
+           "run_pipeline", "worker_pool", "write_split"]

@@ -1,0 +1,177 @@
+"""Datasets for trials on other nodes: a per-node copy, keyed by the dataset's content hash.
+
+No shared file system is needed. When a Ray cluster has more than one node, the driver offers the
+dataset a step trains on (:func:`offer_dataset`): a small actor on the driver's node serves the
+files of that stage (and the manifests) in chunks through Ray's object store, and every trial
+gets a :class:`DatasetOffer` (plain data: the content hash, the files with their sizes and
+SHA-256, the driver's node and folder). In the trial (:func:`local_dataset`):
+
+* on the driver's node, the driver's folder is used as it is;
+* on another node, ``$MAOU_DATASET_CACHE/<content hash>`` (default ``~/.cache/maou/datasets``):
+  fetched once per node (concurrent trials wait on a file lock), every file checked against its
+  size and SHA-256 and the manifest against the content hash, then renamed into place. Trials of
+  later steps and sweeps on the same data find it there.
+
+The trial then trains on that folder (:func:`maou.sweep.job.provide_dataset`), never on the
+driver's paths. Ray is imported only when this runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from maou.data.sources import file_sha256
+
+#: Where a node keeps the datasets it was sent (one folder per content hash).
+CACHE_ENV = "MAOU_DATASET_CACHE"
+CHUNK_BYTES = 16 << 20
+#: Chunks requested ahead of the one being written.
+IN_FLIGHT = 4
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class DatasetOffer:
+    content_hash: str
+    driver_node: str
+    driver_dir: str
+    #: ``(path relative to the dataset folder, bytes, sha256)`` of every file a trial needs.
+    files: tuple[tuple[str, int, str], ...]
+    server: str
+    namespace: str
+
+
+class _Server:
+    """The Ray actor on the driver's node that reads the offered files (and nothing else)."""
+
+    def __init__(self, directory: str, names: list[str]) -> None:
+        self.directory, self.names = Path(directory), set(names)
+
+    def read(self, name: str, offset: int, size: int) -> bytes:
+        if name not in self.names:
+            raise ValueError(f"{name} is not offered")
+        with open(self.directory / name, "rb") as f:
+            f.seek(offset)
+            return f.read(size)
+
+
+def offered_files(directory: Path, stage_number: int) -> tuple[tuple[str, int, str], ...]:
+    """The manifests and the stage's data files of a built dataset folder, with sizes and hashes."""
+    manifest = json.loads((directory / MANIFEST).read_text())
+    prefix = f"stage{stage_number}/"
+    files = [(MANIFEST, (directory / MANIFEST).stat().st_size, file_sha256(directory / MANIFEST))]
+    stage_manifest = directory / prefix / MANIFEST
+    files.append((prefix + MANIFEST, stage_manifest.stat().st_size, file_sha256(stage_manifest)))
+    files += [(name, int(entry["bytes"]), str(entry["sha256"])) for name, entry in sorted(manifest["files"].items())
+              if name.startswith(prefix)]
+    return tuple(files)
+
+
+def offer_dataset(directory: str, stage_number: int, content_hash: str) -> tuple[DatasetOffer, Any]:
+    """Start the driver-side server of ``directory``'s stage files; the offer and the actor (kill
+    it when the step ends)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    context = ray.get_runtime_context()
+    node = context.get_node_id()
+    directory = str(Path(directory).resolve())
+    files = offered_files(Path(directory), stage_number)
+    name = f"maou-dataset-{content_hash[:16]}-{uuid.uuid4().hex[:12]}"  # one per step: names are not reused
+    server = ray.remote(num_cpus=0)(_Server).options(
+        name=name, scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(
+        directory, [f for f, _, _ in files])
+    offer = DatasetOffer(content_hash, node, directory, files, name, context.namespace)
+    return offer, server
+
+
+def offer_for(config: Any, cluster: bool) -> tuple[DatasetOffer | None, Any]:
+    """The offer of the datasets ``config`` trains on, when trials may run on other nodes (a joined
+    ``cluster``, or more than one node alive); ``(None, None)`` otherwise or for synthetic data."""
+    import ray
+
+    from maou.stages import stage
+    from maou.sweep.job import dataset_of
+
+    if stage(config.stage).data_source != "games":
+        return None, None
+    if not cluster and sum(1 for node in ray.nodes() if node.get("Alive")) < 2:
+        return None, None
+    directory, content_hash = dataset_of(config)
+    if directory is None or content_hash is None:
+        return None, None
+    return offer_dataset(directory, config.stage, content_hash)
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "maou" / "datasets")
+
+
+def _complete(folder: Path, offer: DatasetOffer) -> bool:
+    """The folder holds every offered file at its size and the manifest names the offer's data."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+    return manifest.get("content_hash") == offer.content_hash and all(
+        (folder / name).is_file() and (folder / name).stat().st_size == size for name, size, _ in offer.files)
+
+
+def _fetch(offer: DatasetOffer, folder: Path) -> None:
+    import ray
+
+    server = ray.get_actor(offer.server, namespace=offer.namespace)
+    partial = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    for name, size, sha256 in offer.files:
+        target = partial / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        offsets = list(range(0, size, CHUNK_BYTES))
+        pending: list[Any] = [server.read.remote(name, o, CHUNK_BYTES) for o in offsets[:IN_FLIGHT]]
+        with open(target, "wb") as out:
+            for i in range(len(offsets)):
+                out.write(ray.get(pending[i]))
+                if i + IN_FLIGHT < len(offsets):
+                    pending.append(server.read.remote(name, offsets[i + IN_FLIGHT], CHUNK_BYTES))
+                pending[i] = None
+        if target.stat().st_size != size or file_sha256(target) != sha256:
+            raise RuntimeError(f"dataset file {name} arrived damaged (size or SHA-256 differs from the driver's)")
+    if json.loads((partial / MANIFEST).read_text()).get("content_hash") != offer.content_hash:
+        raise RuntimeError("the dataset's manifest does not name the offered content hash")
+    # merge into a folder that may hold other stages already; the top manifest last
+    for name, _, _ in sorted(offer.files, key=lambda file: file[0] == MANIFEST):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(partial / name, folder / name)
+    shutil.rmtree(partial, ignore_errors=True)
+
+
+def local_dataset(offer: DatasetOffer) -> str:
+    """The folder this trial trains on: the driver's on its node, else this node's verified copy."""
+    import ray
+
+    if ray.get_runtime_context().get_node_id() == offer.driver_node:
+        return offer.driver_dir
+    root = cache_root()
+    root.mkdir(parents=True, exist_ok=True)
+    folder = root / offer.content_hash
+    if not _complete(folder, offer):
+        with open(root / f"{offer.content_hash}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                if not _complete(folder, offer):  # another trial of this node may have fetched it meanwhile
+                    _fetch(offer, folder)
+            finally:
+                with contextlib.suppress(OSError):
+                    fcntl.flock(lock, fcntl.LOCK_UN)
+    return str(folder)
+
+
+__all__ = ["CACHE_ENV", "DatasetOffer", "cache_root", "local_dataset", "offer_dataset", "offer_for", "offered_files"]
