@@ -122,10 +122,37 @@ def constant_bce(targets: torch.Tensor, constant: float) -> torch.Tensor:
     return -(t * math.log(c) + (1 - t) * math.log1p(-c)) if math.isfinite(c) else torch.full_like(t, c)
 
 
-def skill(bce: torch.Tensor, reference_bce: torch.Tensor) -> float:
+def skill(bce: float, reference_bce: float) -> float:
     """1 - mean BCE / mean BCE of a reference predictor (0 when the reference is already perfect)."""
-    denominator = float(reference_bce.mean())
-    return 1.0 - float(bce.mean()) / denominator if denominator > 1e-12 else 0.0
+    return 1.0 - bce / reference_bce if reference_bce > 1e-12 else 0.0
+
+
+class RowMeans:
+    """Running means over rows of per-row quantities (each ``(B,)`` or ``(B, k)``), in float64.
+
+    An evaluation adds each batch's :meth:`Task.row_stats` and keeps nothing per row: its memory
+    does not grow with the validation split, and no per-batch tensor outlives its batch (kept
+    per-row tensors between the batches' large temporaries fragmented the host heap by gigabytes).
+    A NaN row makes its key's mean NaN, as a plain mean would."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.rows = 0
+
+    def add(self, stats: dict[str, torch.Tensor]) -> None:
+        rows = None
+        for key, value in stats.items():
+            total = value.detach().sum(dim=0, dtype=torch.float64)
+            if key in self.sums:
+                self.sums[key] += total
+            else:
+                self.sums[key] = total
+            rows = value.shape[0]
+        self.rows += rows or 0
+
+    def means(self) -> dict[str, torch.Tensor]:
+        """Each key's mean over the rows added (on the host; NaN for no rows)."""
+        return {key: (total / self.rows if self.rows else total * math.nan).cpu() for key, total in self.sums.items()}
 
 
 # ---- batches -> metrics -------------------------------------------------------------------------
@@ -133,7 +160,9 @@ def skill(bce: torch.Tensor, reference_bce: torch.Tensor) -> float:
 def compute_metrics(task: Task, outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor],
                     reference: Reference = Reference()) -> dict[str, float]:
     """All ``val_*`` metrics (but ``val_loss``) of whole-set outputs and targets."""
-    return task.summarize(task.row_stats(outputs, targets, reference))
+    means = RowMeans()
+    means.add(task.row_stats(outputs, targets, reference))
+    return task.summarize(means.means())
 
 
 @torch.no_grad()
@@ -146,15 +175,14 @@ def evaluate(model: torch.nn.Module, task: Task, loss_fn: torch.nn.Module, split
     try:
         n = len(split)
         loss_sum = torch.zeros((), device=split.device)
-        parts: dict[str, list[torch.Tensor]] = {}
+        means = RowMeans()
         for board, hand, targets in split.iter_batches(batch_size):
             with torch.autocast(split.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 outputs = model(board, hand)
             loss_sum += loss_fn(outputs, targets).float() * board.shape[0]
-            for key, value in task.row_stats(outputs, targets, reference).items():
-                parts.setdefault(key, []).append(value)
+            means.add(task.row_stats(outputs, targets, reference))
         metrics = {"val_loss": float(loss_sum) / max(n, 1)}
-        metrics.update(task.summarize({k: torch.cat(v) for k, v in parts.items()}))
+        metrics.update(task.summarize(means.means()))
         return metrics
     finally:
         for module, training in modes:

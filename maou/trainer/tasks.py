@@ -5,8 +5,9 @@ The stage registry (:mod:`maou.stages`) names each stage's task (``module:Class`
 keys, and the metrics it reports are exactly the registry's ``metrics`` (the tests hold every task
 to that contract, so a renamed metric cannot silently switch a collapse rule off).
 
-Per batch, :meth:`Task.row_stats` keeps per-row quantities; :meth:`Task.summarize` reduces them
-over the whole validation set, so a large set never has to hold all its logits at once.
+Per batch, :meth:`Task.row_stats` gives per-row quantities, averaged over the whole validation set
+as the batches go (:class:`~maou.trainer.metrics.RowMeans`); :meth:`Task.summarize` turns those
+means into the stage's metrics, so a large set never holds its logits, or any per-row value, at once.
 """
 
 from __future__ import annotations
@@ -60,11 +61,11 @@ class Task(abc.ABC):
 
     @abc.abstractmethod
     def row_stats(self, outputs: Tensors, targets: Tensors, reference: Reference) -> Tensors:
-        """Per-row quantities of one batch, each a float tensor of shape (B,)."""
+        """Per-row quantities of one batch, each a float tensor of shape (B,) or (B, k)."""
 
-    def summarize(self, stats: Tensors) -> dict[str, float]:
-        """``val_*`` metrics (but ``val_loss``) from the per-row quantities of the whole set."""
-        return {f"val_{k}": float(v.mean()) for k, v in stats.items()}
+    def summarize(self, means: Tensors) -> dict[str, float]:
+        """``val_*`` metrics (but ``val_loss``) from the whole set's mean of each per-row quantity."""
+        return {f"val_{k}": float(v) for k, v in means.items()}
 
     def reference(self, train_targets: Iterable[Tensors]) -> Reference:
         """Constants of the training split (its targets, in chunks of rows) that the stage's baselines predict."""
@@ -105,6 +106,8 @@ def legal_moves_head(features: int, hidden_dim: int | None, dropout: float) -> n
 
 class LegalMoves(Task):
     stage = 2
+    #: Per-row quantities that feed other metrics, not reported as means of their own.
+    _NOT_REPORTED = ("f1_at_thresholds", "average_precision", "rows_with_moves")
 
     def heads(self, features: int) -> nn.ModuleDict:
         m = self.model_config
@@ -118,18 +121,19 @@ class LegalMoves(Task):
         logits, actual = outputs["legal_moves"].float(), targets["legal_moves"].float() > 0.5
         predicted = logits > 0
         f1, precision, recall = f1_precision_recall(predicted, actual)
+        ap = average_precision(logits, actual)  # NaN for a row without a legal move
+        counted = ~ap.isnan()
         return {"f1": f1, "precision": precision, "recall": recall,
                 "pred_pos_rate": predicted.float().mean(dim=1), "label_pos_rate": actual.float().mean(dim=1),
-                "f1_all_positive": all_positive_f1(actual), "average_precision": average_precision(logits, actual),
-                "f1_at_thresholds": f1_at_thresholds(logits, actual)}
+                "f1_all_positive": all_positive_f1(actual), "average_precision": torch.where(counted, ap, 0.0),
+                "rows_with_moves": counted.float(), "f1_at_thresholds": f1_at_thresholds(logits, actual)}
 
-    def summarize(self, stats: Tensors) -> dict[str, float]:
-        by_threshold = stats["f1_at_thresholds"].mean(dim=0)
+    def summarize(self, means: Tensors) -> dict[str, float]:
+        by_threshold = means["f1_at_thresholds"]
         best = int(by_threshold.argmax())
-        out = {f"val_{k}": float(v.mean()) for k, v in stats.items() if k not in ("f1_at_thresholds",
-                                                                                 "average_precision")}
-        ap = stats["average_precision"]
-        out.update(val_average_precision=float(ap[~ap.isnan()].mean()) if (~ap.isnan()).any() else 0.0,
+        out = {f"val_{k}": float(v) for k, v in means.items() if k not in self._NOT_REPORTED}
+        counted = float(means["rows_with_moves"])  # average precision: over rows with a legal move
+        out.update(val_average_precision=float(means["average_precision"]) / counted if counted > 0 else 0.0,
                    val_f1_best_threshold=float(by_threshold[best]), val_best_threshold=F1_THRESHOLDS[best])
         return out
 
@@ -145,8 +149,8 @@ class _PolicyValueLoss(nn.Module):
 
 class PolicyValue(Task):
     stage = 3
-    #: Per-row quantities kept for the whole-set value statistics, not reported as means.
-    _WHOLE_SET = ("value_p", "value_t", "value_constant_bce")
+    #: Per-row quantities that feed the whole-set value statistics, not reported as means.
+    _WHOLE_SET = ("value_p", "value_t", "value_p2", "value_t2", "value_constant_bce")
 
     def heads(self, features: int) -> nn.ModuleDict:
         return nn.ModuleDict({"policy": nn.Linear(features, MOVE_LABELS_NUM), "value": nn.Linear(features, 1)})
@@ -180,15 +184,20 @@ class PolicyValue(Task):
                 "value_brier": (p - t) ** 2,
                 "value_accuracy": ((p > 0.5) == (t > 0.5)).float(),
                 "value_constant_bce": constant_bce(t, reference.value_mean),
-                "value_p": p, "value_t": t}
+                "value_p": p, "value_t": t, "value_p2": p * p, "value_t2": t * t}
 
-    def summarize(self, stats: Tensors) -> dict[str, float]:
-        p, t = stats["value_p"], stats["value_t"]
-        out = {f"val_{k}": float(v.mean()) for k, v in stats.items() if k not in self._WHOLE_SET}
-        out.update(val_value_std=float(p.std(unbiased=False)), val_value_label_std=float(t.std(unbiased=False)),
-                   val_value_mean=float(p.mean()),
-                   val_value_skill=skill(stats["value_bce"], stats["value_constant_bce"]))
+    def summarize(self, means: Tensors) -> dict[str, float]:
+        p, t = float(means["value_p"]), float(means["value_t"])
+        out = {f"val_{k}": float(v) for k, v in means.items() if k not in self._WHOLE_SET}
+        out.update(val_value_std=_std(p, float(means["value_p2"])),
+                   val_value_label_std=_std(t, float(means["value_t2"])), val_value_mean=p,
+                   val_value_skill=skill(float(means["value_bce"]), float(means["value_constant_bce"])))
         return out
+
+
+def _std(mean: float, mean_of_squares: float) -> float:
+    """The population standard deviation from a mean and a mean of squares (float64 sums)."""
+    return math.sqrt(max(mean_of_squares - mean * mean, 0.0)) if math.isfinite(mean_of_squares) else math.nan
 
 
 def task_class(stage_number: int) -> type[Task]:

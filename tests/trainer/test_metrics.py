@@ -126,7 +126,7 @@ def test_value_skill_of_the_constant_mean_predictor_is_zero():
     good = compute_metrics(3, {**outputs, "value": (value_target * 2 - 1) * 3}, targets,
                            Reference(value_mean=train_mean))
     assert good["val_value_skill"] > 0.5 and good["val_value_accuracy"] == 1.0
-    assert skill(torch.ones(3), torch.zeros(3)) == 0.0
+    assert skill(1.0, 0.0) == 0.0
 
 
 def test_reference_of_training_split():
@@ -193,3 +193,45 @@ def test_stage2_threshold_free_metrics_by_hand():
     assert m["val_best_threshold"] == best
     empty = compute_metrics(2, {"legal_moves": logits[:1]}, {"legal_moves": torch.zeros(1, 4, dtype=torch.uint8)})
     assert empty["val_average_precision"] == 0.0  # no positives anywhere: nothing to rank
+
+
+class _Lookup(nn.Module):
+    """Fixed outputs per row: the row's number is stored in its board's first square."""
+
+    def __init__(self, outputs: dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        self.outputs = outputs
+
+    def forward(self, board, hand):
+        rows = board[:, 0, 0].long()
+        return {key: value[rows] for key, value in self.outputs.items()}
+
+
+@pytest.mark.parametrize("stage_number", [2, 3])
+def test_batched_evaluation_equals_the_whole_set_at_once(stage_number):
+    """The running means over batches give the whole set's metrics, spreads included."""
+    generator = torch.Generator().manual_seed(stage_number)
+    rows, widths = 50, {t.name: t.width for t in stage(stage_number).targets}
+    outputs = {name: torch.randn(rows, *([width] if width else []), generator=generator) * 2
+               for name, width in widths.items()}
+    if stage_number == 2:
+        targets = {"legal_moves": (torch.rand(rows, widths["legal_moves"], generator=generator) < 0.05).to(torch.uint8)}
+        targets["legal_moves"][0] = 0  # a row without a legal move: left out of the average precision
+    else:
+        policy = torch.rand(rows, widths["policy"], generator=generator) * (torch.rand(rows, widths["policy"],
+                                                                                       generator=generator) < 0.01)
+        policy[:, 7] += 0.5
+        targets = {"policy": policy, "value": torch.rand(rows, generator=generator)}
+    board = torch.zeros(rows, 9, 9, dtype=torch.uint8)
+    board[:, 0, 0] = torch.arange(rows, dtype=torch.uint8)
+    split = Split(board, torch.zeros(rows, 14, dtype=torch.uint8), targets)
+    reference = Reference(value_mean=0.4, top_move=7)
+    t = task(stage_number)
+    whole = compute_metrics(stage_number, outputs, targets, reference)
+    batched = evaluate(_Lookup(outputs), t, t.loss(), split, reference, batch_size=7)
+    assert set(batched) == {"val_loss", *whole}
+    for key, value in whole.items():
+        assert batched[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
+    if stage_number == 3:
+        assert batched["val_value_std"] == pytest.approx(float(torch.sigmoid(outputs["value"]).std(unbiased=False)))
+        assert batched["val_value_label_std"] == pytest.approx(float(targets["value"].std(unbiased=False)))
