@@ -166,6 +166,18 @@ def test_a_winner_at_the_grid_edge_is_reported(tmp_path):
     assert study.user_attrs["decision"]["edge"] == ["loss.gamma_neg"]
 
 
+def test_a_winner_at_the_end_of_the_keys_range_is_not_an_edge(tmp_path):
+    """asl_clip 0 at the bottom of its grid: nothing smaller is valid, so nothing to warn about."""
+    spec = from_dict(SweepSpec, {
+        "name": "clip", "stage": 1, "seeds": 3, "storage": f"sqlite:///{tmp_path}/clip.db",
+        "runs_dir": str(tmp_path / "runs"), "budget": {"max_steps": 40, "eval_every": 10},
+        "objective": {"metric": "val_accuracy"},
+        "steps": [{"name": "clip", "grid": {"loss.asl_clip": [0.0, 0.01, 0.02, 0.05]}, "extend": 2}]})
+    trainer = FakeTrainer(lambda config: 0.6 - config.loss.asl_clip, noise=0.001)
+    (decision,) = run_sweep(spec, executor=LocalExecutor(trainer)).decisions
+    assert decision.winner_key.overrides == {} and decision.edge == [] and decision.extended == {}
+
+
 def test_extend_grows_the_grid_until_the_winner_is_interior(tmp_path):
     spec = edge_spec(tmp_path, extend=5)
     trainer = FakeTrainer(gamma_score, noise=0.001)

@@ -1,11 +1,13 @@
 """Grid edges: a winner at the end of its grid says "try further", not "this is the optimum".
 
 A numeric grid key with at least three values is at an *edge* when the step's winner takes the
-grid's smallest or largest value. A step with ``extend: N`` grows such a grid past the edge by the
-grid's own spacing (geometric when the values are positive with a constant ratio, arithmetic
-with a constant difference, else the spacing of the last two values), one value per round and
-key, for up to ``N`` rounds until the winner is interior; a value outside the key's valid range
-(or a batch larger than the training split) ends the extension.
+grid's smallest or largest value and a value beyond it is valid (``asl_clip: 0`` at the bottom of
+a grid is the end of the key's range, not an edge: nothing smaller can be tried). A step with
+``extend: N`` grows such a grid past the edge by the grid's own spacing (geometric when the values
+are positive with a constant ratio, arithmetic with a constant difference, else the spacing of the
+last two values), one value per round and key, for up to ``N`` rounds until the winner is
+interior; a value outside the key's valid range (or a batch larger than the training split) ends
+the extension.
 """
 
 from __future__ import annotations
@@ -36,15 +38,29 @@ def with_extensions(step: Step, extended: dict[str, list[Any]]) -> Step:
 
 
 def grid_edges(step: Step, extended: dict[str, list[Any]], winner: TrainConfig) -> list[str]:
-    """The grid keys whose winning value is the grid's minimum or maximum."""
+    """The grid keys whose winning value is the grid's minimum or maximum, with a valid value
+    beyond it."""
     edges = []
     for key, values in effective_grid(step, extended).items():
         if len(set(values)) < MIN_VALUES or not _numeric(values):
             continue
         value = lookup(winner, key)
-        if value in (min(values), max(values)):
+        if value in (min(values), max(values)) and _beyond(values, winner, key) is not None:
             edges.append(key)
     return edges
+
+
+def _beyond(values: list[Any], winner: TrainConfig, key: str) -> Any:
+    """The grid's next value past the side the winner sits on, if the key's range allows it."""
+    current = lookup(winner, key)
+    value = next_value(values, upward=current == max(values), integer=all(isinstance(v, int) for v in values))
+    if value is None:
+        return None
+    try:
+        with_overrides(winner, {key: value}, f"extend.{key}")
+    except ConfigError:
+        return None
+    return value
 
 
 def next_value(values: list[float], upward: bool, integer: bool) -> float | None:
@@ -72,15 +88,8 @@ def extension(step: Step, extended: dict[str, list[Any]], winner: TrainConfig, e
     grid = effective_grid(step, extended)
     added: dict[str, Any] = {}
     for key in edges:
-        values = grid[key]
-        current = lookup(winner, key)
-        integer = all(isinstance(v, int) for v in values)
-        value = next_value(values, upward=current == max(values), integer=integer)
+        value = _beyond(grid[key], winner, key)
         if value is None or (key == "batch_size" and value > train_rows):
-            continue
-        try:
-            with_overrides(winner, {key: value}, f"extend.{key}")
-        except ConfigError:
             continue
         added[key] = value
     return added
