@@ -18,6 +18,8 @@ import pytest
 import yaml
 from sweep_helpers import REPO, SWEEP, dashboard_studies, free_port, run_cli, step_studies, tmp_spec
 
+from maou.cli.view import _fmt
+
 pytestmark = pytest.mark.slow
 
 
@@ -55,6 +57,10 @@ def test_smoke_sweep_produces_every_step_in_sqlite(smoke_run):
     gamma = optuna.load_study(study_name="smoke/02-gamma-neg", storage=url)
     assert {t.params["loss.gamma_neg"] for t in gamma.get_trials()} == {0.0, 1.0, 2.0}
     assert "decision" in result.stdout and "leaderboard" in result.stdout
+    printed = " ".join(result.stdout.split())  # rich wraps long lines at 80 columns
+    for t in gamma.get_trials(states=[optuna.trial.TrialState.COMPLETE]):
+        # the value recorded (on the whole validation split), not the last thinned evaluation
+        assert f"seed={t.user_attrs['seed']} val_f1={_fmt(t.value)} at step" in printed
 
 
 def test_status_counts_states(smoke_run):

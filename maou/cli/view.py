@@ -111,7 +111,9 @@ class SweepView(AbstractContextManager):
                   + (f" · {speed:,.0f} samples/s" if speed else ""))
         self.progress.update(self.tasks[number], completed=state["step"], total=state["total"], status=status)
 
-    def trial_finished(self, handle: Any, state: Any, reason: str) -> None:
+    def trial_finished(self, handle: Any, state: Any, reason: str, value: float | None = None) -> None:
+        """A finished trial's line: its recorded objective ``value`` (the final or best metrics, on
+        the whole validation split) when it completed, else the last evaluation it reported."""
         task = self.tasks.pop(handle.number, None)
         if task is not None:
             self.progress.remove_task(task)
@@ -120,7 +122,8 @@ class SweepView(AbstractContextManager):
         last = self.status.pop(handle.number, {})
         style = {"COMPLETE": "green", "PRUNED": "magenta", "FAIL": "red"}.get(state.name, "")
         self._print(f"  trial {handle.number:>3} [{style}]{state.name:<8}[/] {handle.training.key} "
-                    f"seed={handle.training.seed} {self.metric}={_fmt(last.get('value'))} at step "
+                    f"seed={handle.training.seed} {self.metric}="
+                    f"{_fmt(value if value is not None else last.get('value'))} at step "
                     f"{last.get('step', 0)} ({elapsed:.1f}s){' ' + reason if reason else ''}")
 
     def expect(self, total: int) -> None:

@@ -71,7 +71,8 @@ class Observer(Protocol):
     def trial_started(self, handle: TrialHandle) -> None: ...
     def trial_reported(self, handle: TrialHandle, step: int, metrics: dict[str, float]) -> None: ...
     def trial_progress(self, handle: TrialHandle, step: int, total: int, samples_per_s: float | None) -> None: ...
-    def trial_finished(self, handle: TrialHandle, state: TrialState, reason: str) -> None: ...
+    def trial_finished(self, handle: TrialHandle, state: TrialState, reason: str,
+                       value: float | None = None) -> None: ...
 
 
 class _Silent:
@@ -84,7 +85,8 @@ class _Silent:
     def trial_progress(self, handle: TrialHandle, step: int, total: int, samples_per_s: float | None) -> None:
         pass
 
-    def trial_finished(self, handle: TrialHandle, state: TrialState, reason: str) -> None:
+    def trial_finished(self, handle: TrialHandle, state: TrialState, reason: str,
+                       value: float | None = None) -> None:
         pass
 
 
@@ -241,7 +243,7 @@ class TrialRecorder:
         else:
             self.study.tell(trial, state=state)
         self._note(trial, state, value)
-        self.observer.trial_finished(handle, state, reason)
+        self.observer.trial_finished(handle, state, reason, value)
         return state
 
     def _note(self, trial: optuna.Trial, state: TrialState, value: float | None, winner: bool = False) -> None:
