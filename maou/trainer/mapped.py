@@ -73,18 +73,26 @@ class MappedSplit:
             return tensor.pin_memory().to(self.device, non_blocking=True)
         return tensor.to(self.device)
 
+    def _gather_targets(self, rows: np.ndarray) -> dict[str, tuple[torch.Tensor, ...]]:
+        """Each target's stored parts of ``rows``, on this split's device."""
+        return {name: tuple(self._tensor(p) for p in column.gather(rows)) for name, column in self.columns.items()}
+
+    def _decode_targets(self, parts: dict[str, tuple[torch.Tensor, ...]], rows: int) -> dict[str, torch.Tensor]:
+        return {name: self.columns[name].decode(parts[name], rows) for name in self.columns}
+
     def _load(self, index: torch.Tensor) -> _Loaded:
         """Rows ``index`` gathered from the mapping, in their stored form, on this split's device."""
         rows = index.detach().to("cpu", torch.int64).numpy()
-        parts = {name: tuple(self._tensor(p) for p in column.gather(rows)) for name, column in self.columns.items()}
-        return self._tensor(self.board.take(rows)), self._tensor(self.hand.take(rows)), parts, len(rows)
+        return (self._tensor(self.board.take(rows)), self._tensor(self.hand.take(rows)), self._gather_targets(rows),
+                len(rows))
 
     def _decode(self, loaded: _Loaded) -> Batch:
         board, hand, parts, rows = loaded
-        return board, hand, {name: self.columns[name].decode(parts[name], rows) for name in self.columns}
+        return board, hand, self._decode_targets(parts, rows)
 
     def _targets(self, index: np.ndarray) -> dict[str, torch.Tensor]:
-        return self._decode(self._load(torch.from_numpy(index)))[2]
+        """The targets of rows ``index`` alone (board and hand are not read)."""
+        return self._decode_targets(self._gather_targets(index), len(index))
 
     def batch(self, index: torch.Tensor) -> Batch:
         """Rows ``index`` (a tensor on any device): board, hand, targets on this split's device."""
