@@ -200,7 +200,9 @@ class _Evaluations:
             return final_metrics, self.best
         final = {**_train_side(final_metrics), **self.evaluate(self.run.val_full)}
         best = self.best
-        if best is not None and self.best_state is not None:
+        if best is not None and best[0] == final_step:  # the last evaluation was the best: the same weights
+            best = (best[0], final)
+        elif best is not None and self.best_state is not None:
             trained = {k: v.detach().clone() for k, v in self.run.model.state_dict().items()}
             self.run.model.load_state_dict(self.best_state)
             best = (best[0], {**_train_side(best[1]), **self.evaluate(self.run.val_full)})
