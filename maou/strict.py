@@ -235,6 +235,17 @@ def dotted_keys(cls: type) -> set[str]:
     return keys
 
 
+def flatten(data: dict[str, Any]) -> dict[str, Any]:
+    """A nested mapping (``to_dict`` of a config) as its leaves under dotted keys (``loss.gamma_neg``)."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update({f"{key}.{k}": v for k, v in flatten(value).items()})
+        else:
+            out[key] = value
+    return out
+
+
 def lookup(obj: Any, dotted: str) -> Any:
     """The value at dotted key ``dotted`` of a dataclass tree (``loss.gamma_neg``)."""
     value = obj
@@ -317,4 +328,5 @@ def read_yaml_file(path: str | Path, what: str) -> dict[str, Any]:
 
 
 __all__ = ["ConfigError", "FieldError", "INLINE", "convert", "dataclass_of", "dotted_keys", "field_types",
-           "from_dict", "known_keys", "lookup", "parse_yaml", "read_yaml_file", "require", "to_dict", "with_overrides"]
+           "flatten", "from_dict", "known_keys", "lookup", "parse_yaml", "read_yaml_file", "require", "to_dict",
+           "with_overrides"]

@@ -15,20 +15,16 @@ from pathlib import Path
 from typing import Any
 
 from maou.errors import UserError
+from maou.strict import flatten
 from maou.sweep.decision import RecordedDecision
 from maou.sweep.identity import ConfigKey
 from maou.sweep.upstream import render, upstream_args
 
 
-def flat_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flat_config(config: dict[str, Any]) -> dict[str, Any]:
     """A resolved training config as dotted keys (``loss.gamma_neg``); lists become text."""
-    out: dict[str, Any] = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            out.update(flat_config(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = " ".join(map(str, value)) if isinstance(value, list) else value
-    return out
+    return {key: " ".join(map(str, value)) if isinstance(value, list) else value
+            for key, value in flatten(config).items()}
 
 
 def trial_rows(study: Any) -> list[dict[str, Any]]:

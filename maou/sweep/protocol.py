@@ -19,7 +19,7 @@ from typing import Any
 import optuna
 
 from maou.errors import UserError
-from maou.strict import to_dict
+from maou.strict import flatten, to_dict
 from maou.sweep import faults, notes
 from maou.sweep.decision import StepDecision, collect_stats, decide
 from maou.sweep.edges import extension, grid_edges, with_extensions
@@ -39,15 +39,6 @@ def fingerprint(spec: SweepSpec, dataset_hash: str | None, index: int) -> dict[s
             "direction": objective.direction, "reduce": objective.reduce}
 
 
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(d, dict):
-        return {prefix[:-1]: d}
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_flatten(v, f"{prefix}{k}."))
-    return out
-
-
 def check_fingerprint(study: optuna.Study, spec: SweepSpec, dataset_hash: str | None, index: int) -> None:
     """Record the step's fingerprint on a new study; refuse one that was run with another setup."""
     old = study.user_attrs.get("fingerprint")
@@ -57,7 +48,7 @@ def check_fingerprint(study: optuna.Study, spec: SweepSpec, dataset_hash: str | 
         return
     if old == new:
         return
-    a, b = _flatten(old), _flatten(new)
+    a, b = flatten(old), flatten(new)
     changed = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
     changes = [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in changed]
     hint = " (the game records under data.games changed)" if "dataset_hash" in changed else ""
@@ -74,12 +65,12 @@ def resolve_winner_of(reference: str) -> str:
     other = load_spec(match.group("spec"))
     storage = open_storage(other.storage_url, create=False)
     last = other.study_name(len(other.steps) - 1)  # the spec's last step decides, not the storage
-    decision = (optuna.load_study(study_name=last, storage=storage).user_attrs.get("decision")
-                if last in step_study_names(storage, other.name) else None)
-    if not decision or decision.get("failed"):
+    study = (optuna.load_study(study_name=last, storage=storage)
+             if last in step_study_names(storage, other.name) else None)
+    decision = study.user_attrs.get("decision") if study is not None else None
+    if study is None or not decision or decision.get("failed"):
         raise UserError(f"{reference}: sweep {other.name!r} has not finished its last step ({last}); "
                         f"run `sweep run {match.group('spec')}`")
-    study = optuna.load_study(study_name=last, storage=storage)
     winner_key = decision["winner_key"]
     trials = [t for t in study.trials if t.user_attrs.get("config_key") == winner_key and t.value is not None
               and t.user_attrs.get("checkpoint")]
