@@ -122,3 +122,23 @@ def test_collect_stats_skips_interrupted_trials():
             user_attrs={"config_key": "{}", "seed": 0, **attrs}))
     (only,) = collect_stats(study.get_trials()).values()
     assert only.n == 1 and only.failed == 1
+
+
+class _InterruptedAfterStart:
+    """An interrupt that lands after a trial started and before the executor could record it."""
+
+    def run(self, step):
+        assert step.next_job() is not None
+        raise KeyboardInterrupt
+
+
+def test_an_interrupt_between_start_and_run_leaves_no_trial_running(tmp_path):
+    url = f"sqlite:///{tmp_path}/studies.db"
+    spec = make_spec(STEPS[:1], storage=url, runs_dir=str(tmp_path / "runs"))
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(spec, executor=_InterruptedAfterStart())
+    study = optuna.load_study(study_name=spec.study_name(0), storage=url)
+    states = [t.state for t in study.get_trials()]
+    assert optuna.trial.TrialState.FAIL in states and optuna.trial.TrialState.RUNNING not in states
+    outcome = run_sweep(spec, executor=LocalExecutor(FakeTrainer(lr_batch_score)))  # resumes: all seeds run
+    assert outcome.decisions[0].stats[0].n == 3

@@ -210,7 +210,13 @@ def _run_step(spec: SweepSpec, index: int, study: optuna.Study, context: StepCon
         run = open_step(context, index, study, recorder, carried, earlier, with_extensions(step, extended))
         if view is not None:
             view.step_started(spec, index, study, run)
-        executor.run(run)
+        try:
+            executor.run(run)
+        except KeyboardInterrupt:
+            # a trial the interrupt caught between being started and its executor's own handler
+            # (this driver holds the sweep lock: every RUNNING trial is its own) runs again on resume
+            recorder.fail_stale()
+            raise
         stats = collect_stats(study.get_trials(deepcopy=False), objective.reduce, [g.metric for g in guards])
         decision = decide(stats, run.carried_key, objective, spec.selection, guards)
         if decision.failed:
