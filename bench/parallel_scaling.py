@@ -85,7 +85,7 @@ def trial_walls(spec: SweepSpec) -> list[float]:
 
 
 def timed_sweep(spec: SweepSpec, executor) -> tuple[float, list[float]]:
-    from maou.sweep.protocol import run_sweep
+    from maou.sweep.run.protocol import run_sweep
 
     started = time.perf_counter()
     run_sweep(spec, executor=executor)
@@ -100,8 +100,8 @@ def main() -> int:
     parser.add_argument("--max-steps", type=int, default=None, help="override the spec's budget.max_steps")
     args = parser.parse_args()
 
-    from maou.sweep.executors.local import LocalExecutor
-    from maou.sweep.job import dataset_of
+    from maou.sweep.run.executors.local import LocalExecutor
+    from maou.sweep.run.job import dataset_of
 
     with tempfile.TemporaryDirectory(prefix="maou-scaling-") as name:
         tmp = Path(name)
@@ -116,7 +116,7 @@ def main() -> int:
         print(f"local, sequential:  {local_wall:7.1f}s wall, {len(local_trials)} trials, "
               f"{statistics.fmean(local_trials):.2f}s per trial")
 
-        from maou.sweep.executors.ray import RayExecutor, init_ray
+        from maou.sweep.run.executors.ray import RayExecutor, init_ray
 
         remote = load(args, tmp, "ray")
         started = time.perf_counter()

@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 def run(spec, storage_dir: Path, pruning: bool):
     import optuna
 
-    from maou.sweep.protocol import run_sweep
+    from maou.sweep.run.protocol import run_sweep
 
     spec = dataclasses.replace(spec, pruning=dataclasses.replace(spec.pruning, enabled=pruning),
                                storage=f"sqlite:///{storage_dir}/{'on' if pruning else 'off'}.db",
@@ -50,7 +50,7 @@ def main() -> int:
     parser.add_argument("--within", type=float, default=0.15, help="share of the budget a collapse must be cut by")
     args = parser.parse_args()
 
-    from maou.sweep.pruning import ValueCollapseDetector
+    from maou.sweep.run.pruning import ValueCollapseDetector
     from maou.sweep.spec import load_spec
 
     spec = load_spec(args.spec)

@@ -66,8 +66,8 @@ def lr_batch_score(config):
 def main(argv: list[str]) -> int:
     """``fakes.py SPEC.yaml [DELAY_S]``: ``sweep run`` with the fake trainer (exit codes as the CLI's)."""
     from maou import cli
-    from maou.sweep import executors
-    from maou.sweep.executors.local import LocalExecutor
+    from maou.sweep.run import executors
+    from maou.sweep.run.executors.local import LocalExecutor
 
     delay = float(argv[1]) if len(argv) > 1 else 0.0
     # the spec's executor, whatever it says, is the local one with the fake trainer

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from maou.sweep.job import train_on_datasets
+from maou.sweep.run.job import train_on_datasets
 from maou.trainer.result import TrainResult
 
 

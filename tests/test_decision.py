@@ -11,13 +11,13 @@ import pytest
 from fakes import FakeTrainer
 
 from maou.strict import from_dict
-from maou.sweep.decision import ConfigStats, decide
-from maou.sweep.edges import next_value
-from maou.sweep.executors.local import LocalExecutor
 from maou.sweep.identity import ConfigKey
-from maou.sweep.protocol import run_sweep
+from maou.sweep.run.decision import ConfigStats, decide
+from maou.sweep.run.edges import next_value
+from maou.sweep.run.executors.local import LocalExecutor
+from maou.sweep.run.protocol import run_sweep
+from maou.sweep.run.stats import alpha_of, t_critical, t_sf
 from maou.sweep.spec import Guard, ResolvedObjective, Selection, SweepSpec
-from maou.sweep.stats import alpha_of, t_critical, t_sf
 
 MAXIMIZE = ResolvedObjective("val_f1", "maximize")
 CARRIED = [0.70, 0.73, 0.69, 0.72]

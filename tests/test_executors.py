@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from maou.strict import from_dict
-from maou.sweep.executors import make_executor, resolve_auto
-from maou.sweep.executors.local import LocalExecutor
+from maou.sweep.run.executors import make_executor, resolve_auto
+from maou.sweep.run.executors.local import LocalExecutor
 from maou.sweep.spec import Executor, SweepSpec
 
 

@@ -12,7 +12,7 @@ import pytest
 from sweep_helpers import REPO
 from test_locks import FAKES, outcome_of, solo_outcome, write_spec
 
-from maou.sweep.faults import ENV, EXIT_CODE, POINTS
+from maou.sweep.run.faults import ENV, EXIT_CODE, POINTS
 
 pytestmark = pytest.mark.slow
 #: Which hit of each point to die at: mid-sweep where a point recurs; copies and decisions first

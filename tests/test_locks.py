@@ -23,9 +23,9 @@ from sweep_helpers import REPO, SWEEP, free_port
 
 from maou.errors import UserError
 from maou.strict import from_dict
-from maou.sweep.executors.local import LocalExecutor
-from maou.sweep.lock import lock_study_name, sweep_lock
-from maou.sweep.protocol import run_sweep
+from maou.sweep.run.executors.local import LocalExecutor
+from maou.sweep.run.lock import lock_study_name, sweep_lock
+from maou.sweep.run.protocol import run_sweep
 from maou.sweep.spec import SweepSpec
 from maou.sweep.storage import open_storage
 

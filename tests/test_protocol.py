@@ -7,9 +7,9 @@ import pytest
 from fakes import FakeTrainer, lr_batch_score
 
 from maou.strict import from_dict
-from maou.sweep.decision import collect_stats
-from maou.sweep.executors.local import LocalExecutor
-from maou.sweep.protocol import run_sweep
+from maou.sweep.run.decision import collect_stats
+from maou.sweep.run.executors.local import LocalExecutor
+from maou.sweep.run.protocol import run_sweep
 from maou.sweep.spec import SweepSpec
 
 

@@ -9,7 +9,7 @@ import optuna
 import pytest
 
 from maou.strict import ConfigError, from_dict
-from maou.sweep.pruning import (
+from maou.sweep.run.pruning import (
     Armed,
     CollapseMonitor,
     DivergenceDetector,
@@ -476,6 +476,6 @@ def test_module_does_not_import_torch():
     import subprocess
     import sys
 
-    code = "import sys, maou.sweep.pruning; print('torch' in sys.modules, 'optuna' in sys.modules)"
+    code = "import sys, maou.sweep.run.pruning; print('torch' in sys.modules, 'optuna' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]

@@ -21,9 +21,9 @@ from optuna.trial import TrialState
 from sweep_helpers import REPO, SWEEP, step_studies
 
 from maou.strict import from_dict
-from maou.sweep.executors.local import LocalExecutor
 from maou.sweep.identity import ConfigKey
-from maou.sweep.protocol import run_sweep
+from maou.sweep.run.executors.local import LocalExecutor
+from maou.sweep.run.protocol import run_sweep
 from maou.sweep.spec import Executor, SweepSpec
 
 RAY = Executor(kind="ray", cpus_per_trial=1, max_concurrent=2, max_retries=1)
@@ -54,7 +54,7 @@ def outcome_table(url: str) -> dict[tuple[str, str, int], tuple[str, float | Non
 @pytest.fixture(scope="module")
 def ray_session():
     os.environ["RAY_AUTH_MODE"] = "disabled"
-    from maou.sweep.executors.ray import init_ray
+    from maou.sweep.run.executors.ray import init_ray
 
     ray = init_ray(RAY)
     ray.cloudpickle.register_pickle_by_value(ray_fakes)  # workers need not import tests/
@@ -65,7 +65,7 @@ def ray_session():
 @pytest.fixture(scope="module")
 def both_runs(ray_session, tmp_path_factory):
     """The same sweep (baseline, then lr 0.01 and a recipe that goes NaN) locally and on Ray."""
-    from maou.sweep.executors.ray import RayExecutor
+    from maou.sweep.run.executors.ray import RayExecutor
 
     tmp = tmp_path_factory.mktemp("compare")
     steps = [{"name": "baseline"}, {"name": "lr", "configs": [{"optim.lr": 0.01}, EXPLODES]}]
@@ -127,7 +127,7 @@ def test_a_diverging_configuration_is_pruned_with_its_reason(both_runs):
 
 @pytest.mark.ray
 def test_a_dead_worker_is_retried_and_a_python_error_is_not(ray_session, tmp_path):
-    from maou.sweep.executors.ray import RayExecutor
+    from maou.sweep.run.executors.ray import RayExecutor
 
     steps = [{"name": "flaky", "grid": {"optim.lr": [20.0]}}]
     spec = from_dict(SweepSpec, tiny_spec(tmp_path, "flaky", steps))
@@ -153,7 +153,7 @@ def test_a_dead_worker_is_retried_and_a_python_error_is_not(ray_session, tmp_pat
 @pytest.mark.ray
 def test_resources_the_local_ray_lacks_and_ray_client_are_refused(ray_session):
     from maou.errors import UserError
-    from maou.sweep.executors.ray import init_ray
+    from maou.sweep.run.executors.ray import init_ray
 
     if ray_session.cluster_resources().get("GPU", 0) == 0:
         with pytest.raises(UserError, match="gpus_per_trial is 1 but the Ray cluster has 0 GPUs"):
@@ -235,7 +235,7 @@ def test_local_runs_and_help_never_import_ray(tmp_path):
     code = ("import sys\n"
             "from maou.cli import main\n"
             "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-            "from maou.sweep.protocol import run_sweep\n"
+            "from maou.sweep.run.protocol import run_sweep\n"
             "from maou.sweep.spec import SweepSpec\n"
             "from maou.strict import from_dict\n"
             "spec = from_dict(SweepSpec, {'name': 'x', 'stage': 1, 'steps': [{'name': 'b'}], 'storage': 'memory:',"

@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 
 from maou.data.sources import file_sha256
 from maou.strict import from_dict
-from maou.sweep.protocol import run_sweep
+from maou.sweep.run.protocol import run_sweep
 from maou.sweep.spec import SweepSpec
 
 pytestmark = pytest.mark.ray
@@ -52,7 +52,7 @@ def two_nodes(node2_dirs):
 def test_trials_run_on_both_nodes_of_a_cluster(two_nodes, tmp_path):
     import ray
 
-    from maou.sweep.executors.ray import RayExecutor
+    from maou.sweep.run.executors.ray import RayExecutor
 
     data = {"name": "cluster", "stage": 1, "seeds": 2, "steps": [{"name": "lr", "grid": {"optim.lr": [0.01]}}],
             "base": {"model": {"blocks": 1, "channels": 8}, "optim": {"lr": 0.003}},
@@ -78,7 +78,7 @@ def test_a_node_without_the_dataset_receives_it_and_never_reads_the_drivers_path
                                                                                   monkeypatch):
     import ray
 
-    from maou.sweep.executors.ray import RayExecutor
+    from maou.sweep.run.executors.ray import RayExecutor
 
     driver = tmp_path / "driver"
     (driver / "games").mkdir(parents=True)

@@ -11,9 +11,9 @@ from optuna.trial import TrialState
 
 from maou.errors import UserError
 from maou.strict import from_dict
-from maou.sweep.executors.local import LocalExecutor
-from maou.sweep.export import export_sweep
-from maou.sweep.protocol import resolve_winner_of, run_sweep
+from maou.sweep.results.export import export_sweep
+from maou.sweep.run.executors.local import LocalExecutor
+from maou.sweep.run.protocol import resolve_winner_of, run_sweep
 from maou.sweep.spec import SweepSpec
 
 

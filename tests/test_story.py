@@ -21,8 +21,8 @@ from fakes import FakeTrainer, lr_batch_score
 from sweep_helpers import SWEEP, dashboard_studies, free_port, run_cli
 
 from maou.strict import from_dict
-from maou.sweep.executors.local import LocalExecutor
-from maou.sweep.protocol import run_sweep
+from maou.sweep.run.executors.local import LocalExecutor
+from maou.sweep.run.protocol import run_sweep
 from maou.sweep.spec import SweepSpec
 
 STEPS = [{"name": "baseline", "description": "the base configuration alone"},

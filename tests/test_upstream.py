@@ -10,7 +10,7 @@ import math
 import pytest
 from conftest import GOLDEN
 
-from maou.sweep.upstream import COMMAND, render, upstream_args
+from maou.sweep.results.upstream import COMMAND, render, upstream_args
 from maou.trainer.config import train_config_from_dict
 
 UPSTREAM = json.loads((GOLDEN / "upstream_learn_model.json").read_text())["flags"]

@@ -61,7 +61,7 @@ def status_table(status: dict[str, Any]) -> Any:
 
 
 def status_command(args: argparse.Namespace) -> int:
-    from maou.sweep.status import sweep_status
+    from maou.sweep.results.status import sweep_status
 
     status = sweep_status(spec_of(args), args.storage)
     if args.json:
@@ -76,7 +76,7 @@ def status_command(args: argparse.Namespace) -> int:
 def report_command(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from maou.sweep.report import write_report
+    from maou.sweep.results.report import write_report
 
     path = write_report(spec_of(args), args.out, args.storage)
     Console().print(f"report: {path}")
@@ -86,7 +86,7 @@ def report_command(args: argparse.Namespace) -> int:
 def export_command(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from maou.sweep.export import export_sweep
+    from maou.sweep.results.export import export_sweep
 
     export = export_sweep(spec_of(args), args.out, args.storage)
     console = Console()

@@ -53,7 +53,7 @@ def plan_table(plan: Any) -> Any:
 def plan_command(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from maou.sweep.plan import plan_sweep
+    from maou.sweep.results.plan import plan_sweep
     from maou.sweep.storage import open_storage, storage_exists
 
     spec = spec_of(args)
@@ -80,8 +80,8 @@ def run_command(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from maou.cli.view import SweepView
-    from maou.sweep.plan import plan_sweep
-    from maou.sweep.protocol import run_sweep
+    from maou.sweep.results.plan import plan_sweep
+    from maou.sweep.run.protocol import run_sweep
     from maou.sweep.storage import mask_url
 
     spec = spec_of(args)

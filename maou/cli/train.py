@@ -62,7 +62,7 @@ def train_command(args: argparse.Namespace) -> int:
 
     from maou.stages import stage
     from maou.strict import to_dict
-    from maou.sweep.job import dataset_of
+    from maou.sweep.run.job import dataset_of
     from maou.trainer.config import dump_train_config
     from maou.trainer.loop import train_stage
     from maou.trainer.result import finite_or_none

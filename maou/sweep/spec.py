@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from maou.stages import METRIC_DIRECTIONS, STAGES, Direction, stage
 from maou.strict import ConfigError, dotted_keys, from_dict, read_yaml_file, require, with_overrides
-from maou.sweep.pruning import PruningConfig
+from maou.sweep.run.pruning import PruningConfig
 from maou.trainer.config import Budget, DataConfig, TrainConfig, default_budget
 
 #: Keys a step may search over: every leaf of the training config but the stage and the data.
@@ -64,7 +64,7 @@ class Guard:
 
 @dataclass(frozen=True)
 class Selection:
-    """When a step's best configuration replaces the carried one (see :mod:`maou.sweep.stats`)."""
+    """When a step's best configuration replaces the carried one (see :mod:`maou.sweep.run.stats`)."""
 
     #: The evidence a gain needs: a paired one-sided test at the normal tail of this many sigmas
     #: (1: 0.159, 2: 0.023), Holm-corrected for the number of challengers.
@@ -80,7 +80,7 @@ class Selection:
 @dataclass(frozen=True)
 class Executor:
     #: ``auto``: in this process on a CPU-only or single-GPU machine, Ray with one trial per GPU
-    #: (or ``gpus_per_trial`` of one) when several fit; see :func:`maou.sweep.executors.resolve_auto`.
+    #: (or ``gpus_per_trial`` of one) when several fit; see :func:`maou.sweep.run.executors.resolve_auto`.
     kind: Literal["auto", "local", "ray"] = "auto"
     #: Ray cluster address: null starts a local Ray, ``auto`` or HOST:6379 joins a running cluster.
     address: str | None = None

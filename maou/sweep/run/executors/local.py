@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import traceback
 
-from maou.sweep.job import TrainFn, run_job
-from maou.sweep.recorder import TrialHandle
-from maou.sweep.step import StepRun
+from maou.sweep.run.job import TrainFn, run_job
+from maou.sweep.run.recorder import TrialHandle
+from maou.sweep.run.step import StepRun
 from maou.trainer.result import Stop
 
 

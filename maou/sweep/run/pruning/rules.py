@@ -20,7 +20,7 @@ from typing import Any, Generic, TypeVar
 
 from maou.stages import Stage, stage
 from maou.strict import INLINE, from_dict, require
-from maou.sweep.pruning.detectors import (
+from maou.sweep.run.pruning.detectors import (
     Detector,
     DivergenceDetector,
     History,
@@ -29,7 +29,7 @@ from maou.sweep.pruning.detectors import (
     UniformPolicyDetector,
     ValueCollapseDetector,
 )
-from maou.sweep.pruning.optuna_pruners import OptunaPrunerConfig
+from maou.sweep.run.pruning.optuna_pruners import OptunaPrunerConfig
 from maou.trainer.result import Stop
 
 D = TypeVar("D", bound=Detector)

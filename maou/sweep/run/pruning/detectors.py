@@ -4,7 +4,7 @@ The trainer evaluates every ``eval_every`` steps and builds a *history*: a list 
 ``(step, metrics)`` pairs (metric names are a contract, see :mod:`maou.stages`). A detector looks
 at that history and answers a :class:`~maou.trainer.result.Stop` or ``None``. ``patience`` (how
 many consecutive evaluations a condition must hold) comes from the rule that arms the detector
-(:mod:`maou.sweep.pruning.rules`), as does the grace period.
+(:mod:`maou.sweep.run.pruning.rules`), as does the grace period.
 
 Window detectors (value, legal moves, uniform policy) fire only when their condition has held on
 ``patience`` consecutive evaluations *and* the window shows no meaningful progress, so a healthy

@@ -13,8 +13,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from maou.sweep.decision import RecordedDecision
 from maou.sweep.identity import ConfigKey
+from maou.sweep.run.decision import RecordedDecision
 
 
 def _f(x: Any, digits: int = 4) -> str:
@@ -115,7 +115,7 @@ def publish_step(study: Any, spec: Any, index: int, first_study: Any, studies: l
     """The step study's note and figures, and the sweep's overview on the first step's study."""
     import optuna_dashboard
 
-    from maou.sweep.plots import curves_figure, means_figure
+    from maou.sweep.results.plots import curves_figure, means_figure
 
     decision = RecordedDecision.of_study(study)
     if decision is None:

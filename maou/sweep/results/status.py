@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from maou.sweep.decision import RecordedDecision
+from maou.sweep.run.decision import RecordedDecision
 
 
 def verdict(decision: RecordedDecision | None) -> str:

@@ -7,8 +7,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from maou.sweep.decision import RecordedDecision
 from maou.sweep.identity import ConfigKey
+from maou.sweep.run.decision import RecordedDecision
 
 WINNER, CARRIED, OTHER, PRUNED = "#2e7d32", "#1565c0", "#9e9e9e", "#c62828"
 

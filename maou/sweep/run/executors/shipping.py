@@ -12,7 +12,7 @@ SHA-256, the driver's node and folder). In the trial (:func:`local_dataset`):
   size and SHA-256 and the manifest against the content hash, then renamed into place. Trials of
   later steps and sweeps on the same data find it there.
 
-The trial then trains on that folder (:func:`maou.sweep.job.provide_dataset`), never on the
+The trial then trains on that folder (:func:`maou.sweep.run.job.provide_dataset`), never on the
 driver's paths. Ray is imported only when this runs.
 """
 
@@ -99,7 +99,7 @@ def offer_for(config: Any, cluster: bool) -> tuple[DatasetOffer | None, Any]:
     import ray
 
     from maou.stages import stage
-    from maou.sweep.job import dataset_of
+    from maou.sweep.run.job import dataset_of
 
     if stage(config.stage).data_source != "games":
         return None, None

@@ -24,8 +24,8 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, IntD
 from optuna.trial import FrozenTrial, TrialState
 
 from maou.stages import Direction
-from maou.sweep import faults
-from maou.sweep.planner import Training
+from maou.sweep.run import faults
+from maou.sweep.run.planner import Training
 from maou.trainer.result import History, Stop, TrainResult
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -250,7 +250,7 @@ class TrialRecorder:
         """The trial's note for optuna-dashboard: its configuration, seed and how it ended."""
         import optuna_dashboard
 
-        from maou.sweep.notes import trial_note
+        from maou.sweep.results.notes import trial_note
 
         attrs = self.study._storage.get_trial_user_attrs(trial._trial_id)
         optuna_dashboard.save_note(trial, trial_note(attrs, state.name, value, winner))

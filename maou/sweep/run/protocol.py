@@ -1,8 +1,8 @@
 """The step-by-step search protocol: run each step's study, decide its winner, carry it on.
 
 Each step is one Optuna study ``<sweep>/<NN>-<step>``. A step's trials are planned
-(:mod:`maou.sweep.planner`), run by an executor through the trial recorder
-(:mod:`maou.sweep.recorder`), and decided (:mod:`maou.sweep.decision`); the decision, its numbers
+(:mod:`maou.sweep.run.planner`), run by an executor through the trial recorder
+(:mod:`maou.sweep.run.recorder`), and decided (:mod:`maou.sweep.run.decision`); the decision, its numbers
 and the rule are written on the study as user attributes, and its winner is carried into the
 next step as fixed.
 """
@@ -20,12 +20,13 @@ import optuna
 
 from maou.errors import UserError
 from maou.strict import flatten, to_dict
-from maou.sweep import faults, notes
-from maou.sweep.decision import StepDecision, collect_stats, decide
-from maou.sweep.edges import extension, grid_edges, with_extensions
-from maou.sweep.recorder import Objective, TrialRecorder
+from maou.sweep.results import notes
+from maou.sweep.run import faults
+from maou.sweep.run.decision import StepDecision, collect_stats, decide
+from maou.sweep.run.edges import extension, grid_edges, with_extensions
+from maou.sweep.run.recorder import Objective, TrialRecorder
+from maou.sweep.run.step import StepContext, open_step
 from maou.sweep.spec import WINNER_OF, SweepSpec, load_spec
-from maou.sweep.step import StepContext, open_step
 
 
 def fingerprint(spec: SweepSpec, dataset_hash: str | None, index: int) -> dict[str, Any]:
@@ -148,8 +149,8 @@ def run_sweep(spec: SweepSpec, storage_url: str | None = None, executor: Any = N
 
     ``storage`` (an Optuna storage object) takes precedence over ``storage_url`` and the spec's URL.
     """
-    from maou.sweep.executors import make_executor
-    from maou.sweep.lock import sweep_lock
+    from maou.sweep.run.executors import make_executor
+    from maou.sweep.run.lock import sweep_lock
     from maou.sweep.storage import open_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -163,8 +164,8 @@ def run_sweep(spec: SweepSpec, storage_url: str | None = None, executor: Any = N
 
 def _prepare(spec: SweepSpec) -> StepContext:
     """The datasets (built if needed), then the preflight checks: all before anything trains."""
-    from maou.sweep.job import dataset_of
-    from maou.sweep.preflight import preflight
+    from maou.sweep.run.job import dataset_of
+    from maou.sweep.run.preflight import preflight
 
     base = spec.base_config()
     dataset_dir, dataset_hash = dataset_of(base, progress=True)
@@ -182,7 +183,7 @@ def _prepare(spec: SweepSpec) -> StepContext:
 
 def _open_study(spec: SweepSpec, index: int, storage: Any, context: StepContext,
                 carried: dict[str, Any]) -> optuna.Study:
-    from maou.sweep.pruning import build_optuna_pruner
+    from maou.sweep.run.pruning import build_optuna_pruner
 
     step = spec.steps[index]
     objective = spec.step_objective(index)

@@ -2,7 +2,7 @@
 the carried configuration.
 
 The carried configuration competes in every step. Each challenger whose every seed completed is
-compared with it on paired per-seed differences (:mod:`maou.sweep.stats`); the p-values of all
+compared with it on paired per-seed differences (:mod:`maou.sweep.run.stats`); the p-values of all
 challengers go through Holm's correction, so picking the best of ``k`` is accounted for. A
 challenger is adopted when it is significant at its Holm level, its mean gain exceeds
 ``selection.min_margin`` and no guard metric got worse than its tolerance; among several, the
@@ -21,9 +21,9 @@ from typing import Any
 from optuna.trial import FrozenTrial, TrialState
 
 from maou.sweep.identity import ConfigKey
-from maou.sweep.recorder import is_interrupted
+from maou.sweep.run.recorder import is_interrupted
+from maou.sweep.run.stats import Paired, alpha_of, critical_gain, holm, paired
 from maou.sweep.spec import Guard, ResolvedObjective, Selection
-from maou.sweep.stats import Paired, alpha_of, critical_gain, holm, paired
 
 
 @dataclass

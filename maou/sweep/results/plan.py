@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from maou.sweep.planner import plan_step
+from maou.sweep.run.planner import plan_step
 from maou.sweep.spec import SweepSpec, step_candidates
 
 
@@ -86,7 +86,7 @@ def _from_storage(spec: SweepSpec, storage: Any) -> tuple[set, dict[str, int], l
     import optuna
 
     from maou.sweep.identity import ConfigKey
-    from maou.sweep.recorder import FINISHED
+    from maou.sweep.run.recorder import FINISHED
     from maou.sweep.storage import step_study_names
 
     present = set(step_study_names(storage, spec.name))

@@ -3,7 +3,7 @@
 Optuna is imported here; a pruned trial records ``prune_reason``, ``prune_detail`` and
 ``prune_step`` (the :class:`~maou.trainer.result.Stop` that ended it)."""
 
-from maou.sweep.pruning.detectors import (
+from maou.sweep.run.pruning.detectors import (
     Detector,
     DivergenceDetector,
     History,
@@ -12,8 +12,8 @@ from maou.sweep.pruning.detectors import (
     UniformPolicyDetector,
     ValueCollapseDetector,
 )
-from maou.sweep.pruning.optuna_pruners import OptunaPrunerConfig, build_optuna_pruner
-from maou.sweep.pruning.rules import (
+from maou.sweep.run.pruning.optuna_pruners import OptunaPrunerConfig, build_optuna_pruner
+from maou.sweep.run.pruning.rules import (
     Armed,
     CollapseMonitor,
     PruningConfig,

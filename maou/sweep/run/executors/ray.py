@@ -4,7 +4,7 @@ The Optuna storage stays the single source of truth and this process (the driver
 through the step's trial recorder only; workers never see Optuna. One ``Tuner.fit()`` runs one step:
 
 * :class:`JobSearcher` (a Tune ``Searcher``): ``suggest`` calls ``step.next_job()``, which
-  starts the Optuna trial (RUNNING) and answers the :class:`~maou.sweep.job.Job` the worker
+  starts the Optuna trial (RUNNING) and answers the :class:`~maou.sweep.run.job.Job` the worker
   trains. No job left: ``FINISHED``.
 * :class:`JobScheduler` (a FIFO ``TrialScheduler``): every result a worker reports goes through
   ``recorder.report`` (intermediate value, Optuna's pruner); a stop there answers ``STOP`` and
@@ -15,7 +15,7 @@ through the step's trial recorder only; workers never see Optuna. One ``Tuner.fi
   outcome to ``recorder.finish``: the worker's :class:`~maou.trainer.result.TrainResult`, or one
   rebuilt from the reported history for a trial Optuna's pruner stopped, or the error (FAIL).
 
-The trainable (:func:`_trainable`) calls :func:`maou.sweep.job.run_job` with a reporter that
+The trainable (:func:`_trainable`) calls :func:`maou.sweep.run.job.run_job` with a reporter that
 forwards each evaluation with ``ray.tune.report`` and ends with one record holding the result (or
 the traceback of an exception: a Python error is a result, not a reason to retry; only a worker
 process that dies is retried). Ray is imported only here, and only when this executor runs.
@@ -39,10 +39,10 @@ from typing import Any
 
 from maou.errors import UserError
 from maou.strict import with_overrides
-from maou.sweep.job import Job, TrainFn, run_job
-from maou.sweep.recorder import TrialHandle
+from maou.sweep.run.job import Job, TrainFn, run_job
+from maou.sweep.run.recorder import TrialHandle
+from maou.sweep.run.step import StepRun
 from maou.sweep.spec import Executor
-from maou.sweep.step import StepRun
 from maou.trainer.config import TrainConfig
 from maou.trainer.result import TrainResult
 
@@ -130,8 +130,8 @@ def _trainable(config: dict[str, Any], train: TrainFn | None = None) -> None:
     placement = _placement()
     reserved = {*AUTO_RESULT_KEYS, DONE, "trial_id", "step"}
     if config.get(_DATASET) is not None:  # another node's dataset: this node's copy of it
-        from maou.sweep.executors.shipping import local_dataset
-        from maou.sweep.job import provide_dataset
+        from maou.sweep.run.executors.shipping import local_dataset
+        from maou.sweep.run.job import provide_dataset
 
         placement["dataset_dir"] = local_dataset(config[_DATASET])
         provide_dataset(job.config.data, placement["dataset_dir"])
@@ -365,7 +365,7 @@ class RayExecutor:
         ray = init_ray(self.config)
         from ray import tune
 
-        from maou.sweep.executors.shipping import offer_for
+        from maou.sweep.run.executors.shipping import offer_for
 
         offer, server = offer_for(step.context.base, cluster=not _local(self.config))
         state = _StepState(step, self.config, offer)

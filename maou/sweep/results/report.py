@@ -12,8 +12,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from maou.sweep.decision import RecordedDecision
 from maou.sweep.identity import ConfigKey
+from maou.sweep.run.decision import RecordedDecision
 
 _STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
 table{border-collapse:collapse;margin:0.5em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;
@@ -32,7 +32,7 @@ def _config(key: ConfigKey) -> str:
 
 
 def _verdict(decision: RecordedDecision | None) -> str:
-    from maou.sweep.status import verdict
+    from maou.sweep.results.status import verdict
 
     css = "failed" if decision is not None and decision.failed else ("edge" if decision and decision.edge else "")
     return f'<span class="{css}">{_e(verdict(decision))}</span>'
@@ -74,7 +74,7 @@ def _counts(trials: list[Any]) -> str:
 
 
 def _step_section(spec: Any, index: int, study: Any, first_figure: bool) -> tuple[str, bool]:
-    from maou.sweep.plots import curves_figure, means_figure
+    from maou.sweep.results.plots import curves_figure, means_figure
 
     step, objective = spec.steps[index], spec.step_objective(index)
     decision = RecordedDecision.of_study(study)
@@ -112,7 +112,7 @@ def build_report(spec: Any, storage: Any) -> str:
 
 
 def write_report(spec: Any, out: str | Path | None = None, storage_url: str | None = None) -> Path:
-    from maou.sweep.export import write_atomic
+    from maou.sweep.results.export import write_atomic
     from maou.sweep.storage import open_storage
 
     storage = open_storage(storage_url or spec.storage_url, create=False)

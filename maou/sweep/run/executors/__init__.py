@@ -2,7 +2,7 @@
 (the default) picks one for the machine (:func:`resolve_auto`).
 
 An executor has one method, ``run(step)``: it pulls ``(handle, job)`` pairs with
-``step.next_job()`` until it answers ``None``, runs each job (:func:`maou.sweep.job.run_job`)
+``step.next_job()`` until it answers ``None``, runs each job (:func:`maou.sweep.run.job.run_job`)
 with every evaluation forwarded to ``step.recorder.report``, and hands the outcome to
 ``step.recorder.finish`` (or ``interrupt``). The recorder is the only writer of trials.
 """
@@ -46,9 +46,9 @@ def make_executor(config: Any) -> Any:
     """The executor for a spec's ``executor`` section (Ray imported only when it is Ray)."""
     config = resolve_auto(config)
     if config.kind == "ray":
-        from maou.sweep.executors.ray import RayExecutor
+        from maou.sweep.run.executors.ray import RayExecutor
 
         return RayExecutor(config)
-    from maou.sweep.executors.local import LocalExecutor
+    from maou.sweep.run.executors.local import LocalExecutor
 
     return LocalExecutor()

@@ -1,7 +1,7 @@
 """One step's study at run time: its plan made Optuna's, handed to an executor job by job.
 
 :func:`open_step` reads what the step's study (and the earlier steps') already hold, asks the pure
-planner (:mod:`maou.sweep.planner`) what remains, copies reusable trials and returns a
+planner (:mod:`maou.sweep.run.planner`) what remains, copies reusable trials and returns a
 :class:`StepRun`. An executor pulls ``(handle, job)`` pairs with :meth:`StepRun.next_job` until it
 answers ``None``, runs each job and tells the recorder (:attr:`StepRun.recorder`) how it went.
 """
@@ -20,10 +20,10 @@ from optuna.trial import TrialState
 import maou
 from maou.strict import to_dict, with_overrides
 from maou.sweep.identity import ConfigKey
-from maou.sweep.job import Job
-from maou.sweep.params import step_distributions, trial_params
-from maou.sweep.planner import Pair, StepPlan, Training, configuration, plan_step
-from maou.sweep.recorder import FINISHED, TrialHandle, TrialRecorder
+from maou.sweep.run.job import Job
+from maou.sweep.run.params import step_distributions, trial_params
+from maou.sweep.run.planner import Pair, StepPlan, Training, configuration, plan_step
+from maou.sweep.run.recorder import FINISHED, TrialHandle, TrialRecorder
 from maou.sweep.spec import WINNER_OF, Step, SweepSpec
 from maou.trainer.config import TrainConfig
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from maou.errors import UserError
 from maou.stages import stage
-from maou.sweep.pruning import PruningConfig, build_monitor
+from maou.sweep.run.pruning import PruningConfig, build_monitor
 from maou.trainer.config import DataConfig, TrainConfig
 from maou.trainer.result import History, Report, Stop, TrainResult
 
@@ -51,7 +51,7 @@ class DatasetChanged(UserError):
 
 
 #: Dataset folders handed to this process for a data config (a node-local copy of the driver's
-#: datasets, :mod:`maou.sweep.executors.shipping`): used as they are, never rebuilt here.
+#: datasets, :mod:`maou.sweep.run.executors.shipping`): used as they are, never rebuilt here.
 _PROVIDED: dict[DataConfig, str] = {}
 
 

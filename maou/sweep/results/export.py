@@ -4,7 +4,7 @@
 ``results/<sweep>/steps.csv``    one row per step and configuration: mean, std, n, winner, margin
 ``results/<sweep>/prune_reasons.csv`` trials per step, state and prune reason (how much each rule cut)
 ``results/<sweep>/best.yaml``    the winning resolved training config (runnable with ``sweep train``)
-``results/<sweep>/best-args.txt`` the same as upstream ``maou learn-model`` flags (:mod:`maou.sweep.upstream`)
+``results/<sweep>/best-args.txt`` the same as upstream ``maou learn-model`` flags (:mod:`maou.sweep.results.upstream`)
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from typing import Any
 
 from maou.errors import UserError
 from maou.strict import flatten
-from maou.sweep.decision import RecordedDecision
 from maou.sweep.identity import ConfigKey
-from maou.sweep.upstream import render, upstream_args
+from maou.sweep.results.upstream import render, upstream_args
+from maou.sweep.run.decision import RecordedDecision
 
 
 def flat_config(config: dict[str, Any]) -> dict[str, Any]:
