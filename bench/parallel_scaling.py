@@ -100,8 +100,8 @@ def main() -> int:
     parser.add_argument("--max-steps", type=int, default=None, help="override the spec's budget.max_steps")
     args = parser.parse_args()
 
+    from maou.data.resolve import dataset_of
     from maou.sweep.run.executors.local import LocalExecutor
-    from maou.sweep.run.job import dataset_of
 
     with tempfile.TemporaryDirectory(prefix="maou-scaling-") as name:
         tmp = Path(name)

@@ -50,8 +50,8 @@ def main() -> int:
     parser.add_argument("--within", type=float, default=0.15, help="share of the budget a collapse must be cut by")
     args = parser.parse_args()
 
+    from maou.sweep.locate import load_spec
     from maou.sweep.run.pruning import ValueCollapseDetector
-    from maou.sweep.spec import load_spec
 
     spec = load_spec(args.spec)
     truth = ValueCollapseDetector()  # the default value-collapse thresholds define "collapsed", whatever the spec tunes

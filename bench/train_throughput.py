@@ -39,7 +39,8 @@ from maou.strict import with_overrides
 from maou.trainer.config import train_config_from_dict
 from maou.trainer.loop import resolve_device, train_stage
 from maou.trainer.models import build_model
-from maou.trainer.tensors import Split, StageData, load_stage_data
+from maou.trainer.split import Split
+from maou.trainer.tensors import StageData, load_stage_data
 
 
 def synthetic_stage2(rows: int, seed: int = 0) -> Split:

@@ -247,10 +247,11 @@ def flatten(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def lookup(obj: Any, dotted: str) -> Any:
-    """The value at dotted key ``dotted`` of a dataclass tree (``loss.gamma_neg``)."""
+    """The value at dotted key ``dotted`` of a dataclass tree (``loss.gamma_neg``); with a dataclass
+    *type* for ``obj``, the declared type of that key. The one walk of a dotted key."""
     value = obj
     for part in dotted.split("."):
-        value = getattr(value, part)
+        value = field_types(value)[part] if isinstance(value, type) else getattr(value, part)
     return value
 
 

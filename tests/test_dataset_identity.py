@@ -14,7 +14,7 @@ import yaml
 from sweep_helpers import REPO, SWEEP
 
 from maou.data.build import build_dir, ensure_datasets
-from maou.sweep.run.job import DatasetChanged, dataset_of, load_datasets
+from maou.data.resolve import DatasetChanged, dataset_of, load_datasets
 from maou.trainer.config import DataConfig, train_config_from_dict
 
 GAMES = sorted((REPO / "data" / "games").glob("*.csa"))

@@ -17,9 +17,9 @@ from maou.sweep.run.edges import next_value
 from maou.sweep.run.executors.local import LocalExecutor
 from maou.sweep.run.protocol import run_sweep
 from maou.sweep.run.stats import alpha_of, t_critical, t_sf
-from maou.sweep.spec import Guard, ResolvedObjective, Selection, SweepSpec
+from maou.sweep.spec import Guard, Objective, Selection, SweepSpec
 
-MAXIMIZE = ResolvedObjective("val_f1", "maximize")
+MAXIMIZE = Objective("val_f1", "maximize")
 CARRIED = [0.70, 0.73, 0.69, 0.72]
 
 
@@ -61,7 +61,7 @@ def test_direction(direction):
     sign = 1 if direction == "maximize" else -1
     carried = config({}, CARRIED)
     better = config({"optim.lr": 0.01}, [v + sign * (0.05 + 0.002 * i) for i, v in enumerate(CARRIED)])
-    decision = decide(pool(carried, better), carried.key, ResolvedObjective("m", direction), Selection())
+    decision = decide(pool(carried, better), carried.key, Objective("m", direction), Selection())
     assert decision.adopted and decision.winner_key == better.key
     assert decision.comparisons[0].test.gain == pytest.approx(0.053)
 

@@ -7,7 +7,7 @@ import pytest
 from maou.strict import from_dict
 from maou.sweep.run.executors import make_executor, resolve_auto
 from maou.sweep.run.executors.local import LocalExecutor
-from maou.sweep.spec import Executor, SweepSpec
+from maou.sweep.spec import ExecutorSection, SweepSpec
 
 
 @pytest.mark.parametrize(("gpus", "gpus_per_trial", "kind", "resolved_gpus"), [
@@ -24,27 +24,27 @@ from maou.sweep.spec import Executor, SweepSpec
 ])
 def test_auto_picks_in_process_or_ray_by_the_visible_gpus(gpus, gpus_per_trial, kind, resolved_gpus, monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    resolved = resolve_auto(Executor(gpus_per_trial=gpus_per_trial), gpus=gpus)
+    resolved = resolve_auto(ExecutorSection(gpus_per_trial=gpus_per_trial), gpus=gpus)
     assert (resolved.kind, resolved.gpus_per_trial) == (kind, resolved_gpus)
     assert resolved.cpus_per_trial == 1.0 and resolved.max_concurrent is None  # Ray fills every GPU
 
 
 def test_auto_joins_a_cluster_it_is_pointed_at(monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    assert resolve_auto(Executor(address="auto"), gpus=0).kind == "ray"
+    assert resolve_auto(ExecutorSection(address="auto"), gpus=0).kind == "ray"
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
-    assert resolve_auto(Executor(), gpus=0).kind == "ray"
+    assert resolve_auto(ExecutorSection(), gpus=0).kind == "ray"
 
 
 def test_explicit_kinds_are_kept():
-    for executor in (Executor(kind="local"), Executor(kind="ray", max_concurrent=3)):
+    for executor in (ExecutorSection(kind="local"), ExecutorSection(kind="ray", max_concurrent=3)):
         assert resolve_auto(executor, gpus=8) == executor
 
 
 def test_auto_is_the_default_and_runs_in_process_on_this_cpu_machine(monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     spec = from_dict(SweepSpec, {"name": "x", "stage": 1, "steps": [{"name": "b"}]})
-    assert spec.executor == Executor() and spec.executor.kind == "auto"
+    assert spec.executor == ExecutorSection() and spec.executor.kind == "auto"
     import torch
 
     if torch.cuda.device_count() < 2:

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from sweep_helpers import run_cli
 
-from maou.sweep.spec import load_spec
+from maou.sweep.locate import load_spec
 
 TINY = {"name": "bad", "stage": 1, "seeds": 1, "steps": [{"name": "baseline"}],
         "base": {"model": {"blocks": 1, "channels": 8}, "threads": 1},

@@ -7,6 +7,7 @@ import pytest
 from fakes import FakeTrainer, lr_batch_score
 
 from maou.strict import from_dict
+from maou.sweep.records import read_step
 from maou.sweep.run.decision import collect_stats
 from maou.sweep.run.executors.local import LocalExecutor
 from maou.sweep.run.protocol import run_sweep
@@ -120,7 +121,7 @@ def test_collect_stats_skips_interrupted_trials():
         study.add_trial(optuna.trial.create_trial(
             state=state, value=0.5 if state == optuna.trial.TrialState.COMPLETE else None,
             user_attrs={"config_key": "{}", "seed": 0, **attrs}))
-    (only,) = collect_stats(study.get_trials()).values()
+    (only,) = collect_stats(read_step(study, 0).trials).values()
     assert only.n == 1 and only.failed == 1
 
 

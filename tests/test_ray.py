@@ -24,9 +24,9 @@ from maou.strict import from_dict
 from maou.sweep.identity import ConfigKey
 from maou.sweep.run.executors.local import LocalExecutor
 from maou.sweep.run.protocol import run_sweep
-from maou.sweep.spec import Executor, SweepSpec
+from maou.sweep.spec import ExecutorSection, SweepSpec
 
-RAY = Executor(kind="ray", cpus_per_trial=1, max_concurrent=2, max_retries=1)
+RAY = ExecutorSection(kind="ray", cpus_per_trial=1, max_concurrent=2, max_retries=1)
 #: SGD at the largest learning rate and positive weight validation allows, no clipping: NaN in a few steps.
 EXPLODES = {"optim.name": "sgd", "optim.lr": 100.0, "optim.grad_clip": 0.0, "loss.pos_weight": 1e6}
 
@@ -113,7 +113,7 @@ def test_ray_trials_carry_curves_placement_and_ray_files_under_runs(both_runs):
 def test_a_diverging_configuration_is_pruned_with_its_reason(both_runs):
     _, _, remote, ray_outcome, _ = both_runs
     study = optuna.load_study(study_name="cmp/02-lr", storage=remote.storage_url)
-    diverged = [t for t in study.get_trials() if t.user_attrs["overrides"] == EXPLODES]
+    diverged = [t for t in study.get_trials() if ConfigKey.parse(t.user_attrs["config_key"]).overrides == EXPLODES]
     assert len(diverged) == 2
     for t in diverged:
         assert t.state == TrialState.PRUNED

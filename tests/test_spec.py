@@ -9,7 +9,8 @@ import yaml
 
 from maou.cli import main
 from maou.strict import ConfigError
-from maou.sweep.spec import load_spec, step_candidates
+from maou.sweep.locate import load_spec
+from maou.sweep.spec import step_candidates
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((REPO / "sweeps").glob("*.yaml"))

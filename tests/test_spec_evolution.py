@@ -105,9 +105,9 @@ def test_search_choices_need_not_contain_the_base_value(tmp_path):
                                           "params": {"batch_size": {"choices": [128, 256]}}}}]
     outcome, calls = run(spec_of(tmp_path, steps, seeds=1))
     trials = trials_of(spec_of(tmp_path, steps, seeds=1), 0)
-    base = [t for t in trials if t.user_attrs["overrides"] == {}]
+    base = [t for t in trials if t.user_attrs["config_key"] == "{}"]
     assert base and all("batch_size" not in t.params for t in base)  # 64 is not among the choices
-    sampled = [t for t in trials if t.user_attrs["overrides"]]
+    sampled = [t for t in trials if t.user_attrs["config_key"] != "{}"]
     assert sampled and all(t.params["batch_size"] in (128, 256) for t in sampled)
     assert all(t.state == TrialState.COMPLETE for t in trials)
     assert 64 in {c.batch_size for c in calls}

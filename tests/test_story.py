@@ -21,6 +21,7 @@ from fakes import FakeTrainer, lr_batch_score
 from sweep_helpers import SWEEP, dashboard_studies, free_port, run_cli
 
 from maou.strict import from_dict
+from maou.sweep.results.notes import DashboardNotes
 from maou.sweep.run.executors.local import LocalExecutor
 from maou.sweep.run.protocol import run_sweep
 from maou.sweep.spec import SweepSpec
@@ -44,13 +45,13 @@ def write_spec(tmp_path: Path, name: str = "story", **changes) -> Path:
 @pytest.fixture(scope="module")
 def fake_sweep(tmp_path_factory):
     """A finished sweep (fake trainer: lr 0.01 wins clearly) in a project of its own."""
-    from maou.sweep.spec import load_spec
+    from maou.sweep.locate import load_spec
 
     root = tmp_path_factory.mktemp("story")
     path = write_spec(root)
     spec = load_spec(path)
     trainer = FakeTrainer(lr_batch_score, nan_when=lambda c: c.optim.lr == 1e-5)
-    run_sweep(spec, executor=LocalExecutor(trainer))
+    run_sweep(spec, executor=LocalExecutor(trainer), observers=(DashboardNotes(),))
     return root, path, spec
 
 
@@ -109,7 +110,7 @@ def test_every_step_study_carries_its_story(fake_sweep):
     system = lr._storage.get_study_system_attrs(lr._study_id)
     assert any("means" in k for k in system) and any("curves" in k for k in system)  # the figures
     winners = lr.user_attrs["winner_trials"]
-    assert len(winners) == 3 and all(lr.trials[n].user_attrs["overrides"] == {"optim.lr": 0.01} for n in winners)
+    assert len(winners) == 3 and all(lr.trials[n].user_attrs["config_key"] == '{"optim.lr":0.01}' for n in winners)
     for t in lr.get_trials():
         trial_note = optuna_dashboard.get_note(optuna.trial.Trial(lr, t._trial_id))
         assert f"**seed** {t.user_attrs['seed']}" in trial_note

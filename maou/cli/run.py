@@ -80,6 +80,7 @@ def run_command(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from maou.cli.view import SweepView
+    from maou.sweep.results.notes import DashboardNotes
     from maou.sweep.results.plan import plan_sweep
     from maou.sweep.run.protocol import run_sweep
     from maou.sweep.storage import mask_url
@@ -96,7 +97,7 @@ def run_command(args: argparse.Namespace) -> int:
     expected = plan_sweep(spec, measure=False).trainings[1]
     started = time.perf_counter()
     with SweepView(console, expected) as view:
-        outcome = run_sweep(spec, storage_url=url, view=view)
+        outcome = run_sweep(spec, storage_url=url, view=view, observers=(DashboardNotes(),))
     elapsed = time.perf_counter() - started
     console.rule("[bold]done")
     console.print(f"winner: {json.dumps(outcome.carried, sort_keys=True) or '(base config)'}")

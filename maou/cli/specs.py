@@ -14,8 +14,7 @@ def add_spec_argument(parser: argparse.ArgumentParser) -> None:
 
 def spec_of(args: argparse.Namespace) -> Any:
     """The spec ``args.spec`` names, validated, its paths read against its project."""
-    from maou.sweep.locate import locate_spec
-    from maou.sweep.spec import load_spec
+    from maou.sweep.locate import load_spec, locate_spec
 
     spec = load_spec(locate_spec(args.spec))
     if getattr(args, "executor", None):

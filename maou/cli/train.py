@@ -60,9 +60,9 @@ def train_command(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from maou.data.resolve import dataset_of
     from maou.stages import stage
     from maou.strict import to_dict
-    from maou.sweep.run.job import dataset_of
     from maou.trainer.config import dump_train_config
     from maou.trainer.loop import train_stage
     from maou.trainer.result import finite_or_none

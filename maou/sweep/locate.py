@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from maou.errors import UserError
-from maou.sweep.spec import WINNER_OF, SweepSpec
+from maou.strict import from_dict, read_yaml_file
+from maou.sweep.spec import WINNER_OF, SweepSpec, validate
 
 SPECS_FOLDER = "sweeps"
 
@@ -94,4 +95,12 @@ def resolve_paths(spec: SweepSpec, root: Path) -> SweepSpec:
         results_dir=_under(root, spec.results_dir or f"results/{spec.name}"))
 
 
-__all__ = ["locate_spec", "project_root", "resolve_paths"]
+def load_spec(path: str | Path) -> SweepSpec:
+    """Read and validate a sweep spec (safe YAML, YAML 1.2 numbers), its relative paths read
+    against its project root; raises :class:`~maou.strict.ConfigError`."""
+    spec: SweepSpec = from_dict(SweepSpec, read_yaml_file(path, "sweep spec"))
+    validate(spec)
+    return resolve_paths(spec, project_root(Path(path)))
+
+
+__all__ = ["load_spec", "locate_spec", "project_root", "resolve_paths"]

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from maou.stages import METRIC_DIRECTIONS, STAGES, Direction, stage
-from maou.strict import ConfigError, dotted_keys, from_dict, read_yaml_file, require, with_overrides
+from maou.strict import ConfigError, dotted_keys, from_dict, require, with_overrides
 from maou.sweep.run.pruning import PruningConfig
 from maou.trainer.config import Budget, DataConfig, TrainConfig, default_budget
 
@@ -27,7 +27,9 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 @dataclass(frozen=True)
-class Objective:
+class ObjectiveSection:
+    """The spec's ``objective`` section (any field left out takes its default)."""
+
     #: Validation metric to optimise; default: the stage's selection metric.
     metric: str | None = None
     #: Default: the metric's own (``maou.stages.METRIC_DIRECTIONS``).
@@ -37,7 +39,7 @@ class Objective:
 
 
 @dataclass(frozen=True)
-class ResolvedObjective:
+class Objective:
     """A step's objective with its defaults filled in."""
 
     metric: str
@@ -78,7 +80,9 @@ class Selection:
 
 
 @dataclass(frozen=True)
-class Executor:
+class ExecutorSection:
+    """The spec's ``executor`` section: which executor runs the trials, and their resources."""
+
     #: ``auto``: in this process on a CPU-only or single-GPU machine, Ray with one trial per GPU
     #: (or ``gpus_per_trial`` of one) when several fit; see :func:`maou.sweep.run.executors.resolve_auto`.
     kind: Literal["auto", "local", "ray"] = "auto"
@@ -145,7 +149,7 @@ class Step:
     search: Search | None = None
     description: str = ""
     #: This step's objective instead of the sweep's.
-    objective: Objective | None = None
+    objective: ObjectiveSection | None = None
     #: Metrics a winner may not worsen (default: the sweep's ``guards``, else the stage's).
     guards: tuple[Guard, ...] | None = None
     #: Rounds a grid may grow past an edge its winner sits on (by the grid's own spacing).
@@ -169,13 +173,13 @@ class SweepSpec:
     #: The training config every trial starts from (all TrainConfig keys but stage and data).
     base: dict[str, Any] = field(default_factory=dict)
     budget: Budget = field(default_factory=default_budget)
-    objective: Objective = field(default_factory=Objective)
+    objective: ObjectiveSection = field(default_factory=ObjectiveSection)
     #: Metrics a step's winner may not worsen (default: the stage's, see ``maou.stages``).
     guards: tuple[Guard, ...] | None = None
     #: Seeds every configuration runs with: a list, or a count (seeds 0..n-1).
     seeds: tuple[int, ...] | int = (0,)
     storage: str | None = None
-    executor: Executor = field(default_factory=Executor)
+    executor: ExecutorSection = field(default_factory=ExecutorSection)
     pruning: PruningConfig = field(default_factory=PruningConfig)
     selection: Selection = field(default_factory=Selection)
     #: Where trial checkpoints go (default runs/<name>).
@@ -211,7 +215,7 @@ class SweepSpec:
     def study_name(self, index: int) -> str:
         return f"{self.name}/{index + 1:02d}-{self.steps[index].name}"
 
-    def step_objective(self, index: int) -> ResolvedObjective:
+    def step_objective(self, index: int) -> Objective:
         """Step ``index``'s objective: its own, else the sweep's, else the stage's default; a
         direction left out is the metric's own."""
         info = stage(self.stage)
@@ -223,7 +227,7 @@ class SweepSpec:
             direction = info.selection_direction
         else:
             direction = METRIC_DIRECTIONS[metric]  # validated: the metric has one
-        return ResolvedObjective(metric, direction, chosen.reduce)
+        return Objective(metric, direction, chosen.reduce)
 
     def step_guards(self, index: int) -> tuple[Guard, ...]:
         """Step ``index``'s guards (directions resolved): its own, else the sweep's, else the stage's."""
@@ -300,13 +304,3 @@ def _validate_objectives(spec: SweepSpec) -> None:
             check(step.objective.metric, step.objective.direction, f"steps[{i}].objective.metric")
         for j, guard in enumerate(step.guards or ()):
             check(guard.metric, guard.direction, f"steps[{i}].guards[{j}].metric")
-
-
-def load_spec(path: str | Path) -> SweepSpec:
-    """Read and validate a sweep spec (safe YAML, YAML 1.2 numbers), its relative paths read
-    against its project root (:mod:`maou.sweep.locate`); raises :class:`ConfigError`."""
-    from maou.sweep.locate import project_root, resolve_paths
-
-    spec: SweepSpec = from_dict(SweepSpec, read_yaml_file(path, "sweep spec"))
-    validate(spec)
-    return resolve_paths(spec, project_root(Path(path)))

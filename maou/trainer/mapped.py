@@ -6,7 +6,7 @@ a few hundred bytes a row), copied to the training device (pinned, asynchronous 
 decoded there (bit-unpacking, sparse scatter). :meth:`MappedSplit.stream` gathers and copies the
 next batches in a background thread (:class:`~maou.trainer.prefetch.Prefetcher`), which decodes
 them too on CUDA. The tensors it yields equal, bit for bit, those of the in-memory
-:class:`~maou.trainer.tensors.Split` of the same file (:meth:`MappedSplit.materialize`).
+:class:`~maou.trainer.split.Split` of the same file (:meth:`MappedSplit.materialize`).
 
 Concurrent trials on one machine map the same files: the operating system's page cache holds
 them once, whatever the number of trials.
@@ -26,14 +26,12 @@ from maou.shogi.shapes import BOARD_SHAPE, PIECES_IN_HAND_NUM
 from maou.stages import Target
 from maou.trainer.columns import Chunked, TargetColumn, fixed_rows, open_table, target_column
 from maou.trainer.prefetch import Prefetcher
+from maou.trainer.split import CHUNK_ROWS, Batch, Split
 
-Batch = tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]
 #: A batch gathered but not decoded: board, hand, each target's stored parts, rows.
 _Loaded = tuple[torch.Tensor, torch.Tensor, dict[str, tuple[torch.Tensor, ...]], int]
 #: Batches prepared ahead of the training step.
 PREFETCH_BATCHES = 4
-#: Rows decoded at once when a whole split is read (materialize, the training reference).
-CHUNK_ROWS = 16_384
 
 
 @dataclasses.dataclass
@@ -123,14 +121,10 @@ class MappedSplit:
 
     def subset(self, index: torch.Tensor) -> Any:
         """Rows ``index`` as an in-memory split on this split's device."""
-        from maou.trainer.tensors import Split
-
         return Split(*self.batch(index))
 
     def materialize(self) -> Any:
-        """Every row as an in-memory :class:`~maou.trainer.tensors.Split` on this split's device."""
-        from maou.trainer.tensors import Split
-
+        """Every row as an in-memory :class:`~maou.trainer.split.Split` on this split's device."""
         parts = [self.batch(chunk) for chunk in torch.arange(len(self)).split(CHUNK_ROWS)] or [self.batch(
             torch.zeros(0, dtype=torch.long))]
         return Split(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]),
@@ -148,4 +142,4 @@ def open_split(path: Path, targets: tuple[Target, ...], max_rows: int | None = N
     return MappedSplit(path, board, hand, columns, zero_copy)
 
 
-__all__ = ["Batch", "CHUNK_ROWS", "MappedSplit", "PREFETCH_BATCHES", "open_split"]
+__all__ = ["MappedSplit", "PREFETCH_BATCHES", "open_split"]

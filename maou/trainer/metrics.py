@@ -26,12 +26,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
-
-if TYPE_CHECKING:
-    from maou.trainer.tasks import Task
 
 
 @dataclass(frozen=True)
@@ -153,6 +150,16 @@ class RowMeans:
     def means(self) -> dict[str, torch.Tensor]:
         """Each key's mean over the rows added (on the host; NaN for no rows)."""
         return {key: (total / self.rows if self.rows else total * math.nan).cpu() for key, total in self.sums.items()}
+
+
+class Task(Protocol):
+    """What evaluation needs of a stage's task (:mod:`maou.trainer.tasks`): per-row statistics of a
+    batch, and the stage's metrics from their means over the whole set."""
+
+    def row_stats(self, outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor],
+                  reference: Reference) -> dict[str, torch.Tensor]: ...
+
+    def summarize(self, means: dict[str, torch.Tensor]) -> dict[str, float]: ...
 
 
 # ---- batches -> metrics -------------------------------------------------------------------------

@@ -16,7 +16,8 @@ from maou.data.build import build_datasets
 from maou.trainer.loop import train_stage
 from maou.trainer.mapped import MappedSplit
 from maou.trainer.prefetch import BLOCK_ROWS, Prefetcher, batch_indices, resolve_shuffle
-from maou.trainer.tensors import Split, load_stage_data
+from maou.trainer.split import Split
+from maou.trainer.tensors import load_stage_data
 
 BUNDLED_GAMES = Path(__file__).resolve().parents[2] / "data" / "games"
 

@@ -22,8 +22,8 @@ from maou.trainer.metrics import (
 from maou.trainer.metrics import (
     compute_metrics as _compute_metrics,
 )
+from maou.trainer.split import Split
 from maou.trainer.tasks import task_class
-from maou.trainer.tensors import Split
 
 torch.set_num_threads(1)
 BIG = 20.0

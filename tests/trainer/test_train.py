@@ -17,7 +17,8 @@ from maou.trainer.checkpoint import CHECKPOINT_NAME, load_backbone
 from maou.trainer.loop import learning_rate, train_stage
 from maou.trainer.models import build_model
 from maou.trainer.result import Stop
-from maou.trainer.tensors import Split, StageData, load_stage_data
+from maou.trainer.split import Split
+from maou.trainer.tensors import StageData, load_stage_data
 
 ALL_ZEROS_STAGE1_ACCURACY = 0.902
 

@@ -14,7 +14,7 @@ import math
 from typing import Any
 
 from maou.sweep.identity import ConfigKey
-from maou.sweep.run.decision import RecordedDecision
+from maou.sweep.records import RecordedDecision, StepRecord, TrialRecord, read_step
 
 
 def _f(x: Any, digits: int = 4) -> str:
@@ -62,13 +62,13 @@ def decision_markdown(decision: RecordedDecision) -> list[str]:
     return lines
 
 
-def step_note(study: Any, spec: Any, index: int, decision: RecordedDecision) -> str:
-    step = spec.steps[index]
+def step_note(step: StepRecord, spec: Any, index: int, decision: RecordedDecision) -> str:
     objective = spec.step_objective(index)
     guards = spec.step_guards(index)
-    carried = ConfigKey.of(study.user_attrs.get("carried_in") or {})
-    lines = [f"## Step {index + 1} of {len(spec.steps)}: {step.name}", "",
-             f"**Question:** {step.description or '(no description)'}", "",
+    carried = ConfigKey.of(step.carried_in)
+    described = spec.steps[index]
+    lines = [f"## Step {index + 1} of {len(spec.steps)}: {described.name}", "",
+             f"**Question:** {described.description or '(no description)'}", "",
              f"**Carried in:** {_config(carried)}; **objective:** {objective.metric} ({objective.direction}, "
              f"{objective.reduce} value, whole validation split); **seeds:** {list(spec.seed_list)}"]
     if guards:
@@ -78,58 +78,80 @@ def step_note(study: Any, spec: Any, index: int, decision: RecordedDecision) -> 
     return "\n".join(lines) + "\n"
 
 
-def overview_note(spec: Any, studies: list[Any]) -> str:
+def overview_note(spec: Any, steps: list[StepRecord]) -> str:
     """The whole chain: each step's question, winner and decision (on the first step's study)."""
+    from maou.sweep.results.status import verdict
+
     lines = [f"## Sweep {spec.name}: stage {spec.stage}, {len(spec.steps)} steps", "",
              spec.description or "", "",
              "| step | question | winner | decision |", "|---|---|---|---|"]
     for index, step in enumerate(spec.steps):
-        decision = RecordedDecision.of_study(studies[index]) if index < len(studies) else None
+        decision = steps[index].decision if index < len(steps) else None
         if decision is None:
-            verdict, winner = "not run yet", "-"
+            text, winner = "not run yet", "-"
         else:
-            verdict = ("failed" if decision.failed else "adopted" if decision.adopted else "kept carried") + (
-                f"; edge {', '.join(decision.edge)}" if decision.edge else "")
-            winner = _config(decision.winner_key)
-        lines.append(f"| {index + 1}. {step.name} | {step.description or ''} | {winner} | {verdict} |")
+            text, winner = verdict(decision), _config(decision.winner_key)
+        lines.append(f"| {index + 1}. {step.name} | {step.description or ''} | {winner} | {text} |")
     return "\n".join(lines) + "\n"
 
 
-def trial_note(attrs: dict[str, Any], state: str, value: float | None, winner: bool = False) -> str:
-    key = ConfigKey.of(attrs.get("overrides", {}))
+def trial_note(trial: TrialRecord, winner: bool = False) -> str:
     lines = ["**winner: true**: this trial's configuration won its step", ""] if winner else []
-    lines += [f"**Configuration:** {_config(key)}, **seed** {attrs.get('seed')}", "",
-             f"**State:** {state}" + (f", {attrs.get('metric')} = {_f(value)}" if value is not None else "")]
+    state = trial.state.name
+    lines += [f"**Configuration:** {_config(trial.key)}, **seed** {trial.seed}", "",
+              f"**State:** {state}" + (f", {trial.metric} = {_f(trial.value)}" if trial.value is not None else "")]
     if state == "PRUNED":
-        lines.append(f"**Pruned:** `{attrs.get('prune_reason')}` at step {attrs.get('prune_step')}: "
-                     f"{attrs.get('prune_detail')}")
+        lines.append(f"**Pruned:** `{trial.prune_reason}` at step {trial.prune_step}: {trial.prune_detail}")
     if state == "FAIL":
-        error = (attrs.get("error") or "").strip().splitlines()
-        lines.append(f"**Failed:** {attrs.get('fail_reason')}" + (f": `{error[-1]}`" if error else ""))
-    if attrs.get("reused_from"):
-        lines.append(f"Copied from {attrs['reused_from']} (same configuration and seed).")
+        error = (trial.error or "").strip().splitlines()
+        lines.append(f"**Failed:** {trial.fail_reason}" + (f": `{error[-1]}`" if error else ""))
+    if trial.reused_from:
+        lines.append(f"Copied from {trial.reused_from} (same configuration and seed).")
     return "\n".join(lines) + "\n"
 
 
-def publish_step(study: Any, spec: Any, index: int, first_study: Any, studies: list[Any]) -> None:
-    """The step study's note and figures, and the sweep's overview on the first step's study."""
+def publish_step(spec: Any, index: int, studies: list[Any]) -> None:
+    """Step ``index``'s note and figures, and the sweep's overview on the first step's study
+    (``studies``: the step studies up to ``index``, in order)."""
     import optuna_dashboard
 
     from maou.sweep.results.plots import curves_figure, means_figure
 
-    decision = RecordedDecision.of_study(study)
-    if decision is None:
+    steps = [read_step(s, i, spec.steps[i].name) for i, s in enumerate(studies)]
+    step, study = steps[index], studies[index]
+    if step.decision is None:
         return
     metric = spec.step_objective(index).metric
     title = f"{index + 1:02d}-{spec.steps[index].name}"
     if index > 0:
-        optuna_dashboard.save_note(study, step_note(study, spec, index, decision))
-    trials = study.get_trials(deepcopy=False)
-    optuna_dashboard.save_plotly_graph_object(study, means_figure(decision, metric, title), graph_object_id="means")
-    optuna_dashboard.save_plotly_graph_object(study, curves_figure(trials, metric, title), graph_object_id="curves")
-    first = RecordedDecision.of_study(first_study)  # the first study: the overview, then its own step
-    own = step_note(first_study, spec, 0, first) if first is not None else ""
-    optuna_dashboard.save_note(first_study, overview_note(spec, studies) + "\n---\n\n" + own)
+        optuna_dashboard.save_note(study, step_note(step, spec, index, step.decision))
+    optuna_dashboard.save_plotly_graph_object(study, means_figure(step.decision, metric, title),
+                                              graph_object_id="means")
+    optuna_dashboard.save_plotly_graph_object(study, curves_figure(list(step.trials), metric, title),
+                                              graph_object_id="curves")
+    first = steps[0]
+    own = step_note(first, spec, 0, first.decision) if first.decision is not None else ""
+    optuna_dashboard.save_note(studies[0], overview_note(spec, steps) + "\n---\n\n" + own)
 
 
-__all__ = ["decision_markdown", "leaderboard_markdown", "overview_note", "publish_step", "step_note", "trial_note"]
+class DashboardNotes:
+    """An observer of a sweep run (:class:`maou.sweep.run.recorder.Observer`) that writes what
+    optuna-dashboard shows: each trial's note when its outcome is recorded (and again when its winner
+    mark changes), each step's note and figures, and the chain on the first step's study."""
+
+    def trial_recorded(self, study: Any, record: TrialRecord, winner: bool) -> None:
+        import optuna
+        import optuna_dashboard
+
+        optuna_dashboard.save_note(optuna.trial.Trial(study, record.trial_id), trial_note(record, winner))
+
+    def step_finished(self, spec: Any, index: int, study: Any, decision: Any) -> None:
+        import optuna
+
+        storage = study._storage
+        studies = [optuna.load_study(study_name=spec.study_name(i), storage=storage) for i in range(index)]
+        publish_step(spec, index, [*studies, study])
+
+
+__all__ = ["DashboardNotes", "decision_markdown", "leaderboard_markdown", "overview_note", "publish_step", "step_note",
+           "trial_note"]

@@ -83,24 +83,18 @@ def plan_sweep(spec: SweepSpec, storage: Any = None, measure: bool = True) -> Sw
 
 
 def _from_storage(spec: SweepSpec, storage: Any) -> tuple[set, dict[str, int], list[float]]:
-    import optuna
+    from maou.sweep.records import read_sweep
 
-    from maou.sweep.identity import ConfigKey
-    from maou.sweep.run.recorder import FINISHED
-    from maou.sweep.storage import step_study_names
-
-    present = set(step_study_names(storage, spec.name))
+    record = read_sweep(spec, storage)
     finished, done, walls = set(), {}, []
-    for index in range(len(spec.steps)):
-        name = spec.study_name(index)
-        if name not in present:
+    for step in record.steps:
+        if not step.started:
             continue
-        trials = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False, states=FINISHED)
-        done[name] = len(trials)
-        walls += [t.user_attrs["wall_time_s"] for t in trials
-                  if "wall_time_s" in t.user_attrs and not t.user_attrs.get("reused_from")]
-        if index == 0:
-            finished = {(ConfigKey.parse(t.user_attrs["config_key"]), int(t.user_attrs["seed"])) for t in trials}
+        trials = step.finished_trials
+        done[step.study_name] = len(trials)
+        walls += [t.wall_time_s for t in trials if t.wall_time_s is not None and not t.reused]
+        if step.index == 0:
+            finished = {t.pair for t in trials}
     return finished, done, walls
 
 
@@ -113,7 +107,8 @@ def measure_training_seconds(spec: SweepSpec, steps: int = 6) -> tuple[float | N
     from maou.stages import stage
     from maou.strict import with_overrides
     from maou.trainer.loop import train_stage
-    from maou.trainer.tensors import Split, StageData
+    from maou.trainer.split import Split
+    from maou.trainer.tensors import StageData
 
     base = spec.base_config()
     rows = base.batch_size * 2

@@ -8,7 +8,7 @@ import math
 from typing import Any
 
 from maou.sweep.identity import ConfigKey
-from maou.sweep.run.decision import RecordedDecision
+from maou.sweep.records import RecordedDecision, TrialRecord
 
 WINNER, CARRIED, OTHER, PRUNED = "#2e7d32", "#1565c0", "#9e9e9e", "#c62828"
 
@@ -37,27 +37,27 @@ def means_figure(decision: RecordedDecision, metric: str, title: str) -> Any:
     return figure
 
 
-def curves_figure(trials: list[Any], metric: str, title: str) -> Any:
+def curves_figure(trials: list[TrialRecord], metric: str, title: str) -> Any:
     """Learning curves of ``metric`` per trial; a pruned trial dashed, with an x where it was cut."""
     import plotly.graph_objects as go
 
     figure = go.Figure()
     for t in sorted(trials, key=lambda t: t.number):
-        curves = t.user_attrs.get("curves") or {}
+        curves = t.curves
         steps, values = curves.get("step", []), curves.get(metric, [])
         if not steps or not values:
             continue
         pruned = t.state.name == "PRUNED"
-        name = f"#{t.number} {ConfigKey.of(t.user_attrs.get('overrides', {}))} seed {t.user_attrs.get('seed')}"
+        name = f"#{t.number} {t.key} seed {t.seed}"
         figure.add_trace(go.Scatter(x=steps, y=values, mode="lines", name=name,
                                     line={"dash": "dot" if pruned else "solid", "color": PRUNED if pruned else None}))
         if pruned:
-            cut = t.user_attrs.get("prune_step", steps[-1])
+            cut = t.prune_step if t.prune_step is not None else steps[-1]
             last = next((v for s, v in zip(reversed(steps), reversed(values)) if v is not None and s <= cut), None)
             if last is not None and math.isfinite(last):
                 figure.add_trace(go.Scatter(
                     x=[cut], y=[last], mode="markers", marker={"symbol": "x", "size": 12, "color": PRUNED},
-                    name=f"#{t.number} pruned: {t.user_attrs.get('prune_reason', '?')}", showlegend=False))
+                    name=f"#{t.number} pruned: {t.prune_reason}", showlegend=False))
     figure.update_layout(title=f"{title}: {metric} in training (red dots: pruned at x)",
                          xaxis={"title": "optimizer step"}, yaxis={"title": metric},
                          margin={"l": 60, "r": 20, "t": 60, "b": 40})

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from maou.sweep.identity import ConfigKey
-from maou.sweep.run.decision import RecordedDecision
+from maou.sweep.records import RecordedDecision, StepRecord, read_sweep
 
 _STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
 table{border-collapse:collapse;margin:0.5em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;
@@ -38,14 +38,14 @@ def _verdict(decision: RecordedDecision | None) -> str:
     return f'<span class="{css}">{_e(verdict(decision))}</span>'
 
 
-def _chain(spec: Any, studies: dict[int, Any]) -> str:
+def _chain(spec: Any, steps: tuple[StepRecord, ...]) -> str:
     rows = []
     for index, step in enumerate(spec.steps):
-        decision = RecordedDecision.of_study(studies[index]) if index in studies else None
+        decision = steps[index].decision
         winner = _config(decision.winner_key) if decision is not None else "-"
         rows.append(f"<tr><td>{index + 1}. <a href='#step-{index + 1}'>{_e(step.name)}</a></td>"
                     f"<td>{_e(step.description)}</td><td>{winner}</td>"
-                    f"<td>{_verdict(decision) if index in studies else 'not run yet'}</td></tr>")
+                    f"<td>{_verdict(decision) if steps[index].started else 'not run yet'}</td></tr>")
     return ("<table><tr><th>step</th><th>question</th><th>winner</th><th>decision</th></tr>"
             + "".join(rows) + "</table>")
 
@@ -65,23 +65,23 @@ def _leaderboard(decision: RecordedDecision) -> str:
     return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
 
 
-def _counts(trials: list[Any]) -> str:
-    counts = Counter((t.state.name, t.user_attrs.get("prune_reason", "") if t.state.name == "PRUNED" else "")
-                     for t in trials)
+def _counts(step: StepRecord) -> str:
+    counts = Counter((t.state.name, (t.prune_reason or "") if t.state.name == "PRUNED" else "")
+                     for t in step.trials)
     items = ", ".join(f"{_e(state)}{' (' + _e(reason) + ')' if reason else ''}: {n}"
                       for (state, reason), n in sorted(counts.items()))
     return f"<p>Trials: {items}</p>"
 
 
-def _step_section(spec: Any, index: int, study: Any, first_figure: bool) -> tuple[str, bool]:
+def _step_section(spec: Any, index: int, record: StepRecord, first_figure: bool) -> tuple[str, bool]:
     from maou.sweep.results.plots import curves_figure, means_figure
 
     step, objective = spec.steps[index], spec.step_objective(index)
-    decision = RecordedDecision.of_study(study)
-    trials = study.get_trials(deepcopy=False)
+    decision = record.decision
+    trials = list(record.trials)
     parts = [f"<section id='step-{index + 1}'><h2>{index + 1}. {_e(step.name)}</h2>",
              f"<p><b>Question:</b> {_e(step.description)}<br><b>Objective:</b> {_e(objective.metric)} "
-             f"({_e(objective.direction)})</p>", _counts(trials)]
+             f"({_e(objective.direction)})</p>", _counts(record)]
     if decision is None:
         return "".join(parts) + "<p>In progress: no decision yet.</p></section>", first_figure
     title = f"{index + 1:02d}-{step.name}"
@@ -94,21 +94,16 @@ def _step_section(spec: Any, index: int, study: Any, first_figure: bool) -> tupl
 
 
 def build_report(spec: Any, storage: Any) -> str:
-    import optuna
-
-    from maou.sweep.storage import step_study_names
-
-    present = set(step_study_names(storage, spec.name))
-    studies = {i: optuna.load_study(study_name=spec.study_name(i), storage=storage)
-               for i in range(len(spec.steps)) if spec.study_name(i) in present}
+    record = read_sweep(spec, storage)
     sections, first_figure = [], True
-    for index, study in sorted(studies.items()):
-        section, first_figure = _step_section(spec, index, study, first_figure)
-        sections.append(section)
+    for step in record.steps:
+        if step.started:
+            section, first_figure = _step_section(spec, step.index, step, first_figure)
+            sections.append(section)
     title = f"sweep {spec.name}: stage {spec.stage}"
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{_e(title)}</title><style>{_STYLE}</style>"
             f"</head><body><h1>{_e(title)}</h1><p>{_e(spec.description)}</p><h2>The chain of steps</h2>"
-            f"{_chain(spec, studies)}{''.join(sections)}</body></html>")
+            f"{_chain(spec, record.steps)}{''.join(sections)}</body></html>")
 
 
 def write_report(spec: Any, out: str | Path | None = None, storage_url: str | None = None) -> Path:

@@ -3,14 +3,13 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any
 
-from maou.sweep.run.decision import RecordedDecision
+from maou.sweep.records import RecordedDecision, read_sweep
 
 
 def verdict(decision: RecordedDecision | None) -> str:
-    """One line for a step's decision."""
+    """One line for a step's decision (the same words in status, the report and the dashboard)."""
     if decision is None:
         return "in progress"
     if decision.failed:
@@ -27,31 +26,20 @@ def verdict(decision: RecordedDecision | None) -> str:
 
 
 def sweep_status(spec: Any, storage_url: str | None = None) -> dict[str, Any]:
-    import optuna
-
-    from maou.sweep.storage import mask_url, open_storage, step_study_names
-
-    url = storage_url or spec.storage_url
-    storage = open_storage(url, create=False)
-    present = set(step_study_names(storage, spec.name))
+    record = read_sweep(spec, storage_url=storage_url)
     steps = []
-    for index, step in enumerate(spec.steps):
-        name = spec.study_name(index)
-        entry: dict[str, Any] = {"study": name, "step": step.name, "started": name in present}
-        if name in present:
-            study = optuna.load_study(study_name=name, storage=storage)
-            trials = study.get_trials(deepcopy=False)
-            entry["trials"] = dict(Counter(t.state.name for t in trials))
-            entry["prune_reasons"] = dict(Counter(t.user_attrs.get("prune_reason", "?") for t in trials
-                                                  if t.state.name == "PRUNED"))
-            decision = RecordedDecision.of_study(study)
-            entry["verdict"] = verdict(decision)
-            if decision is not None:
-                winner = decision.winner
-                entry["decision"] = {**study.user_attrs["decision"], "winner_mean": winner.mean if winner else None,
+    for step in record.steps:
+        entry: dict[str, Any] = {"study": step.study_name, "step": step.name, "started": step.started}
+        if step.started:
+            entry["trials"] = dict(step.states())
+            entry["prune_reasons"] = dict(step.prune_reasons())
+            entry["verdict"] = verdict(step.decision)
+            if step.decision is not None:
+                winner = step.decision.winner
+                entry["decision"] = {**step.decision.attrs, "winner_mean": winner.mean if winner else None,
                                      "winner_sem": winner.sem if winner else None}
         steps.append(entry)
-    return {"sweep": spec.name, "stage": spec.stage, "storage": mask_url(url), "seeds": list(spec.seed_list),
+    return {"sweep": spec.name, "stage": spec.stage, "storage": record.storage, "seeds": list(spec.seed_list),
             "steps": steps}
 
 

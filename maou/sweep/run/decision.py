@@ -18,12 +18,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
 from maou.sweep.identity import ConfigKey
-from maou.sweep.run.recorder import is_interrupted
+from maou.sweep.records import TrialRecord
 from maou.sweep.run.stats import Paired, alpha_of, critical_gain, holm, paired
-from maou.sweep.spec import Guard, ResolvedObjective, Selection
+from maou.sweep.spec import Guard, Objective, Selection
 
 
 @dataclass
@@ -109,7 +109,7 @@ class StepDecision:
     edge: list[str] = field(default_factory=list)
     #: Values a grid grew by past its edge, per key.
     extended: dict[str, list[Any]] = field(default_factory=dict)
-    objective: ResolvedObjective | None = None
+    objective: Objective | None = None
 
     @property
     def winner(self) -> ConfigStats:
@@ -156,29 +156,25 @@ class StepDecision:
                                  "n": s.n, "pruned": s.pruned, "failed": s.failed} for s in self.stats]}
 
 
-def collect_stats(trials: Iterable[FrozenTrial], reduce: str = "final",
+def collect_stats(trials: Iterable[TrialRecord], reduce: str = "final",
                   guard_metrics: Iterable[str] = ()) -> dict[ConfigKey, ConfigStats]:
     """Group a step's ended trials by configuration (interrupted ones are not results)."""
-    metrics_attr = "final_metrics" if reduce == "final" else "best_metrics"
     guards = tuple(guard_metrics)
     stats: dict[ConfigKey, ConfigStats] = {}
     for t in trials:
-        text = t.user_attrs.get("config_key")
-        if text is None or t.state in (TrialState.RUNNING, TrialState.WAITING) or is_interrupted(t):
+        if t.running or t.interrupted:
             continue
-        key = ConfigKey.parse(text)
-        s = stats.setdefault(key, ConfigStats(key))
+        s = stats.setdefault(t.key, ConfigStats(t.key))
         if t.state == TrialState.COMPLETE:
             assert t.value is not None
-            seed = int(t.user_attrs.get("seed", len(s.values)))
-            s.values[seed] = float(t.value)
-            recorded = t.user_attrs.get(metrics_attr) or {}
+            s.values[t.seed] = float(t.value)
+            recorded = t.metrics(reduce)
             for metric in guards:
                 value = recorded.get(metric)
-                s.guard_values.setdefault(metric, {})[seed] = math.nan if value is None else float(value)
+                s.guard_values.setdefault(metric, {})[t.seed] = math.nan if value is None else float(value)
         elif t.state == TrialState.PRUNED:
             s.pruned += 1
-            s.prune_reasons.append(t.user_attrs.get("prune_reason", "pruned"))
+            s.prune_reasons.append(t.prune_reason or "pruned")
         else:
             s.failed += 1
     return stats
@@ -204,7 +200,7 @@ def describe_rule(selection: Selection, guards: tuple[Guard, ...]) -> str:
             f"pruned or failed configurations never win")
 
 
-def decide(stats: dict[ConfigKey, ConfigStats], carried_key: ConfigKey, objective: ResolvedObjective,
+def decide(stats: dict[ConfigKey, ConfigStats], carried_key: ConfigKey, objective: Objective,
            selection: Selection, guards: tuple[Guard, ...] = ()) -> StepDecision:
     """Pick the step's winner (see the module docstring)."""
     sign = 1.0 if objective.direction == "maximize" else -1.0
@@ -239,55 +235,4 @@ def decide(stats: dict[ConfigKey, ConfigStats], carried_key: ConfigKey, objectiv
                         comparisons, objective=objective)
 
 
-@dataclass(frozen=True)
-class LeaderboardEntry:
-    key: ConfigKey
-    mean: float | None
-    std: float | None
-    n: int
-    pruned: int
-    failed: int
-    sem: float | None = None
-
-
-@dataclass(frozen=True)
-class RecordedDecision:
-    """A decision as read back from a study's ``decision`` attribute (status, export, views)."""
-
-    carried_key: ConfigKey
-    winner_key: ConfigKey
-    adopted: bool
-    margin: float | None
-    noise: float | None
-    threshold: float | None
-    rule: str
-    leaderboard: tuple[LeaderboardEntry, ...]
-    failed: bool = False
-    noise_measured: bool = True
-    edge: tuple[str, ...] = ()
-    comparisons: tuple[dict[str, Any], ...] = ()
-
-    @classmethod
-    def from_attrs(cls, attrs: dict[str, Any]) -> RecordedDecision:
-        board = tuple(LeaderboardEntry(ConfigKey.of(e["config"]), e["mean"], e["std"], e["n"], e["pruned"],
-                                       e["failed"], e.get("sem")) for e in attrs["leaderboard"])
-        return cls(ConfigKey.parse(attrs["carried_key"]), ConfigKey.parse(attrs["winner_key"]), attrs["adopted"],
-                   attrs["margin"], attrs["noise"], attrs["threshold"], attrs["rule"], board,
-                   bool(attrs.get("failed", False)), bool(attrs.get("noise_measured", True)),
-                   tuple(attrs.get("edge", ())), tuple(attrs.get("comparisons", ())))
-
-    @classmethod
-    def of_study(cls, study: Any) -> RecordedDecision | None:
-        attrs = study.user_attrs.get("decision")
-        return cls.from_attrs(attrs) if attrs else None
-
-    @property
-    def winner(self) -> LeaderboardEntry | None:
-        return next((e for e in self.leaderboard if e.key == self.winner_key), None)
-
-    def comparison_of(self, key: ConfigKey) -> dict[str, Any] | None:
-        return next((c for c in self.comparisons if ConfigKey.of(c["config"]) == key), None)
-
-
-__all__ = ["Comparison", "ConfigStats", "LeaderboardEntry", "RecordedDecision", "StepDecision", "collect_stats",
-           "decide", "describe_rule"]
+__all__ = ["Comparison", "ConfigStats", "StepDecision", "collect_stats", "decide", "describe_rule"]

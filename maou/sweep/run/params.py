@@ -24,16 +24,9 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
-from maou.strict import field_types
+from maou.strict import lookup
 from maou.sweep.spec import ParamRange, Step
 from maou.trainer.config import TrainConfig
-
-
-def _field_type(key: str) -> Any:
-    tp: Any = TrainConfig
-    for part in key.split("."):
-        tp = field_types(tp)[part]
-    return tp
 
 
 def _without_none(tp: Any) -> Any:
@@ -45,7 +38,7 @@ def _without_none(tp: Any) -> Any:
 
 def grid_distribution(key: str, values: Iterable[Any]) -> BaseDistribution | None:
     """The distribution of grid key ``key`` over ``values`` (None: not an Optuna parameter)."""
-    tp = _without_none(_field_type(key))
+    tp = _without_none(lookup(TrainConfig, key))
     if tp is bool:
         return CategoricalDistribution([False, True])
     if get_origin(tp) is Literal:
@@ -77,12 +70,7 @@ def step_distributions(step: Step, searched: tuple[str, ...], candidates: Iterab
         if step.search is not None:
             dists[key] = search_distribution(step.search.params[key])
             continue
-        values = []
-        for config in configs:
-            node = config
-            for part in key.split("."):
-                node = getattr(node, part)
-            values.append(node)
+        values = [lookup(config, key) for config in configs]
         dist = grid_distribution(key, values)
         if dist is not None:
             dists[key] = dist

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from maou.errors import UserError
+from maou.strict import lookup
 from maou.sweep.spec import WINNER_OF, SweepSpec, step_candidates
 
 #: Free space the runs folder must have before a sweep starts (checkpoints, Ray's files).
@@ -35,11 +36,7 @@ def check_writable(folder: Path, what: str) -> None:
 
 def _values_of(spec: SweepSpec, key: str) -> list[tuple[str, Any]]:
     """(where, value) of every value ``key`` takes in the spec: the base and each step."""
-    base = spec.base_config()
-    node: Any = base
-    for part in key.split("."):
-        node = getattr(node, part)
-    found = [("base", node)]
+    found = [("base", lookup(spec.base_config(), key))]
     for i, step in enumerate(spec.steps):
         for overrides in step_candidates(step):
             if key in overrides:

@@ -20,13 +20,14 @@ import optuna
 
 from maou.errors import UserError
 from maou.strict import flatten, to_dict
-from maou.sweep.results import notes
+from maou.sweep.locate import load_spec
+from maou.sweep.records import SweepRecord, read_step, read_sweep
 from maou.sweep.run import faults
 from maou.sweep.run.decision import StepDecision, collect_stats, decide
 from maou.sweep.run.edges import extension, grid_edges, with_extensions
-from maou.sweep.run.recorder import Objective, TrialRecorder
+from maou.sweep.run.recorder import Observer, Observers, TrialRecorder
 from maou.sweep.run.step import StepContext, open_step
-from maou.sweep.spec import WINNER_OF, SweepSpec, load_spec
+from maou.sweep.spec import WINNER_OF, SweepSpec
 
 
 def fingerprint(spec: SweepSpec, dataset_hash: str | None, index: int) -> dict[str, Any]:
@@ -42,7 +43,7 @@ def fingerprint(spec: SweepSpec, dataset_hash: str | None, index: int) -> dict[s
 
 def check_fingerprint(study: optuna.Study, spec: SweepSpec, dataset_hash: str | None, index: int) -> None:
     """Record the step's fingerprint on a new study; refuse one that was run with another setup."""
-    old = study.user_attrs.get("fingerprint")
+    old = read_step(study, index).fingerprint
     new = json.loads(json.dumps(fingerprint(spec, dataset_hash, index)))
     if old is None:
         study.set_user_attr("fingerprint", new)
@@ -59,30 +60,20 @@ def check_fingerprint(study: optuna.Study, spec: SweepSpec, dataset_hash: str | 
 
 def resolve_winner_of(reference: str) -> str:
     """``winner-of:SPEC`` -> the checkpoint of that sweep's winning trial (best seed of the winner)."""
-    from maou.sweep.storage import open_storage, step_study_names
-
     match = WINNER_OF.match(reference)
     assert match is not None, reference
     other = load_spec(match.group("spec"))
-    storage = open_storage(other.storage_url, create=False)
+    record: SweepRecord = read_sweep(other)
     last = other.study_name(len(other.steps) - 1)  # the spec's last step decides, not the storage
-    study = (optuna.load_study(study_name=last, storage=storage)
-             if last in step_study_names(storage, other.name) else None)
-    decision = study.user_attrs.get("decision") if study is not None else None
-    if study is None or not decision or decision.get("failed"):
+    if record.final is None:
         raise UserError(f"{reference}: sweep {other.name!r} has not finished its last step ({last}); "
                         f"run `sweep run {match.group('spec')}`")
-    winner_key = decision["winner_key"]
-    trials = [t for t in study.trials if t.user_attrs.get("config_key") == winner_key and t.value is not None
-              and t.user_attrs.get("checkpoint")]
-    if not trials:
+    best = record.winner_trial(other.step_objective(len(other.steps) - 1).direction)
+    if best is None or best.checkpoint is None:
         raise UserError(f"{reference}: no checkpoint recorded for the winner of {other.name!r}")
-    maximize = other.step_objective(len(other.steps) - 1).direction == "maximize"
-    best = (max if maximize else min)(trials, key=lambda t: t.value or 0.0)
-    path = best.user_attrs["checkpoint"]
-    if not Path(path).is_file():
-        raise UserError(f"{reference}: the winner's checkpoint {path} is missing")
-    return path
+    if not Path(best.checkpoint).is_file():
+        raise UserError(f"{reference}: the winner's checkpoint {best.checkpoint} is missing")
+    return best.checkpoint
 
 
 def train_rows(spec: SweepSpec, dataset_dir: str | None) -> int:
@@ -114,16 +105,6 @@ class StepFailed(UserError):
                          f"the sweep stops here. Fix the cause and run it again to resume.")
 
 
-def _failure_reasons(study: optuna.Study) -> Counter:
-    reasons: Counter = Counter()
-    for t in study.get_trials(deepcopy=False):
-        if t.state == optuna.trial.TrialState.PRUNED:
-            reasons[f"pruned {t.user_attrs.get('prune_reason', '?')}"] += 1
-        elif t.state == optuna.trial.TrialState.FAIL:
-            reasons[f"failed {t.user_attrs.get('fail_reason', '?')}"] += 1
-    return reasons
-
-
 def _sampler(spec: SweepSpec, index: int) -> optuna.samplers.BaseSampler:
     search = spec.steps[index].search
     if search is None:
@@ -135,19 +116,20 @@ def _sampler(spec: SweepSpec, index: int) -> optuna.samplers.BaseSampler:
     return optuna.samplers.RandomSampler(seed=search.sampler_seed)
 
 
-def _objective(spec: SweepSpec, index: int) -> Objective:
-    """The recorder's objective of step ``index`` (its metric, direction, reduce; Optuna's pruner)."""
+def _recorder(spec: SweepSpec, index: int, study: optuna.Study, observer: Observer | None = None) -> TrialRecorder:
+    """The trial recorder of step ``index``: its objective, and Optuna's pruner if one is consulted."""
     kind = spec.pruning.optuna.kind
-    chosen = spec.step_objective(index)
-    return Objective(chosen.metric, chosen.direction, chosen.reduce,
-                     optuna_pruner=kind if spec.pruning.enabled and kind != "none" else None)
+    return TrialRecorder(study, spec.step_objective(index), observer,
+                         optuna_pruner=kind if spec.pruning.enabled and kind != "none" else None)
 
 
 def run_sweep(spec: SweepSpec, storage_url: str | None = None, executor: Any = None, view: Any = None,
-              storage: Any = None) -> SweepOutcome:
+              storage: Any = None, observers: tuple[Any, ...] = ()) -> SweepOutcome:
     """Run (or resume) every step of ``spec`` in order; returns each step's decision.
 
     ``storage`` (an Optuna storage object) takes precedence over ``storage_url`` and the spec's URL.
+    ``view`` and ``observers`` hear of steps and trials (:class:`~maou.sweep.run.recorder.Observer`):
+    the live display, the dashboard notes (:class:`maou.sweep.results.notes.DashboardNotes`).
     """
     from maou.sweep.run.executors import make_executor
     from maou.sweep.run.lock import sweep_lock
@@ -159,12 +141,12 @@ def run_sweep(spec: SweepSpec, storage_url: str | None = None, executor: Any = N
     with sweep_lock(storage, spec.name):
         context = _prepare(spec)
         executor = executor if executor is not None else make_executor(spec.executor)
-        return _run_steps(spec, storage, context, executor, view)
+        return _run_steps(spec, storage, context, executor, Observers(view, *observers))
 
 
 def _prepare(spec: SweepSpec) -> StepContext:
     """The datasets (built if needed), then the preflight checks: all before anything trains."""
-    from maou.sweep.run.job import dataset_of
+    from maou.data.resolve import dataset_of
     from maou.sweep.run.preflight import preflight
 
     base = spec.base_config()
@@ -202,15 +184,14 @@ def _open_study(spec: SweepSpec, index: int, storage: Any, context: StepContext,
 
 
 def _run_step(spec: SweepSpec, index: int, study: optuna.Study, context: StepContext, executor: Any,
-              view: Any, carried: dict[str, Any], earlier: list[optuna.Study]) -> StepDecision:
+              view: Observer, carried: dict[str, Any], earlier: list[optuna.Study]) -> StepDecision:
     """Run the step's trainings and decide; a grid with ``extend`` grows past an edge and runs again."""
     step, objective, guards = spec.steps[index], spec.step_objective(index), spec.step_guards(index)
-    extended: dict[str, list[Any]] = dict(study.user_attrs.get("grid_extensions", {}))
-    recorder = TrialRecorder(study, _objective(spec, index), view)
+    extended: dict[str, list[Any]] = read_step(study, index).grid_extensions
+    recorder = _recorder(spec, index, study, view)
     while True:
         run = open_step(context, index, study, recorder, carried, earlier, with_extensions(step, extended))
-        if view is not None:
-            view.step_started(spec, index, study, run)
+        view.step_started(spec, index, study, run)
         try:
             executor.run(run)
         except KeyboardInterrupt:
@@ -218,7 +199,7 @@ def _run_step(spec: SweepSpec, index: int, study: optuna.Study, context: StepCon
             # (this driver holds the sweep lock: every RUNNING trial is its own) runs again on resume
             recorder.fail_stale()
             raise
-        stats = collect_stats(study.get_trials(deepcopy=False), objective.reduce, [g.metric for g in guards])
+        stats = collect_stats(read_step(study, index).trials, objective.reduce, [g.metric for g in guards])
         decision = decide(stats, run.carried_key, objective, spec.selection, guards)
         if decision.failed:
             return decision
@@ -234,7 +215,7 @@ def _run_step(spec: SweepSpec, index: int, study: optuna.Study, context: StepCon
         study.set_user_attr("grid_extensions", extended)
 
 
-def _run_steps(spec: SweepSpec, storage: Any, context: StepContext, executor: Any, view: Any) -> SweepOutcome:
+def _run_steps(spec: SweepSpec, storage: Any, context: StepContext, executor: Any, view: Observer) -> SweepOutcome:
     carried: dict[str, Any] = {}
     decisions: list[StepDecision] = []
     studies: list[optuna.Study] = []
@@ -243,12 +224,10 @@ def _run_steps(spec: SweepSpec, storage: Any, context: StepContext, executor: An
         decision = _run_step(spec, index, study, context, executor, view, carried, studies)
         faults.point("decision")
         study.set_user_attr("decision", decision.as_attrs())
-        TrialRecorder(study, _objective(spec, index)).mark_winner(decision.winner_key.text)
-        notes.publish_step(study, spec, index, studies[0] if studies else study, [*studies, study])
-        if view is not None:
-            view.step_finished(spec, index, study, decision)
+        _recorder(spec, index, study, view).mark_winner(decision.winner_key)
+        view.step_finished(spec, index, study, decision)
         if decision.failed:
-            raise StepFailed(study.study_name, _failure_reasons(study))
+            raise StepFailed(study.study_name, read_step(study, index).failure_reasons())
         carried = dict(decision.winner_key.overrides)
         study.set_user_attr("carried_out", carried)
         decisions.append(decision)

@@ -17,29 +17,24 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from maou.stages import Direction
+from maou.sweep.identity import ConfigKey
+from maou.sweep.records import FINISHED, INTERRUPTED, TrialRecord
 from maou.sweep.run import faults
 from maou.sweep.run.planner import Training
+from maou.sweep.spec import Objective
 from maou.trainer.result import History, Stop, TrainResult
 
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-INTERRUPTED = "interrupted"
 OPTUNA_PRUNER = "optuna_pruner"
 #: Metrics whose whole curve is kept on each trial (``curves`` user attribute), beside the
 #: objective's intermediate values: what a person checks when a run looks wrong.
 CURVE_METRICS = ("train_loss", "val_loss", "val_f1", "val_pred_pos_rate", "val_policy_top1",
                  "val_policy_entropy", "val_value_skill", "val_value_std", "val_value_accuracy", "val_accuracy")
-
-
-def is_interrupted(trial: FrozenTrial) -> bool:
-    """A FAIL left by an interrupted run: not a result, run again on resume."""
-    return trial.state == TrialState.FAIL and trial.user_attrs.get("fail_reason") == INTERRUPTED
 
 
 def _finite_or_none(value: float | None) -> float | None:
@@ -65,17 +60,16 @@ def suggest(trial: optuna.Trial, name: str, dist: BaseDistribution) -> Any:
     return trial.suggest_float(name, dist.low, dist.high, step=dist.step, log=dist.log)  # type: ignore[attr-defined]
 
 
-class Observer(Protocol):
-    """What a view is told as trials run (``maou.cli.view``); every method may be a no-op."""
+class Observer:
+    """What a sweep's onlookers are told (the live view, the dashboard notes); every method is a no-op
+    here, so an observer overrides what it needs. The protocol tells steps, the recorder trials."""
 
-    def trial_started(self, handle: TrialHandle) -> None: ...
-    def trial_reported(self, handle: TrialHandle, step: int, metrics: dict[str, float]) -> None: ...
-    def trial_progress(self, handle: TrialHandle, step: int, total: int, samples_per_s: float | None) -> None: ...
-    def trial_finished(self, handle: TrialHandle, state: TrialState, reason: str,
-                       value: float | None = None) -> None: ...
+    def step_started(self, spec: Any, index: int, study: optuna.Study, run: Any) -> None:
+        pass
 
+    def step_finished(self, spec: Any, index: int, study: optuna.Study, decision: Any) -> None:
+        pass
 
-class _Silent:
     def trial_started(self, handle: TrialHandle) -> None:
         pass
 
@@ -88,6 +82,28 @@ class _Silent:
     def trial_finished(self, handle: TrialHandle, state: TrialState, reason: str,
                        value: float | None = None) -> None:
         pass
+
+    def trial_recorded(self, study: optuna.Study, record: TrialRecord, winner: bool) -> None:
+        """A trial's outcome is final in the storage (finished, copied), or its winner mark changed."""
+
+
+class Observers(Observer):
+    """Several observers told in turn."""
+
+    def __init__(self, *observers: Observer | None) -> None:
+        self.observers = [o for o in observers if o is not None]
+
+    def __getattribute__(self, name: str) -> Any:
+        if name.startswith(("step_", "trial_")):
+            targets = object.__getattribute__(self, "observers")
+
+            def tell(*args: Any, **kwargs: Any) -> None:
+                for o in targets:
+                    method = getattr(o, name, None)  # a view may listen to only some events
+                    if method is not None:
+                        method(*args, **kwargs)
+            return tell
+        return object.__getattribute__(self, name)
 
 
 @dataclass
@@ -108,21 +124,15 @@ class TrialHandle:
         return self.trial.number
 
 
-@dataclass(frozen=True)
-class Objective:
-    metric: str
-    direction: Direction
-    reduce: str = "final"
-    #: The kind of Optuna pruner consulted after every evaluation (None: none is).
-    optuna_pruner: str | None = None
-
-
 class TrialRecorder:
     """Writes the trials of one step study."""
 
-    def __init__(self, study: optuna.Study, objective: Objective, observer: Observer | None = None) -> None:
+    def __init__(self, study: optuna.Study, objective: Objective, observer: Observer | None = None,
+                 optuna_pruner: str | None = None) -> None:
         self.study, self.objective = study, objective
-        self.observer: Observer = observer if observer is not None else _Silent()
+        self.observer: Observer = observer if observer is not None else Observer()
+        #: The kind of Optuna pruner consulted after every evaluation (None: none is).
+        self.optuna_pruner = optuna_pruner
 
     # ------------------------------------------------------------------ starting
     def fail_stale(self) -> int:
@@ -158,21 +168,22 @@ class TrialRecorder:
         self.observer.trial_started(handle)
         return handle
 
-    def copy(self, source: FrozenTrial, value: float | None, params: dict[str, Any],
+    def copy(self, source: TrialRecord, value: float | None, params: dict[str, Any],
              distributions: dict[str, BaseDistribution], step_name: str) -> None:
         """A finished trial of an earlier step, added to this study as it is (``reused_from``),
         with ``value`` its value under this step's objective."""
         faults.point("copy")
         o = self.objective
+        frozen = self.study._storage.get_trial(source.trial_id)
         self.study.add_trial(optuna.trial.create_trial(
             state=source.state, value=value if source.state == TrialState.COMPLETE else None,
             params=params, distributions={k: distributions[k] for k in params},
-            user_attrs={**source.user_attrs, "step": step_name, "study": self.study.study_name,
+            user_attrs={**frozen.user_attrs, "step": step_name, "study": self.study.study_name,
                         "metric": o.metric, "direction": o.direction, "reduce": o.reduce,
-                        "reused_from": f"{source.user_attrs.get('study', '?')}#{source.number}"},
+                        "reused_from": f"{source.study}#{source.number}"},
             intermediate_values=dict(source.intermediate_values)))
         copied = self.study.get_trials(deepcopy=False)[-1]  # add_trial appends
-        self._note(optuna.trial.Trial(self.study, copied._trial_id), copied.state, copied.value)
+        self._recorded(copied)
 
     # ------------------------------------------------------------------ running
     def report(self, handle: TrialHandle, step: int, metrics: dict[str, float]) -> Stop | None:
@@ -186,8 +197,8 @@ class TrialRecorder:
         if step > 0 and value is not None and math.isfinite(value):
             handle.trial.report(value, step)
         self.observer.trial_reported(handle, step, metrics)
-        if self.objective.optuna_pruner and step > 0 and handle.trial.should_prune():
-            handle.stop = Stop(OPTUNA_PRUNER, f"{self.objective.optuna_pruner} pruner: "
+        if self.optuna_pruner and step > 0 and handle.trial.should_prune():
+            handle.stop = Stop(OPTUNA_PRUNER, f"{self.optuna_pruner} pruner: "
                                f"{self.objective.metric}={value} at step {step}", step)
             return handle.stop
         return None
@@ -242,30 +253,24 @@ class TrialRecorder:
             self.study.tell(trial, value)
         else:
             self.study.tell(trial, state=state)
-        self._note(trial, state, value)
+        self._recorded(self.study._storage.get_trial(trial._trial_id))
         self.observer.trial_finished(handle, state, reason, value)
         return state
 
-    def _note(self, trial: optuna.Trial, state: TrialState, value: float | None, winner: bool = False) -> None:
-        """The trial's note for optuna-dashboard: its configuration, seed and how it ended."""
-        import optuna_dashboard
+    def _recorded(self, frozen: FrozenTrial, winner: bool = False) -> None:
+        self.observer.trial_recorded(self.study, TrialRecord.of(frozen, self.study.study_name), winner)
 
-        from maou.sweep.results.notes import trial_note
-
-        attrs = self.study._storage.get_trial_user_attrs(trial._trial_id)
-        optuna_dashboard.save_note(trial, trial_note(attrs, state.name, value, winner))
-
-    def mark_winner(self, winner_key_text: str) -> list[int]:
-        """Mark the trials of the step's winning configuration: the study's ``winner_trials``, and
-        ``winner: true`` at the top of their notes (Optuna allows no attribute of a finished trial
-        to change, so the marker lives there)."""
+    def mark_winner(self, winner: ConfigKey) -> list[int]:
+        """Mark the trials of the step's winning configuration: the study's ``winner_trials``; the
+        observers hear of every trial whose mark changed (Optuna allows no attribute of a finished
+        trial to change, so the dashboard shows the mark in the trial's note)."""
         finished = self.study.get_trials(deepcopy=False, states=FINISHED)
-        winners = [t.number for t in finished if t.user_attrs.get("config_key") == winner_key_text]
+        winners = [t.number for t in finished if TrialRecord.of(t, self.study.study_name).key == winner]
         previous = set(self.study.user_attrs.get("winner_trials", []))
         self.study.set_user_attr("winner_trials", winners)
         for t in finished:
             if (t.number in winners) != (t.number in previous):
-                self._note(optuna.trial.Trial(self.study, t._trial_id), t.state, t.value, t.number in winners)
+                self._recorded(t, t.number in winners)
         return winners
 
     @staticmethod
@@ -285,5 +290,4 @@ class TrialRecorder:
         self.observer.trial_finished(handle, TrialState.FAIL, INTERRUPTED)
 
 
-__all__ = ["CURVE_METRICS", "FINISHED", "INTERRUPTED", "Objective", "Observer", "TrialHandle", "TrialRecorder",
-           "curves", "is_interrupted", "suggest"]
+__all__ = ["CURVE_METRICS", "Observer", "Observers", "TrialHandle", "TrialRecorder", "curves", "suggest"]

@@ -20,10 +20,11 @@ from optuna.trial import TrialState
 import maou
 from maou.strict import to_dict, with_overrides
 from maou.sweep.identity import ConfigKey
+from maou.sweep.records import TrialRecord, read_step
 from maou.sweep.run.job import Job
 from maou.sweep.run.params import step_distributions, trial_params
 from maou.sweep.run.planner import Pair, StepPlan, Training, configuration, plan_step
-from maou.sweep.run.recorder import FINISHED, TrialHandle, TrialRecorder
+from maou.sweep.run.recorder import TrialHandle, TrialRecorder
 from maou.sweep.spec import WINNER_OF, Step, SweepSpec
 from maou.trainer.config import TrainConfig
 
@@ -50,37 +51,24 @@ def open_step(context: StepContext, index: int, study: optuna.Study, recorder: T
     spec = context.spec
     step = step if step is not None else spec.steps[index]
     recorder.fail_stale()
-    trials = study.get_trials(deepcopy=False)
-    finished: set[Pair] = {_pair(t) for t in trials if t.state in FINISHED}
+    current = read_step(study, index)
+    finished: set[Pair] = {t.pair for t in current.finished_trials}
     sampled: dict[ConfigKey, TrainConfig] = {}
     if step.search is not None:  # what the sampler proposed in earlier runs of this step
-        for key, _ in (_pair(t) for t in trials if t.state in FINISHED):
-            sampled.setdefault(key, with_overrides(context.base, key.overrides, "trial"))
-    reusable: dict[Pair, optuna.trial.FrozenTrial] = {}
-    for other in earlier:
-        for t in other.get_trials(deepcopy=False, states=FINISHED):
-            if _value_for(t, recorder.objective) is not None or t.state != TrialState.COMPLETE:
-                reusable.setdefault(_pair(t), t)
+        for t in current.finished_trials:
+            sampled.setdefault(t.key, with_overrides(context.base, t.key.overrides, "trial"))
+    objective = recorder.objective
+    reusable: dict[Pair, TrialRecord] = {}
+    for i, other in enumerate(earlier):
+        for t in read_step(other, i).finished_trials:
+            if t.value_under(objective.metric, objective.reduce) is not None or t.state != TrialState.COMPLETE:
+                reusable.setdefault(t.pair, t)
     plan = plan_step(step, index, context.base, carried, spec.seed_list, finished, sampled, reusable)
     dists = step_distributions(step, plan.searched, plan.candidates.values())
     for training, source in plan.to_copy:
-        recorder.copy(source, _value_for(source, recorder.objective), trial_params(dists, plan.params(training.config)),
-                      dists, step.name)
+        recorder.copy(source, source.value_under(objective.metric, objective.reduce),
+                      trial_params(dists, plan.params(training.config)), dists, step.name)
     return StepRun(context, index, plan, dists, recorder)
-
-
-def _value_for(trial: optuna.trial.FrozenTrial, objective: Any) -> float | None:
-    """A finished trial's value under another step's objective: its own when the objective is the
-    same, its final metric when the objective reduces to the final one, else None (train again)."""
-    attrs = trial.user_attrs
-    if attrs.get("metric") == objective.metric and attrs.get("reduce", "final") == objective.reduce:
-        return trial.value
-    value = (trial.user_attrs.get("final_metrics") or {}).get(objective.metric)
-    return float(value) if objective.reduce == "final" and value is not None else None
-
-
-def _pair(trial: optuna.trial.FrozenTrial) -> Pair:
-    return ConfigKey.parse(trial.user_attrs["config_key"]), int(trial.user_attrs["seed"])
 
 
 class StepRun:
@@ -134,7 +122,7 @@ class StepRun:
             config = adjust(config)
         ctx, spec = self.context, self.context.spec
         attrs = {"study": self.study.study_name, "step": self.step.name, "seed": training.seed,
-                 "config_key": training.key.text, "overrides": training.key.overrides, "config": to_dict(config),
+                 "config_key": training.key.text, "config": to_dict(config),
                  "package_version": maou.__version__, "dataset_hash": ctx.dataset_hash,
                  "metric": self.recorder.objective.metric, "direction": self.recorder.objective.direction,
                  "reduce": self.recorder.objective.reduce}

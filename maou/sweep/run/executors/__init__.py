@@ -1,18 +1,52 @@
 """Executors run a step's trials: in this process (``local``) or on Ray Tune (``ray``); ``auto``
 (the default) picks one for the machine (:func:`resolve_auto`).
 
-An executor has one method, ``run(step)``: it pulls ``(handle, job)`` pairs with
+An :class:`Executor` has one method, ``run(step)``: it pulls ``(handle, job)`` pairs with
 ``step.next_job()`` until it answers ``None``, runs each job (:func:`maou.sweep.run.job.run_job`)
 with every evaluation forwarded to ``step.recorder.report``, and hands the outcome to
 ``step.recorder.finish`` (or ``interrupt``). The recorder is the only writer of trials.
+
+:data:`EXECUTORS` is the registry: the spec's ``executor.kind`` and ``sweep run --executor`` take
+its names, and :func:`make_executor` builds one by name (the class imported only then, so Ray is
+imported only when it runs). An executor whose trials run in other processes speaks the worker
+protocol of :mod:`maou.sweep.run.executors.remote`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import math
 import os
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from maou.sweep.run.step import StepRun
+
+
+class Executor(Protocol):
+    """Runs the trials of one step (see the module docstring)."""
+
+    def run(self, step: StepRun) -> None: ...
+
+
+@dataclass(frozen=True)
+class ExecutorKind:
+    name: str
+    #: One line for ``--help``.
+    summary: str
+    #: ``module:Class`` built with the spec's ``executor`` section (None: resolved first, ``auto``).
+    factory: str | None
+
+
+EXECUTORS: dict[str, ExecutorKind] = {k.name: k for k in (
+    ExecutorKind("auto", "local on a CPU-only or one-GPU machine, ray when several trials' GPUs fit", None),
+    ExecutorKind("local", "trials one after another in this process",
+                 "maou.sweep.run.executors.local:LocalExecutor"),
+    ExecutorKind("ray", "trials side by side on Ray Tune, across GPUs and nodes",
+                 "maou.sweep.run.executors.ray:RayExecutor"),
+)}
 
 
 def visible_gpus() -> int:
@@ -42,13 +76,15 @@ def resolve_auto(config: Any, gpus: int | None = None) -> Any:
     return dataclasses.replace(config, kind="local")
 
 
-def make_executor(config: Any) -> Any:
-    """The executor for a spec's ``executor`` section (Ray imported only when it is Ray)."""
+def make_executor(config: Any) -> Executor:
+    """The executor for a spec's ``executor`` section (``auto`` resolved first)."""
     config = resolve_auto(config)
-    if config.kind == "ray":
-        from maou.sweep.run.executors.ray import RayExecutor
+    kind = EXECUTORS.get(config.kind)
+    if kind is None or kind.factory is None:
+        raise ValueError(f"executor.kind must be one of {', '.join(EXECUTORS)}, got {config.kind!r}")
+    module, _, name = kind.factory.partition(":")
+    executor: Executor = getattr(importlib.import_module(module), name).from_section(config)
+    return executor
 
-        return RayExecutor(config)
-    from maou.sweep.run.executors.local import LocalExecutor
 
-    return LocalExecutor()
+__all__ = ["EXECUTORS", "Executor", "ExecutorKind", "make_executor", "resolve_auto", "visible_gpus"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import traceback
+from typing import Any
 
 from maou.sweep.run.job import TrainFn, run_job
 from maou.sweep.run.recorder import TrialHandle
@@ -14,6 +15,10 @@ class LocalExecutor:
     def __init__(self, train: TrainFn | None = None) -> None:
         #: The training function; tests pass a fake trainer with the same signature.
         self.train = train
+
+    @classmethod
+    def from_section(cls, config: Any) -> LocalExecutor:
+        return cls()
 
     def run(self, step: StepRun) -> None:
         recorder = step.recorder

@@ -12,7 +12,7 @@ SHA-256, the driver's node and folder). In the trial (:func:`local_dataset`):
   size and SHA-256 and the manifest against the content hash, then renamed into place. Trials of
   later steps and sweeps on the same data find it there.
 
-The trial then trains on that folder (:func:`maou.sweep.run.job.provide_dataset`), never on the
+The trial then trains on that folder (:func:`maou.data.resolve.provide_dataset`), never on the
 driver's paths. Ray is imported only when this runs.
 """
 
@@ -98,8 +98,8 @@ def offer_for(config: Any, cluster: bool) -> tuple[DatasetOffer | None, Any]:
     ``cluster``, or more than one node alive); ``(None, None)`` otherwise or for synthetic data."""
     import ray
 
+    from maou.data.resolve import dataset_of
     from maou.stages import stage
-    from maou.sweep.run.job import dataset_of
 
     if stage(config.stage).data_source != "games":
         return None, None

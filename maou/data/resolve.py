@@ -1,0 +1,84 @@
+"""Which built datasets a training config trains on: built on demand, verified against the content
+hash its sweep recorded, read once per process (``sweep run``, ``sweep train`` and every executor's
+worker resolve data here).
+
+A node-local copy of the driver's datasets (multi-node Ray: :mod:`maou.sweep.run.executors.shipping`)
+is handed to the process with :func:`provide_dataset` and used as it is, never rebuilt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from functools import lru_cache
+from typing import TYPE_CHECKING
+
+from maou.errors import UserError
+from maou.stages import stage
+from maou.trainer.config import DataConfig, TrainConfig
+
+if TYPE_CHECKING:
+    from maou.trainer.tensors import StageData
+
+
+class DatasetChanged(UserError):
+    """The data a trial would train on is not the data its sweep recorded."""
+
+
+#: Dataset folders handed to this process for a data config (a node-local copy of the driver's
+#: datasets, the multi-node executor): used as they are, never rebuilt here.
+_PROVIDED: dict[DataConfig, str] = {}
+
+
+def provide_dataset(data: DataConfig, directory: str) -> None:
+    """Train every config whose ``data`` is ``data`` on the built datasets in ``directory``."""
+    _PROVIDED[data] = directory
+
+
+@lru_cache(maxsize=4)
+def _cached_stage_data(stage: int, dataset_dir: str | None, dataset_hash: str | None) -> StageData:
+    from maou.trainer.tensors import load_stage_data
+
+    return load_stage_data(stage, dataset_dir)
+
+
+def dataset_of(config: TrainConfig, progress: bool = False) -> tuple[str | None, str | None]:
+    """Build the stage's datasets if needed and return their folder and content hash
+    (``(None, None)`` for a stage whose rows are synthetic)."""
+    if stage(config.stage).data_source == "synthetic":
+        return None, None
+    with _ready(config, progress) as (directory, content_hash):
+        return directory, content_hash
+
+
+@contextlib.contextmanager
+def _ready(config: TrainConfig, progress: bool) -> Iterator[tuple[str, str | None]]:
+    """The stage's dataset folder and content hash: a node-local copy handed to this process as it
+    is, else the build folder, built if needed, its lock held while the block reads it."""
+    if config.data in _PROVIDED:
+        from maou.trainer.tensors import dataset_content_hash
+
+        directory = _PROVIDED[config.data]
+        yield directory, dataset_content_hash(directory)
+        return
+    from maou.data.build import datasets_ready
+
+    with datasets_ready(config.data, progress=progress) as (path, content_hash):
+        yield str(path), content_hash
+
+
+def load_datasets(config: TrainConfig, expected_hash: str | None = None, progress: bool = False) -> StageData:
+    """The stage's data, read while holding its build folder's lock (cached per process by content
+    hash); :class:`DatasetChanged` when ``expected_hash`` is given and the data differs."""
+    if stage(config.stage).data_source == "synthetic":
+        return _cached_stage_data(config.stage, None, None)
+    with _ready(config, progress) as (directory, content_hash):
+        if expected_hash is not None and content_hash != expected_hash:
+            raise DatasetChanged(
+                f"the datasets in {directory} changed under this sweep (recorded {expected_hash[:12]}, found "
+                f"{(content_hash or 'none')[:12]}): their games changed, or another sweep rebuilt the folder; "
+                f"give each corpus its own data.dir (the default does) and run the sweep again")
+        return _cached_stage_data(config.stage, str(directory), content_hash)
+
+
+__all__ = ["DatasetChanged", "dataset_of", "load_datasets", "provide_dataset"]

@@ -1,0 +1,225 @@
+"""Trials in other processes: the worker's side and the driver's bookkeeping, for any executor whose
+workers are not the driver (Ray Tune's workers, a local process pool).
+
+The worker (:func:`work`) runs :func:`~maou.sweep.run.job.run_job` and sends messages through
+``emit``, a dict each (JSON strings under the keys below, so any transport carries them):
+
+* ``RECORD``: one evaluation ``{"step", "metrics", **placement}``;
+* ``PROGRESS``: ``{"step", "total"}``, how far the trainer got between evaluations;
+* ``FINAL``: once, at the end: ``{"result": TrainResult.to_plain()}`` or ``{"error": traceback}``
+  (a Python error is a result, not a reason to retry), plus the placement.
+
+The driver keeps one :class:`RemoteTrials` per step: it starts trials (``suggest``: the job a worker
+trains, by the executor's own id of the trial), feeds every message to the trial recorder
+(``message``: evaluations, progress, the final record; True when Optuna's pruner stops the trial),
+and records how each ended (``complete``), a worker's death (``error``: a retry starts from
+scratch) or an interruption. The recorder stays the only writer of trials.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import traceback
+import warnings
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from maou.strict import with_overrides
+from maou.sweep.run.job import Job, TrainFn, run_job
+from maou.sweep.run.recorder import TrialHandle
+from maou.sweep.run.step import StepRun
+from maou.trainer.config import TrainConfig
+from maou.trainer.result import TrainResult
+
+JOB = "maou"  # the Job a worker trains
+RECORD = "maou_record"  # JSON: {"step", "metrics", "node_id", "cuda_visible_devices"}
+FINAL = "maou_final"  # JSON: {"result": TrainResult.to_plain()} or {"error": traceback}, plus placement
+PROGRESS = "maou_progress"  # JSON: {"step", "total"}: how far the trainer got between evaluations
+DATASET = "maou_dataset"  # the DatasetOffer of a multi-node run (executors/shipping.py), or absent
+
+#: ``emit(message, metrics)``: send one message to the driver (``metrics``: the flat metrics of an
+#: evaluation, for transports that log them).
+Emit = Callable[[dict[str, Any], "dict[str, float] | None"], None]
+
+
+def placement() -> dict[str, Any]:
+    """Where this worker runs (a worker of another executor may add its node)."""
+    return {"cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+
+
+def work(job: Job, emit: Emit, train: TrainFn | None = None, placed: dict[str, Any] | None = None,
+         offer: Any = None) -> None:
+    """One trial in a worker: train, sending every evaluation and progress, then one final message."""
+    placed = dict(placed if placed is not None else placement())
+    if offer is not None:  # another node's dataset: this node's copy of it
+        from maou.data.resolve import provide_dataset
+        from maou.sweep.run.executors.shipping import local_dataset
+
+        placed["dataset_dir"] = local_dataset(offer)
+        provide_dataset(job.config.data, placed["dataset_dir"])
+
+    def report(step: int, metrics: dict[str, float]) -> None:
+        emit({"step": int(step), RECORD: json.dumps({"step": int(step), "metrics": metrics, **placed})}, metrics)
+        return None  # Optuna's pruner stops a trial from the driver: the executor ends this worker
+
+    def progress(step: int, total: int) -> None:  # twice a second at most (run_job throttles)
+        emit({PROGRESS: json.dumps({"step": int(step), "total": int(total)})}, None)
+
+    try:
+        final: dict[str, Any] = {"result": run_job(job, report, train, progress=progress).to_plain()}
+    except Exception:  # noqa: BLE001 - the driver records it on the trial (FAIL); no retry
+        final = {"error": traceback.format_exc()}
+    emit({FINAL: json.dumps({**final, **placed})}, None)
+
+
+class RemoteTrials:
+    """The driver's bookkeeping of one step whose trials run in workers: the executor's trial id ->
+    the live trial and what its worker sent."""
+
+    def __init__(self, step: StepRun, kind: str, threads: int, on_gpu: bool, offer: Any = None,
+                 id_attr: str | None = None) -> None:
+        self.step, self.recorder, self.kind, self.offer = step, step.recorder, kind, offer
+        self.threads, self.on_gpu, self.id_attr = threads, on_gpu, id_attr
+        self.live: dict[str, tuple[TrialHandle, Job]] = {}  # trial id -> trial in flight
+        self.final: dict[str, dict[str, Any]] = {}
+        self.errors: dict[str, str] = {}
+        self.placed: set[str] = set()
+        self.retried: set[str] = set()
+        self.device: dict[str, str] = {}
+        self.finished = 0
+        self.interrupted = 0
+        #: ``self.finished`` when ``next_job`` last answered None (ask again only after a trial ends).
+        self.exhausted_at: int | None = None
+
+    # -- starting
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        """The next trial's job as a worker's config (``JOB``, ``DATASET``), or None for now."""
+        if self.exhausted_at == self.finished:
+            return None
+        started = self.step.next_job(adjust=self.worker_config)
+        if started is None:
+            self.exhausted_at = self.finished
+            return None
+        self.exhausted_at = None
+        handle, job = started
+        self.live[trial_id] = started
+        self.recorder.annotate(handle, {"executor": self.kind, **({self.id_attr: trial_id} if self.id_attr else {})})
+        return {JOB: replace(job, checkpoint_dir=str(Path(job.checkpoint_dir).resolve())), DATASET: self.offer}
+
+    def worker_config(self, config: TrainConfig) -> TrainConfig:
+        """The config a worker trains: its own CPU threads, and paths absolute (no chdir games)."""
+        from maou.data.build import build_dir
+
+        data = config.data
+        changes: dict[str, Any] = {"threads": self.threads,
+                                   "data.games": [str(Path(p).resolve()) for p in data.games],
+                                   "data.dir": str(build_dir(data).resolve())}
+        if config.init_from:
+            changes["init_from"] = str(Path(config.init_from).resolve())
+        return with_overrides(config, changes, "executor")
+
+    # -- messages
+    def message(self, trial_id: str, message: dict[str, Any]) -> bool:
+        """One message from a worker; True when the trial must stop (Optuna's pruner)."""
+        started = self.live.get(trial_id)
+        if started is None:
+            return False
+        handle = started[0]
+        if PROGRESS in message:
+            progress = json.loads(message[PROGRESS])
+            self.recorder.progress(handle, progress["step"], progress["total"])
+            return False
+        if FINAL in message:
+            final = json.loads(message[FINAL])
+            self._place(trial_id, handle, final)
+            self.final[trial_id] = final
+            return False
+        if RECORD not in message:
+            return False
+        record = json.loads(message[RECORD])
+        self._place(trial_id, handle, record)
+        with warnings.catch_warnings():
+            if trial_id in self.retried:  # a retry reports the steps of the dead attempt again
+                warnings.filterwarnings("ignore", message=".*is already reported")
+            stop = self.recorder.report(handle, record["step"], record["metrics"])
+        return stop is not None
+
+    def _place(self, trial_id: str, handle: TrialHandle, record: dict[str, Any]) -> None:
+        if trial_id in self.placed:
+            return
+        self.placed.add(trial_id)
+        gpu = record.get("cuda_visible_devices")
+        placed = {"node_id": record.get("node_id"), "cuda_visible_devices": gpu}
+        if "dataset_dir" in record:  # a node-local copy of the dataset (another node than the driver's)
+            placed["dataset_dir"] = record["dataset_dir"]
+        self.recorder.annotate(handle, placed)
+        self.device[trial_id] = "cuda" if gpu not in (None, "") and self.on_gpu else "cpu"
+
+    # -- ending
+    def complete(self, trial_id: str, error: bool) -> None:
+        """The trial's worker is done: record how it ended (``error``: the worker failed for good)."""
+        started = self.live.pop(trial_id, None)
+        if started is None:
+            return
+        handle, job = started
+        self.finished += 1
+        final = self.final.pop(trial_id, None)
+        if error:
+            self.recorder.finish(handle, None, error=self.errors.pop(trial_id, f"the {self.kind} trial failed"))
+        elif final is not None and "error" in final:
+            self.recorder.finish(handle, None, error=final["error"])
+        elif final is not None:
+            self.recorder.finish(handle, TrainResult.from_plain(final["result"]))
+        elif handle.stop is not None:
+            self.recorder.finish(handle, self._stopped_result(trial_id, handle, job))
+        else:
+            self.interrupt(handle)
+
+    def _stopped_result(self, trial_id: str, handle: TrialHandle, job: Job) -> TrainResult:
+        """A trial Optuna's pruner stopped: its result is what it reported (no checkpoint)."""
+        history = list(handle.history)
+        step, final = history[-1] if history else (0, {})
+        metric = self.recorder.objective.metric
+        sign = 1.0 if self.recorder.objective.direction == "maximize" else -1.0
+        scored = [(s, m) for s, m in history if s > 0 and _finite(m.get(metric))]  # step 0: untrained
+        best_step, best = max(scored, key=lambda sm: sign * sm[1][metric]) if scored else (step, final)
+        return TrainResult(stage=job.config.stage, steps_done=step, max_steps=job.max_steps, stop=handle.stop,
+                           final_metrics=final, best_metrics=best, best_step=best_step, history=history,
+                           wall_time_s=time.time() - handle.started, device=self.device.get(trial_id, "unknown"))
+
+    def interrupt(self, handle: TrialHandle) -> None:
+        """A trial that ended without an outcome (driver interrupted): FAIL, re-run on resume."""
+        self.interrupted += 1
+        self.recorder.interrupt(handle)
+
+    def interrupt_all(self) -> None:
+        leftovers = list(self.live.values())
+        self.live.clear()
+        for handle, _ in leftovers:
+            self.interrupt(handle)
+
+    def error(self, trial_id: str, text: str, retries: int) -> None:
+        """A worker failed; it may be retried from scratch: forget what the dead attempt reported."""
+        started = self.live.get(trial_id)
+        if started is None:
+            return
+        handle = started[0]
+        self.errors[trial_id] = text
+        handle.history.clear()
+        handle.stop = None
+        self.final.pop(trial_id, None)
+        self.placed.discard(trial_id)
+        self.retried.add(trial_id)
+        self.recorder.annotate(handle, {f"{self.kind}_failures": retries})
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+__all__ = ["DATASET", "FINAL", "JOB", "PROGRESS", "RECORD", "Emit", "RemoteTrials", "placement", "work"]
