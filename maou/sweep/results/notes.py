@@ -14,6 +14,7 @@ import math
 from typing import Any
 
 from maou.sweep.identity import ConfigKey
+from maou.sweep.results.status import verdict
 from maou.sweep.run.decision import RecordedDecision
 
 
@@ -85,13 +86,9 @@ def overview_note(spec: Any, studies: list[Any]) -> str:
              "| step | question | winner | decision |", "|---|---|---|---|"]
     for index, step in enumerate(spec.steps):
         decision = RecordedDecision.of_study(studies[index]) if index < len(studies) else None
-        if decision is None:
-            verdict, winner = "not run yet", "-"
-        else:
-            verdict = ("failed" if decision.failed else "adopted" if decision.adopted else "kept carried") + (
-                f"; edge {', '.join(decision.edge)}" if decision.edge else "")
-            winner = _config(decision.winner_key)
-        lines.append(f"| {index + 1}. {step.name} | {step.description or ''} | {winner} | {verdict} |")
+        said = verdict(decision) if index < len(studies) else "not run yet"  # the words of status and report
+        winner = _config(decision.winner_key) if decision is not None else "-"
+        lines.append(f"| {index + 1}. {step.name} | {step.description or ''} | {winner} | {said} |")
     return "\n".join(lines) + "\n"
 
 
