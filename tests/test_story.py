@@ -107,6 +107,9 @@ def test_every_step_study_carries_its_story(fake_sweep):
     overview = optuna_dashboard.get_note(first)  # the whole chain, then the first step's own note
     assert "## Sweep story" in overview and "| 2. lr | does another learning rate help? | `optim.lr=0.01`" in overview
     assert "## Step 1 of 2: baseline" in overview
+    # the words of `sweep status` and the report
+    assert "| 1. baseline | the base configuration alone | `(base)` | measured (nothing to compare) |" in overview
+    assert "| `optim.lr=0.01` | adopted (gain " in overview and "kept carried" not in overview
     system = lr._storage.get_study_system_attrs(lr._study_id)
     assert any("means" in k for k in system) and any("curves" in k for k in system)  # the figures
     winners = lr.user_attrs["winner_trials"]

@@ -28,7 +28,11 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     dashboard = commands.add_parser("dashboard", help="serve optuna-dashboard on the sweep's storage")
     add_spec_argument(dashboard)
     dashboard.add_argument("--port", type=int, default=8080)
-    dashboard.add_argument("--host", default="127.0.0.1")
+    dashboard.add_argument("--host", default="127.0.0.1",
+                           help="address to listen on (default 127.0.0.1: this machine only)")
+    dashboard.add_argument("--allow-writes", action="store_true",
+                           help="let the dashboard change studies and trials (delete, rename, notes); "
+                                "read-only by default")
     dashboard.set_defaults(handler=dashboard_command)
 
 
@@ -102,32 +106,49 @@ def export_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def serve_dashboard(storage: Any, host: str, port: int) -> None:
-    """optuna-dashboard's WSGI app served in this process (threaded) until Ctrl-C or SIGTERM."""
+def dashboard_server(storage: Any, host: str, port: int, allow_writes: bool = False) -> Any:
+    """A threaded HTTP server (not yet serving) of optuna-dashboard on ``storage``: the sweeps' steps
+    without their lock studies, read-only unless ``allow_writes``."""
+    import socket
     from socketserver import ThreadingMixIn
     from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-    import optuna_dashboard
+    from maou.sweep.results.dashboard import dashboard_app
 
     class Server(ThreadingMixIn, WSGIServer):
         daemon_threads = True
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
 
     class QuietHandler(WSGIRequestHandler):
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    with make_server(host, port, optuna_dashboard.wsgi(storage), server_class=Server,
-                     handler_class=QuietHandler) as server:
+    return make_server(host.strip("[]"), port, dashboard_app(storage, allow_writes), server_class=Server,
+                       handler_class=QuietHandler)
+
+
+def serve_dashboard(storage: Any, host: str, port: int, allow_writes: bool = False) -> None:
+    """The dashboard served in this process (threaded) until Ctrl-C or SIGTERM."""
+    with dashboard_server(storage, host, port, allow_writes) as server:
         server.serve_forever()
 
 
 def dashboard_command(args: argparse.Namespace) -> int:
+    import sys
+
     from rich.console import Console
 
+    from maou.sweep.results.dashboard import exposure_warning
     from maou.sweep.storage import open_storage
 
     spec = spec_of(args)
     storage = open_storage(args.storage or spec.storage_url, create=False)
-    Console().print(f"optuna-dashboard on http://{args.host}:{args.port}/dashboard/ (Ctrl-C to stop)")
-    serve_dashboard(storage, args.host, args.port)
+    warning = exposure_warning(args.host, args.allow_writes)
+    if warning:
+        print(warning, file=sys.stderr)
+    where = f"[{args.host.strip('[]')}]" if ":" in args.host else args.host
+    mode = "writes allowed" if args.allow_writes else "read-only"
+    Console().print(f"optuna-dashboard on http://{where}:{args.port}/dashboard/ ({mode}; Ctrl-C to stop)",
+                    markup=False, soft_wrap=True)
+    serve_dashboard(storage, args.host, args.port, args.allow_writes)
     return 0

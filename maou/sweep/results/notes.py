@@ -86,11 +86,10 @@ def overview_note(spec: Any, steps: list[StepRecord]) -> str:
              spec.description or "", "",
              "| step | question | winner | decision |", "|---|---|---|---|"]
     for index, step in enumerate(spec.steps):
-        decision = steps[index].decision if index < len(steps) else None
-        if decision is None:
-            text, winner = "not run yet", "-"
-        else:
-            text, winner = verdict(decision), _config(decision.winner_key)
+        started = index < len(steps) and steps[index].started
+        decision = steps[index].decision if started else None
+        text = verdict(decision) if started else "not run yet"  # the words of status and the report
+        winner = _config(decision.winner_key) if decision is not None else "-"
         lines.append(f"| {index + 1}. {step.name} | {step.description or ''} | {winner} | {text} |")
     return "\n".join(lines) + "\n"
 
