@@ -14,10 +14,13 @@ as a draw; here it is a win for the side that made the last move. Games without 
 give Stage 2 positions; Stage 3 (which needs a result) leaves them out.
 
 HCPE ``.feather`` files (upstream ``maou`` data: a 32-byte ``hcp`` column, optionally
-``bestMove16``, ``gameResult``, ``eval``) are a position source: each row becomes a one-position
-record (``moves`` holds ``bestMove16`` when present and legal, else nothing) with
-``fmt == "hcpe"`` and ``index`` = the row. Rows carry no game boundaries, so the by-game split
-treats each row as its own game.
+``bestMove16`` and ``gameResult``; ``eval``, ``id``, ``ratings`` and the like are not read) are a
+position source: each row becomes a one-position record (``moves`` holds ``bestMove16`` when
+present and one of the position's legal moves, else nothing; ``winner`` from ``gameResult``, which
+upstream's converter fills with cshogi's ``win``: 0 draw, 1 Black, 2 White) with ``fmt == "hcpe"``
+and ``index`` = the row. Every form upstream writes is read (:func:`read_hcpe_table`); a row whose
+``hcp`` is not 32 bytes is counted as malformed. Rows carry no game boundaries, so the by-game
+split treats each row as its own game.
 """
 
 from __future__ import annotations
@@ -29,12 +32,13 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, NamedTuple
 
 import cshogi
 import numpy as np
 
 from maou.errors import UserError
+from maou.shogi.shapes import HCP_BYTES
 
 Winner = Literal["black", "white", "draw"]
 #: File name endings read from folders (and accepted as explicit files), with their format.
@@ -279,12 +283,15 @@ class _Reader:
         except Exception as exc:  # noqa: BLE001 - a bad file is counted, never fatal
             self.stats.skip("malformed", source, _short(exc))
             return
-        hcps, move16, results = table
+        hcps, ok, move16, results = table
         board = cshogi.Board()
-        for row, hcp in enumerate(hcps):
+        for row in range(len(hcps)):
             where = f"{source}#{row}"
+            if not ok[row]:
+                self.stats.skip("malformed", where, f"bad hcp: null or not {HCP_BYTES} bytes")
+                continue
             try:
-                board.set_hcp(hcp)
+                board.set_hcp(hcps[row])
             except Exception as exc:  # noqa: BLE001 - a bad row is counted, never fatal
                 self.stats.skip("malformed", where, f"bad hcp: {_short(exc)}")
                 continue
@@ -294,7 +301,9 @@ class _Reader:
             moves: tuple[int, ...] = ()
             if move16 is not None and move16[row]:
                 move = board.move_from_move16(int(move16[row]))
-                if board.is_legal(move):
+                # cshogi's is_legal accepts some impossible moves (a promotion outside the zone, bits
+                # of no square): a best move counts only when it is one of the position's legal moves
+                if board.is_legal(move) and move in board.legal_moves:
                     moves = (int(move),)
             winner = _winner_from_cshogi(int(results[row])) if results is not None else None
             self.stats.games += 1
@@ -303,38 +312,130 @@ class _Reader:
             yield GameRecord(source, row, board.sfen(), moves, winner, "", "hcpe")
 
 
-def read_hcpe_table(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """(hcps (N, 32) uint8, bestMove16 (N,) or None, gameResult (N,) or None) of an HCPE feather file."""
+class HcpeRows(NamedTuple):
+    """The columns of an HCPE file that a build reads (:func:`read_hcpe_table`)."""
+
+    #: (N, 32) uint8 HuffmanCodedPos, zeros where not ``ok``.
+    hcps: np.ndarray
+    #: (N,) bool: the row's ``hcp`` is 32 bytes (not null, not another length, list values in 0-255).
+    ok: np.ndarray
+    #: (N,) int64 16-bit moves in 0..65535 (0: none or null), or None without a ``bestMove16`` column.
+    move16: np.ndarray | None
+    #: (N,) int64 cshogi results (``DRAW`` 0, ``BLACK_WIN`` 1, ``WHITE_WIN`` 2; -1 null), or None.
+    results: np.ndarray | None
+
+
+#: The columns of an HCPE file a build reads; the others (``eval``, ``id``, ``ratings``, ...) are ignored.
+HCPE_COLUMNS = ("hcp", "bestMove16", "gameResult")
+
+
+def read_hcpe_table(path: str | Path) -> HcpeRows:
+    """The ``hcp``, ``bestMove16`` and ``gameResult`` columns of an HCPE feather file (v2,
+    uncompressed or LZ4/ZSTD-compressed, in any number of record batches; or v1), other columns
+    unread. ``hcp`` is decoded by :func:`decode_hcp`; ``bestMove16`` is taken modulo 2**16 (upstream
+    stores it as int16; cshogi's move16 never sets bit 15, so only garbage reads negative).
+    ValueError when the file has no ``hcp`` column, an ``hcp`` type that cannot hold HCPs, or a
+    move or result column that is not integers."""
     import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.feather as feather
 
-    from maou.shogi.shapes import HCP_BYTES
-
-    table = feather.read_table(path)
+    try:
+        with pa.memory_map(str(path)) as source:
+            names: list[str] | None = pa.ipc.open_file(source).schema.names
+    except pa.ArrowInvalid:  # not an IPC file (feather v1): its columns are known once read
+        names = None
+    if names is not None and "hcp" not in names:
+        raise ValueError(f"no 'hcp' column (has {', '.join(names)})")
+    wanted = None if names is None else [name for name in HCPE_COLUMNS if name in names]
+    table = feather.read_table(path, columns=wanted, memory_map=True)
     if "hcp" not in table.column_names:
         raise ValueError(f"no 'hcp' column (has {', '.join(table.column_names)})")
-    column = table.column("hcp").combine_chunks()
-    if pa.types.is_fixed_size_binary(column.type) or pa.types.is_binary(column.type):
-        buffer = b"".join(v for v in column.to_pylist()) if pa.types.is_binary(column.type) else \
-            column.buffers()[1].to_pybytes()[column.offset * HCP_BYTES:(column.offset + len(column)) * HCP_BYTES]
-        hcps = np.frombuffer(buffer, dtype=np.uint8)
-    else:
-        while isinstance(column.type, (pa.ListType, pa.LargeListType, pa.FixedSizeListType)):
-            column = column.flatten()
-        hcps = column.to_numpy(zero_copy_only=False).astype(np.uint8)
-    if hcps.size != table.num_rows * HCP_BYTES:
-        raise ValueError(f"'hcp' column is not {HCP_BYTES} bytes a row")
-    hcps = hcps.reshape(table.num_rows, HCP_BYTES)
+    decoded = [decode_hcp(chunk) for chunk in table.column("hcp").chunks]
+    hcps = np.concatenate([h for h, _ in decoded]) if decoded else np.zeros((0, HCP_BYTES), dtype=np.uint8)
+    ok = np.concatenate([k for _, k in decoded]) if decoded else np.zeros(0, dtype=bool)
 
-    def optional(name: str) -> np.ndarray | None:
+    def integers(name: str, null: int) -> np.ndarray | None:
         if name not in table.column_names:
             return None
-        return table.column(name).to_numpy().astype(np.int64)
+        column = table.column(name)
+        if not pa.types.is_integer(column.type):
+            raise ValueError(f"'{name}' is {column.type}, not integers")
+        return np.asarray(pc.fill_null(column.cast(pa.int64()), null).to_numpy(), dtype=np.int64)
 
-    move16 = optional("bestMove16")
-    if move16 is not None:
-        move16 &= 0xFFFF
-    return hcps, move16, optional("gameResult")
+    move16 = integers("bestMove16", 0)
+    return HcpeRows(hcps, ok, None if move16 is None else move16 & 0xFFFF, integers("gameResult", -1))
+
+
+def decode_hcp(array: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``(hcps (N, 32) uint8, ok (N,) bool)`` of one Arrow array of HCPs: binary, large_binary,
+    binary_view or fixed_size_binary(32), or a list, large_list or fixed_size_list(32) of integers.
+
+    Vectorised: the rows are cut out of the array's buffers at its offsets, never converted one by
+    one. A row that is null, not 32 bytes (or values) long, or holds a value outside 0-255 is not
+    ``ok`` (and zeros). ValueError for a type that cannot hold HCPs (another fixed width, strings,
+    floats)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    n, kind = len(array), array.type
+    if n == 0:
+        return np.zeros((0, HCP_BYTES), dtype=np.uint8), np.zeros(0, dtype=bool)
+    if pa.types.is_binary_view(kind):
+        array = array.cast(pa.large_binary())
+        kind = array.type
+    lists = (pa.ListType, pa.LargeListType, pa.FixedSizeListType)
+    if isinstance(kind, lists) and isinstance(kind.value_type, lists):
+        return _nested_hcp(array)
+    fixed = pa.types.is_fixed_size_binary(kind) or pa.types.is_fixed_size_list(kind)
+    if fixed:
+        width = kind.byte_width if pa.types.is_fixed_size_binary(kind) else kind.list_size
+        if width != HCP_BYTES:
+            raise ValueError(f"'hcp' is {kind}: not {HCP_BYTES} bytes a row")
+        starts = (array.offset + np.arange(n, dtype=np.int64)) * HCP_BYTES
+        lengths = np.full(n, HCP_BYTES, dtype=np.int64)
+    elif pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or isinstance(kind, lists):
+        large = pa.types.is_large_binary(kind) or pa.types.is_large_list(kind)
+        offsets = np.frombuffer(array.buffers()[1], dtype=np.int64 if large else np.int32)
+        offsets = offsets[array.offset:array.offset + n + 1].astype(np.int64)
+        starts, lengths = offsets[:-1], np.diff(offsets)
+    else:
+        raise ValueError(f"'hcp' is {kind}: not binary or a list of bytes")
+    values_ok: np.ndarray | None = None
+    if isinstance(kind, lists):
+        child = array.values
+        if not pa.types.is_integer(child.type):
+            raise ValueError(f"'hcp' is {kind}: not a list of integers")
+        values = np.asarray(pc.fill_null(child, 0).to_numpy(zero_copy_only=False))
+        values_ok = child.is_valid().to_numpy(zero_copy_only=False) & (values >= 0) & (values <= 255)
+    else:
+        data = array.buffers()[-1]
+        values = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, dtype=np.uint8)
+    valid = array.is_valid().to_numpy(zero_copy_only=False)
+    ok = valid & (lengths == HCP_BYTES) & (starts >= 0) & (starts + HCP_BYTES <= len(values))
+    hcps = np.zeros((n, HCP_BYTES), dtype=np.uint8)
+    if ok.any():
+        taken = starts[ok]
+        rows = np.lib.stride_tricks.sliding_window_view(values, HCP_BYTES)[taken]
+        if values_ok is not None:
+            fine = np.lib.stride_tricks.sliding_window_view(values_ok, HCP_BYTES)[taken].all(axis=1)
+            ok[np.flatnonzero(ok)[~fine]] = False
+            rows = rows[fine]
+        hcps[ok] = rows
+    return hcps, ok
+
+
+def _nested_hcp(array: Any) -> tuple[np.ndarray, np.ndarray]:
+    """A list of lists of bytes (e.g. 4 x 8), read whole: 32 values a row or ValueError."""
+    import pyarrow as pa
+
+    values = array
+    while isinstance(values.type, (pa.ListType, pa.LargeListType, pa.FixedSizeListType)):
+        values = values.flatten()
+    flat = values.to_numpy(zero_copy_only=False)
+    if flat.size != len(array) * HCP_BYTES or array.null_count:
+        raise ValueError(f"'hcp' column ({array.type}) is not {HCP_BYTES} bytes a row")
+    return flat.reshape(len(array), HCP_BYTES).astype(np.uint8), np.ones(len(array), dtype=bool)
 
 
 def _short(exc: BaseException) -> str:
@@ -387,5 +488,6 @@ def read_records(paths: Iterable[str | Path]) -> tuple[list[GameRecord], ReadSta
     return list(iter_records(paths, stats)), stats
 
 
-__all__ = ["GameRecord", "ReadStats", "RECORD_SUFFIXES", "decode_text", "find_record_files", "game_digest",
-           "iter_records", "read_hcpe_table", "read_records", "record_format", "replay", "split_csa_games"]
+__all__ = ["GameRecord", "HCPE_COLUMNS", "HcpeRows", "ReadStats", "RECORD_SUFFIXES", "decode_hcp", "decode_text",
+           "find_record_files", "game_digest", "iter_records", "read_hcpe_table", "read_records", "record_format",
+           "replay", "split_csa_games"]

@@ -89,6 +89,52 @@ def test_upstream_dense_lz4_files_load_through_the_mapping(synthetic_datasets, t
             (torch.uint8 if stage == 2 else torch.float32)
 
 
+def _as_upstream(table, stage: int):
+    """``table`` (fixed-size lists) as upstream's polars ``write_ipc`` writes its Stage 2/3 files:
+    every list a large_list (the board 9 x 9), only upstream's columns (no ``count``)."""
+    import pyarrow as pa
+
+    def values(name: str) -> np.ndarray:
+        array = table.column(name).combine_chunks()
+        while pa.types.is_fixed_size_list(array.type):
+            array = array.flatten()
+        return array.to_numpy()
+
+    def large(flat: np.ndarray, *widths: int):
+        array = pa.array(flat)
+        for width in reversed(widths):
+            array = pa.LargeListArray.from_arrays(pa.array(np.arange(0, len(array) + 1, width, dtype=np.int64)), array)
+        return array
+
+    target = {"legalMovesLabel": large(values("legalMovesLabel"), 1496)} if stage == 2 else \
+        {"moveLabel": large(values("moveLabel").astype(np.float32), 1496), "resultValue": table.column("resultValue")}
+    return pa.table({"id": table.column("id"), "boardIdPositions": large(values("boardIdPositions"), 9, 9),
+                     "piecesInHand": large(values("piecesInHand"), 14), **target})
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_upstream_preprocessed_dense_files_train(stage, synthetic_datasets, tiny_config, tmp_path):
+    """Upstream's pre-processed Stage 2/3 feathers (``legalMovesLabel`` / ``moveLabel`` and
+    ``resultValue``, large_list columns, ZSTD, several record batches) load as the same tensors and
+    train."""
+    import pyarrow.feather as feather
+
+    fixed = synthetic_datasets(tmp_path / "fixed", 60, 20)
+    upstream = tmp_path / "upstream"
+    (upstream / f"stage{stage}").mkdir(parents=True)
+    for split in ("train", "val"):
+        table = feather.read_table(fixed / f"stage{stage}" / f"{split}.feather")
+        feather.write_feather(_as_upstream(table, stage), upstream / f"stage{stage}" / f"{split}.feather",
+                              compression="zstd", chunksize=16)
+    data = load_stage_data(stage, upstream)
+    reference = load_stage_data(stage, fixed, storage="memory")
+    for split in ("train", "val"):
+        rows = torch.arange(len(getattr(reference, split))).flip(0)
+        assert_same(getattr(data, split).batch(rows), getattr(reference, split).batch(rows))
+    result = train_stage(tiny_config(stage, max_steps=2, eval_every=2, batch_size=16), data)
+    assert result.steps_done == 2 and np.isfinite(result.final_metrics["val_loss"])
+
+
 def test_full_shuffle_draws_the_in_memory_loops_batches():
     generator, again = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
     batches = list(batch_indices(10, 4, 7, generator))
