@@ -70,7 +70,7 @@ def main() -> int:
         ratio = std / final.get("val_value_label_std", float("nan"))
         collapsed = skill <= truth.max_skill and ratio < truth.std_ratio
         share = t.user_attrs["prune_step"] / ref.user_attrs["max_steps"] if t.state.name == "PRUNED" else None
-        config = json.dumps(t.user_attrs["overrides"], sort_keys=True)
+        config = t.user_attrs["config_key"]
         if collapsed and (share is None or share > args.within):
             problems.append(f"collapsed but not pruned within {args.within:.0%}: {config}")
         if not collapsed and share is not None:
@@ -90,7 +90,7 @@ def main() -> int:
             points.append(f"{skill:+.3f}")
             if cut is not None and step == cut:
                 points.append("|")
-        print(f"  {json.dumps(t.user_attrs['overrides'], sort_keys=True)}\n    {' '.join(points)}")
+        print(f"  {t.user_attrs['config_key']}\n    {' '.join(points)}")
     steps_on = sum(t.user_attrs.get("steps_done", 0) for t in trials_on)
     steps_off = sum(t.user_attrs.get("steps_done", 0) for t in trials_off)
     print(f"\ntrial-steps: {steps_on} with pruning, {steps_off} without: "

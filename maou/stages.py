@@ -5,14 +5,16 @@ the metric a sweep selects on by default, the collapse rules that apply to it, w
 comes from, the prefix of upstream ``maou learn-model`` flags, and the trainer task that builds
 its heads, loss and per-row statistics (imported lazily by the trainer: ``module:Class``).
 
-Adding a stage is one entry here, its task class in :mod:`maou.trainer.tasks`, and its dataset
-writer in :mod:`maou.data.build`. Every other module looks stages up with :func:`stage`.
+Adding a stage is one entry here, its task class in :mod:`maou.trainer.tasks`, its rows in
+:mod:`maou.data.partitions` with their schema in :mod:`maou.data.writers` (a games-built stage),
+and its loss and head flags in :mod:`maou.sweep.results.upstream`, each named by the entry. Every
+other module looks stages up with :func:`stage` (an unknown stage number raises).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from maou.shogi.shapes import MOVE_LABELS_NUM, REACHABLE_SQUARES_NUM
 
@@ -68,6 +70,35 @@ class Target:
 
 
 @dataclass(frozen=True)
+class Dataset:
+    """How ``sweep data build`` writes a games-built stage: ``module:function`` names, imported when a
+    build runs (this module stays free of pyarrow and numpy)."""
+
+    #: ``() -> pyarrow.Schema`` of the stage's files.
+    schema: str
+    #: ``(PartitionSplit) -> pyarrow.Table``: the stage's rows of one split of one partition, sorted
+    #: by id (:mod:`maou.data.partitions`).
+    rows: str
+
+
+@dataclass(frozen=True)
+class UpstreamFlags:
+    """The stage's flags of upstream ``maou learn-model`` (:mod:`maou.sweep.results.upstream`)."""
+
+    batch: str
+    learning_rate: str
+    epochs: str
+    data_path: str
+    #: Upstream multiplies this stage's learning rate by ``sqrt(B / n)`` above batch ``n`` (None: never).
+    lr_scaled_above_batch: int | None
+    #: The schedule flag, and whether it can say "constant" (``none``).
+    scheduler: str
+    scheduler_can_be_constant: bool
+    #: ``module:function`` ``(TrainConfig, UpstreamArgs) -> None`` adding the stage's loss and head flags.
+    loss_and_head: str
+
+
+@dataclass(frozen=True)
 class Stage:
     number: int
     title: str
@@ -80,12 +111,18 @@ class Stage:
     rules: tuple[str, ...]
     #: ``games``: datasets built from game records; ``synthetic``: the fixed Stage 1 rows.
     data_source: Literal["games", "synthetic"]
-    #: Prefix of upstream's stage-specific ``maou learn-model`` flags (``--stage2-``), or ``--``.
-    upstream_prefix: str
+    #: Upstream ``maou learn-model``'s flags of this stage.
+    upstream: UpstreamFlags
     #: ``module:Class`` of the trainer task (heads, loss, per-row statistics).
     task: str
+    #: How its files are built from games (None: a ``synthetic`` stage, nothing to build).
+    dataset: Dataset | None = None
     #: Guards every step of the stage gets unless the spec sets its own.
     default_guards: tuple[GuardDefault, ...] = ()
+
+    def __post_init__(self) -> None:
+        if (self.data_source == "games") != (self.dataset is not None):
+            raise ValueError(f"stage {self.number}: a games-built stage declares its dataset, a synthetic one none")
 
     @property
     def reported_metrics(self) -> tuple[str, ...]:
@@ -103,7 +140,10 @@ STAGES: dict[int, Stage] = {s.number: s for s in (
           targets=(Target("reachable", "reachableSquares", REACHABLE_SQUARES_NUM, "uint8"),),
           metrics=("val_loss", "val_accuracy"),
           selection_metric="val_accuracy", selection_direction="maximize",
-          rules=_ALWAYS, data_source="synthetic", upstream_prefix="--stage1-",
+          rules=_ALWAYS, data_source="synthetic",
+          upstream=UpstreamFlags("--stage1-batch-size", "--stage1-learning-rate", "--stage1-max-epochs",
+                                 "--stage1-data-path", 256, "--stage12-lr-scheduler", True,
+                                 "maou.sweep.results.upstream:stage1_flags"),
           task="maou.trainer.tasks:ReachableSquares"),
     Stage(2, "legal moves",
           targets=(Target("legal_moves", "legalMovesLabel", MOVE_LABELS_NUM, "uint8",
@@ -112,8 +152,12 @@ STAGES: dict[int, Stage] = {s.number: s for s in (
                    "val_label_pos_rate", "val_f1_all_positive", "val_average_precision",
                    "val_f1_best_threshold", "val_best_threshold"),
           selection_metric="val_f1", selection_direction="maximize",
-          rules=(*_ALWAYS, "legal_moves"), data_source="games", upstream_prefix="--stage2-",
-          task="maou.trainer.tasks:LegalMoves"),
+          rules=(*_ALWAYS, "legal_moves"), data_source="games",
+          upstream=UpstreamFlags("--stage2-batch-size", "--stage2-learning-rate", "--stage2-max-epochs",
+                                 "--stage2-data-path", 256, "--stage12-lr-scheduler", True,
+                                 "maou.sweep.results.upstream:stage2_flags"),
+          task="maou.trainer.tasks:LegalMoves",
+          dataset=Dataset("maou.data.writers:stage2_schema", "maou.data.partitions:stage2_rows")),
     Stage(3, "policy + value",
           targets=(Target("policy", "moveLabel", MOVE_LABELS_NUM, "float32",
                           storage="sparse", compact_column="moveLabelSparse"),
@@ -125,8 +169,11 @@ STAGES: dict[int, Stage] = {s.number: s for s in (
           # and a policy-only objective would judge value-loss settings by their side effect on the
           # policy; the policy may not lose more than half a point of top-1 meanwhile
           selection_metric="val_value_bce", selection_direction="minimize",
-          rules=(*_ALWAYS, "value", "uniform_policy"), data_source="games", upstream_prefix="--",
+          rules=(*_ALWAYS, "value", "uniform_policy"), data_source="games",
+          upstream=UpstreamFlags("--batch-size", "--learning-ratio", "--epoch", "--stage3-data-path", None,
+                                 "--lr-scheduler", False, "maou.sweep.results.upstream:stage3_flags"),
           task="maou.trainer.tasks:PolicyValue",
+          dataset=Dataset("maou.data.writers:stage3_schema", "maou.data.partitions:stage3_rows"),
           default_guards=(GuardDefault("val_policy_top1", 0.005),)),
 )}
 
@@ -139,5 +186,18 @@ def stage(number: int) -> Stage:
     return STAGES[number]
 
 
-__all__ = ["METRIC_DIRECTIONS", "STAGES", "GuardDefault", "Stage", "Storage", "TRAIN_METRICS", "Target",
-           "stage"]
+def games_stages() -> tuple[Stage, ...]:
+    """The stages whose files ``sweep data build`` writes from game records, in order."""
+    return tuple(s for s in STAGES.values() if s.dataset is not None)
+
+
+def resolve_reference(reference: str) -> Any:
+    """The function a ``module:function`` reference of the registry names (imported now)."""
+    import importlib
+
+    module, _, name = reference.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+__all__ = ["METRIC_DIRECTIONS", "STAGES", "Dataset", "GuardDefault", "Stage", "Storage", "TRAIN_METRICS", "Target",
+           "UpstreamFlags", "resolve_reference", "games_stages", "stage"]

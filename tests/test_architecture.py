@@ -102,7 +102,7 @@ def test_the_tree_is_the_one_docs_architecture_describes():
         if not match or line.strip().startswith(("#",)):
             continue
         indent, entry = len(match.group(1)), match.group(2)
-        if not re.fullmatch(r"[a-z_]+(\.py|/)", entry):
+        if not re.fullmatch(r"[a-z_0-9]+(\.py|/)", entry):
             continue
         parent = next((folder_at[i] for i in sorted(folder_at, reverse=True) if i < indent), "")
         folder_at = {i: f for i, f in folder_at.items() if i < indent}
@@ -122,3 +122,27 @@ def test_only_the_read_model_and_the_writers_read_user_attributes():
                      if "user_attrs" in p.read_text(encoding="utf-8"))
     assert len(readers) <= 4, readers
     assert "maou/sweep/records.py" in readers
+
+
+def test_every_reference_of_the_stage_registry_resolves_and_names_upstream_flags():
+    import json
+
+    import pytest
+
+    from maou.stages import STAGES, Dataset, Stage, UpstreamFlags, resolve_reference, stage
+
+    upstream = set(json.loads((ROOT / "tests" / "golden" / "upstream_learn_model.json").read_text())["flags"])
+    for info in STAGES.values():
+        flags = info.upstream
+        for flag in (flags.batch, flags.learning_rate, flags.epochs, flags.data_path, flags.scheduler):
+            assert flag in upstream, (info.number, flag)
+        assert callable(resolve_reference(flags.loss_and_head))
+        if info.dataset is not None:
+            assert callable(resolve_reference(info.dataset.schema)) and callable(resolve_reference(info.dataset.rows))
+    with pytest.raises(ValueError, match="got 4"):
+        stage(4)
+    one = STAGES[1]
+    with pytest.raises(ValueError, match="declares its dataset"):  # a games-built stage must say how
+        Stage(9, "x", one.targets, one.metrics, one.selection_metric, one.selection_direction, one.rules, "games",
+              UpstreamFlags(*[getattr(one.upstream, f) for f in UpstreamFlags.__dataclass_fields__]), one.task)
+    assert Dataset("a:b", "c:d").rows == "c:d"

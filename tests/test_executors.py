@@ -51,3 +51,18 @@ def test_auto_is_the_default_and_runs_in_process_on_this_cpu_machine(monkeypatch
         assert isinstance(make_executor(spec.executor), LocalExecutor)
     with pytest.raises(Exception, match="max_concurrent"):
         from_dict(SweepSpec, {"name": "x", "stage": 1, "steps": [{"name": "b"}], "executor": {"max_concurrent": 0}})
+
+
+def test_the_registry_names_every_kind_the_spec_and_the_cli_accept():
+    from typing import get_args, get_type_hints
+
+    from maou.cli import build_parser
+    from maou.sweep.run.executors import EXECUTORS
+
+    assert set(get_args(get_type_hints(ExecutorSection)["kind"])) == set(EXECUTORS)
+    run = build_parser()._subparsers._group_actions[0].choices["run"]
+    (executor,) = [a for a in run._actions if a.dest == "executor"]
+    assert set(executor.choices) == set(EXECUTORS)
+    for name, kind in EXECUTORS.items():
+        if kind.factory is not None:  # every concrete kind builds from the spec's section
+            assert hasattr(make_executor(ExecutorSection(kind=name)), "run")

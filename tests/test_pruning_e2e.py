@@ -44,7 +44,7 @@ def collapse_run(tmp_path_factory, bundled_data_dir):
 
 
 def by_config(study) -> dict[str, optuna.trial.FrozenTrial]:
-    return {json.dumps(t.user_attrs["overrides"], sort_keys=True): t for t in study.get_trials()}
+    return {json.dumps(json.loads(t.user_attrs["config_key"]), sort_keys=True): t for t in study.get_trials()}
 
 
 def test_collapsed_config_is_pruned_early_with_its_reason(collapse_run):

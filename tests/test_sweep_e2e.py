@@ -91,10 +91,19 @@ def test_export_writes_files_with_their_columns(smoke_run, tmp_path):
     assert trials.groupby("study")["winner"].any().all()
     assert set(trials["study"]) == {"smoke/01-baseline", "smoke/02-gamma-neg", "smoke/03-asl-clip"}
     steps = pd.read_csv(tmp_path / "out" / "steps.csv")
-    assert list(steps.columns) == ["study", "step", "config", "mean", "std", "sem", "n", "pruned", "failed", "winner",
-                                   "carried", "adopted", "gain", "gain_se", "p", "holm_level", "needed", "significant",
-                                   "guard_failures", "edge"]
+    assert list(steps.columns) == ["study", "step", "metric", "direction", "config", "mean", "std", "sem", "n",
+                                   "pruned", "failed", "winner", "final_winner", "carried", "adopted", "gain",
+                                   "gain_se", "p", "holm_level", "needed", "significant", "guard_failures", "edge",
+                                   "device"]
     assert steps.groupby("study")["winner"].sum().eq(1).all()
+    # the sweep's own winner: one row, on the last step, the configuration best.yaml holds
+    (final,) = steps[steps["final_winner"]].itertuples()
+    assert final.study == "smoke/03-asl-clip" and final.winner
+    assert set(steps["metric"]) == {"val_f1"} and set(steps["direction"]) == {"maximize"}
+    assert set(steps["device"]) == {"cpu"} and set(trials["device"]) == {"cpu"}  # where they ran, not "auto"
+    assert set(trials["metric"]) == {"val_f1"} and set(trials["requested_device"]) == {"auto"}
+    marked = trials[trials["final_winner"]]
+    assert len(marked) and set(marked["study"]) == {final.study} and set(marked["config"]) == {final.config}
     challengers = steps[~steps["carried"]]  # each configuration has its own comparison with the carried one
     assert challengers["gain"].notna().all() and challengers["p"].notna().all()
     assert steps[steps["carried"]]["gain"].isna().all()

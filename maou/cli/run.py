@@ -13,8 +13,11 @@ from maou.cli.specs import add_spec_argument, spec_of
 def add_commands(commands: argparse._SubParsersAction) -> None:
     run = commands.add_parser("run", help="run a sweep spec step by step (resumes if interrupted)")
     add_spec_argument(run)
-    run.add_argument("--executor", choices=["auto", "local", "ray"], default=None,
-                     help="override the spec's executor kind")
+    from maou.sweep.run.executors import EXECUTORS
+
+    run.add_argument("--executor", choices=list(EXECUTORS), default=None,
+                     help="override the spec's executor kind: " + "; ".join(
+                         f"{k.name}: {k.summary}" for k in EXECUTORS.values()))
     run.set_defaults(handler=run_command)
 
     plan = commands.add_parser("plan", help="show the steps, configurations and trainings of a spec, and their cost")

@@ -44,6 +44,7 @@ from maou.data.records import ReadStats
 from maou.data.sources import source_files, sources_content_hash, sources_fingerprint
 from maou.data.writers import SPLITS, write_stage1
 from maou.errors import UserError
+from maou.stages import games_stages
 
 #: Bumped when the written layout changes; a dataset of another format version is rebuilt.
 #: 2: uncompressed, memory-mappable files; Stage 2 legal moves bit-packed, Stage 3 policy sparse.
@@ -115,8 +116,8 @@ def build_datasets(games: Sequence[str | Path] | str | Path, out_dir: str | Path
     for stage_manifest in stages.values():
         stage_manifest["layout"] = {"compression": "none", "record_batch_rows": RECORD_BATCH_ROWS}
     summary.val_dropped_in_train = stages["stage2"]["val_dropped_seen_in_train"]
-    summary.rows = {"stage1": {"all": stages["stage1"]["rows"]["all"]}, "stage2": stages["stage2"]["rows"],
-                    "stage3": stages["stage3"]["rows"]}
+    summary.rows = {"stage1": {"all": stages["stage1"]["rows"]["all"]},
+                    **{f"stage{s.number}": stages[f"stage{s.number}"]["rows"] for s in games_stages()}}
     summary.seconds = time.perf_counter() - started
     # tasks run in this process are in its own time already
     summary.cpu_seconds = time.process_time() - cpu_started + (written.task_cpu_seconds if plan.workers > 1 else 0.0)
@@ -185,8 +186,8 @@ def print_summary(summary: BuildSummary) -> None:
     add("games", summary.games)
     add("positions", summary.positions)
     add("unique positions", summary.unique_positions)
-    add("stage 2 rows", summary.rows["stage2"])
-    add("stage 3 rows", summary.rows["stage3"])
+    for info in games_stages():
+        add(f"stage {info.number} rows", summary.rows[f"stage{info.number}"])
     table.add_row("stage 1 rows", "", "", f"{summary.rows['stage1']['all']:,}")
     table.add_row("files read", "", "", f"{stats.files:,}")
     table.add_row("games without result (stage 2 only)", "", "", f"{stats.no_result:,}")

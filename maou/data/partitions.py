@@ -17,10 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from maou.data.positions import Stage3Aggregate, aggregate_played
+from maou.data.positions import aggregate_played
 from maou.data.shards import read_partition
 from maou.data.writers import SPLITS, stage2_table, stage3_table
 from maou.shogi.shapes import BOARD_SHAPE
+from maou.stages import games_stages, resolve_reference
 
 #: The build's game table in the scratch folder: per game, 0 train, 1 validation, -1 left out.
 GAMES_FILE = "games.npy"
@@ -42,7 +43,8 @@ class PartitionResult:
     positions: dict[str, int] = field(default_factory=dict)
     unique: dict[str, int] = field(default_factory=dict)
     legal_moves: dict[str, int] = field(default_factory=dict)
-    rows: dict[str, dict[str, int]] = field(default_factory=lambda: {"stage2": {}, "stage3": {}})
+    rows: dict[str, dict[str, int]] = field(
+        default_factory=lambda: {f"stage{s.number}": {} for s in games_stages()})
     val_dropped_seen_in_train: int = 0
     val_rows_also_in_train: int = 0
     cpu_seconds: float = 0.0
@@ -111,24 +113,55 @@ def build_partition(task: PartitionTask) -> PartitionResult:
         result.legal_moves[split] = int(positions.columns["legal_count"][rows].sum(dtype=np.int64))
         keep = ~np.isin(keys, train_keys)  # all of train; validation drops positions seen in train
         result.val_dropped_seen_in_train += int(np.count_nonzero(~keep))
-        stage2 = rows[keep][np.argsort(positions.ids(rows[keep]), kind="stable")]
-        result.rows["stage2"][split] = _write(output_path(scratch, 2, split, task.number), stage2_table(
-            *positions.take(stage2), positions.columns["legal_bits"][stage2]))
-        labelled = mask & (occ["label"] >= 0)
-        agg = aggregate_played(_index_in(keys, occ["key"][labelled]), occ["label"][labelled].astype(np.int64),
-                               occ["value"][labelled], len(keys))
-        result.val_rows_also_in_train += int(np.count_nonzero(np.isin(keys[agg.rows], train_keys)))
-        result.rows["stage3"][split] = _write(output_path(scratch, 3, split, task.number),
-                                              _stage3(positions, rows[agg.rows], agg))
+        part = PartitionSplit(positions, split, keys, rows, keep, {k: v[mask] for k, v in occ.items()}, train_keys,
+                              result)
+        for info in games_stages():
+            assert info.dataset is not None
+            table = resolve_reference(info.dataset.rows)(part)
+            result.rows[f"stage{info.number}"][split] = _write(output_path(scratch, info.number, split, task.number),
+                                                               table)
         train_keys = keys
     result.cpu_seconds = time.process_time() - started
     return result
 
 
-def _stage3(positions: _Positions, rows: np.ndarray, agg: Stage3Aggregate) -> Any:
+@dataclass
+class PartitionSplit:
+    """One split of one partition, as each games-built stage's ``dataset.rows`` function sees it."""
+
+    positions: _Positions
+    split: str
+    #: The split's distinct position keys in first-seen order, and their rows in ``positions``.
+    keys: np.ndarray
+    rows: np.ndarray
+    #: Which of them the split keeps (validation drops positions seen in train).
+    keep: np.ndarray
+    #: The split's occurrences (one per position played in a game of the split).
+    occurrences: dict[str, np.ndarray]
+    #: The train split's keys (empty while the train split itself is written).
+    train_keys: np.ndarray
+    result: PartitionResult
+
+
+def stage2_rows(part: PartitionSplit) -> Any:
+    """Stage 2: every kept distinct position with its legal moves, sorted by id."""
+    positions, rows = part.positions, part.rows[part.keep]
+    rows = rows[np.argsort(positions.ids(rows), kind="stable")]
+    return stage2_table(*positions.take(rows), positions.columns["legal_bits"][rows])
+
+
+def stage3_rows(part: PartitionSplit) -> Any:
+    """Stage 3: the played occurrences with a result, aggregated per position, sorted by id."""
+    occ, positions = part.occurrences, part.positions
+    labelled = occ["label"] >= 0
+    agg = aggregate_played(_index_in(part.keys, occ["key"][labelled]), occ["label"][labelled].astype(np.int64),
+                           occ["value"][labelled], len(part.keys))
+    part.result.val_rows_also_in_train += int(np.count_nonzero(np.isin(part.keys[agg.rows], part.train_keys)))
+    rows = part.rows[agg.rows]
     order = np.argsort(positions.ids(rows), kind="stable")
     return stage3_table(*positions.take(rows[order]), agg.sparse_policy(order), agg.result_value()[order],
                         agg.count[order])
 
 
-__all__ = ["GAMES_FILE", "PartitionResult", "PartitionTask", "build_partition", "output_path"]
+__all__ = ["GAMES_FILE", "PartitionResult", "PartitionSplit", "PartitionTask", "build_partition", "output_path",
+           "stage2_rows", "stage3_rows"]

@@ -6,7 +6,8 @@
    start and moves as an earlier game) are left out and counted, exactly where a single reader
    would have found them, then the seeded split by game (:func:`maou.data.sources.split_games`).
 3. **Aggregate** (:mod:`maou.data.partitions`, one task per partition, on every core).
-4. **Concatenate**: the partitions' tables, in id order, into ``stage2/`` and ``stage3/``.
+4. **Concatenate**: the partitions' tables, in id order, into each games-built stage's folder
+   (``stage2/``, ``stage3/``: the stages whose registry entry declares a ``dataset``).
 
 Memory: a shard task holds one flush of positions, a partition task one partition (their number
 grows with the corpus, :func:`plan_build`), the build's own process a few bytes per game.
@@ -33,7 +34,8 @@ from maou.data.partitions import GAMES_FILE, PartitionResult, PartitionTask, bui
 from maou.data.records import ReadStats
 from maou.data.shards import ShardResult, ShardTask, read_shard
 from maou.data.sources import split_games
-from maou.data.writers import SPLITS, DatasetFile, stage2_schema, stage3_schema
+from maou.data.writers import SPLITS, DatasetFile
+from maou.stages import games_stages, resolve_reference
 
 #: Shards hold about this many bytes of record files (fewer, larger ones for big corpora) ...
 SHARD_BYTES = (256 << 10, 8 << 20)
@@ -214,8 +216,9 @@ class _InOrder:
     def __init__(self, plan: BuildPlan, out: Path) -> None:
         self.plan, self.next = plan, 0
         self.ready: set[int] = set()
-        self.files = {(number, split): DatasetFile(out / f"stage{number}" / f"{split}.feather", schema)
-                      for number, schema in ((2, stage2_schema()), (3, stage3_schema())) for split in SPLITS}
+        self.files = {(info.number, split): DatasetFile(out / f"stage{info.number}" / f"{split}.feather",
+                                                        resolve_reference(info.dataset.schema)())
+                      for info in games_stages() if info.dataset is not None for split in SPLITS}
 
     def __call__(self, partition: int, _result: Any) -> None:
         import pyarrow as pa
@@ -232,7 +235,7 @@ class _InOrder:
     def close(self) -> dict[str, dict]:
         entries = {key: target.close() for key, target in self.files.items()}
         return {f"stage{n}": {"rows": {s: entries[n, s]["rows"] for s in SPLITS},
-                              "files": {s: entries[n, s] for s in SPLITS}} for n in (2, 3)}
+                              "files": {s: entries[n, s] for s in SPLITS}} for n in {n for n, _ in entries}}
 
 
 @dataclass

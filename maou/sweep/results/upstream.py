@@ -26,13 +26,12 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from maou.stages import resolve_reference
 from maou.stages import stage as stage_info
 from maou.strict import lookup
 from maou.trainer.config import TrainConfig
 
 COMMAND = "maou learn-model"
-#: Upstream scales the Stage 1/2 learning rate by sqrt(batch / this) above it.
-LR_SCALING_BATCH = 256
 _ARCHITECTURES = {"resnet": "resnet", "mlp_mixer": "mlp-mixer"}
 
 
@@ -77,19 +76,18 @@ def upstream_args(config: TrainConfig) -> UpstreamArgs:
 
 
 def _budget_and_batch(config: TrainConfig, out: UpstreamArgs) -> None:
-    stage, batch, lr = config.stage, config.batch_size, config.optim.lr
-    out.add(f"{stage_info(stage).upstream_prefix}batch-size", batch)
-    if stage in (1, 2):
-        scale = math.sqrt(batch / LR_SCALING_BATCH) if batch > LR_SCALING_BATCH else 1.0
-        out.add(f"--stage{stage}-learning-rate", lr / scale)
-    else:
-        out.add("--learning-ratio", lr)
+    flags = stage_info(config.stage).upstream
+    batch, lr = config.batch_size, config.optim.lr
+    out.add(flags.batch, batch)
+    above = flags.lr_scaled_above_batch
+    scale = math.sqrt(batch / above) if above is not None and batch > above else 1.0
+    out.add(flags.learning_rate, lr / scale)
     epochs = config.budget.epochs
     if epochs is None:
         out.cannot("budget.max_steps", config.budget.max_steps, "upstream trains whole epochs, not a step count")
         return
     whole = math.ceil(epochs - 1e-9)
-    out.add(f"--stage{stage}-max-epochs" if stage in (1, 2) else "--epoch", whole)
+    out.add(flags.epochs, whole)
     if whole != epochs:
         out.cannot("budget.epochs", epochs, f"upstream trains whole epochs: {whole} written")
 
@@ -105,14 +103,15 @@ def _optimizer(config: TrainConfig, out: UpstreamArgs) -> None:
 
 
 def _schedule(config: TrainConfig, out: UpstreamArgs) -> None:
-    o = config.optim
+    o, flags = config.optim, stage_info(config.stage).upstream
     constant = o.warmup_fraction == 0 and o.min_lr_ratio == 1.0
-    if config.stage in (1, 2):
-        out.add("--stage12-lr-scheduler", "none" if constant else "Warmup+CosineDecay")
+    if flags.scheduler_can_be_constant:
+        out.add(flags.scheduler, "none" if constant else "Warmup+CosineDecay")
     elif constant:
-        out.cannot("optim.min_lr_ratio", o.min_lr_ratio, "a constant rate: upstream's Stage 3 always schedules")
+        out.cannot("optim.min_lr_ratio", o.min_lr_ratio, f"a constant rate: upstream's Stage {config.stage} "
+                   "always schedules")
     else:
-        out.add("--lr-scheduler", "Warmup+CosineDecay")
+        out.add(flags.scheduler, "Warmup+CosineDecay")
     if not constant:
         out.cannot("optim.warmup_fraction", o.warmup_fraction, "upstream's Warmup+CosineDecay sets its own warmup")
         if o.min_lr_ratio:
@@ -120,23 +119,30 @@ def _schedule(config: TrainConfig, out: UpstreamArgs) -> None:
 
 
 def _stage_loss_and_head(config: TrainConfig, out: UpstreamArgs) -> None:
+    resolve_reference(stage_info(config.stage).upstream.loss_and_head)(config, out)
+
+
+def stage1_flags(config: TrainConfig, out: UpstreamArgs) -> None:
+    out.add("--stage1-pos-weight", config.loss.pos_weight)
+
+
+def stage2_flags(config: TrainConfig, out: UpstreamArgs) -> None:
     loss, model = config.loss, config.model
-    prefix = stage_info(config.stage).upstream_prefix
-    if config.stage == 1:
-        out.add(f"{prefix}pos-weight", loss.pos_weight)
-    elif config.stage == 2:
-        for flag, value in ((f"{prefix}pos-weight", loss.pos_weight), ("--stage2-gamma-pos", loss.gamma_pos),
-                            ("--stage2-gamma-neg", loss.gamma_neg), ("--stage2-clip", loss.asl_clip),
-                            ("--stage2-head-dropout", model.dropout)):
-            out.add(flag, value)
-        if model.hidden_dim is not None:
-            out.add("--stage2-hidden-dim", model.hidden_dim)
-    else:
-        out.add("--policy-loss-ratio", loss.policy_loss_ratio)
-        out.add("--value-loss-ratio", loss.value_loss_ratio)
-        out.add("--policy-target-mode", "move-label")  # targets here: move frequencies
-        if loss.value_loss != "bce":
-            out.cannot("loss.value_loss", loss.value_loss, "upstream's value loss is BCE on the logit")
+    for flag, value in (("--stage2-pos-weight", loss.pos_weight), ("--stage2-gamma-pos", loss.gamma_pos),
+                        ("--stage2-gamma-neg", loss.gamma_neg), ("--stage2-clip", loss.asl_clip),
+                        ("--stage2-head-dropout", model.dropout)):
+        out.add(flag, value)
+    if model.hidden_dim is not None:
+        out.add("--stage2-hidden-dim", model.hidden_dim)
+
+
+def stage3_flags(config: TrainConfig, out: UpstreamArgs) -> None:
+    loss = config.loss
+    out.add("--policy-loss-ratio", loss.policy_loss_ratio)
+    out.add("--value-loss-ratio", loss.value_loss_ratio)
+    out.add("--policy-target-mode", "move-label")  # targets here: move frequencies
+    if loss.value_loss != "bce":
+        out.cannot("loss.value_loss", loss.value_loss, "upstream's value loss is BCE on the logit")
 
 
 def render(args: UpstreamArgs) -> str:
@@ -149,4 +155,4 @@ def render(args: UpstreamArgs) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["COMMAND", "LR_SCALING_BATCH", "UpstreamArgs", "render", "upstream_args"]
+__all__ = ["COMMAND", "UpstreamArgs", "render", "stage1_flags", "stage2_flags", "stage3_flags", "upstream_args"]
