@@ -19,16 +19,25 @@ def seed_noise(config) -> float:
     return (config.seed % 3 - 1) + (own - 2) / 2
 
 
+#: The losses of a run that ``explode_when`` picks, from step 20 on (a diverged run).
+DIVERGED_LOSS = 2021.0
+
+
 class FakeTrainer:
     """Stands in for training: accuracy is a known function of the config plus seed noise."""
 
-    def __init__(self, score, noise=0.01, nan_when=None, untrained=None, delay_s=0.0):
+    def __init__(self, score, noise=0.01, nan_when=None, untrained=None, delay_s=0.0, explode_when=None,
+                 fail_when=None):
         self.score, self.noise, self.nan_when, self.calls = score, noise, nan_when, []
         self.delay_s = delay_s  # seconds before each evaluation (so that runs overlap in time)
         self.untrained = untrained  # config -> the step-0 value (the trainer's eval_at_start)
+        self.explode_when = explode_when  # config -> its losses diverge to DIVERGED_LOSS at step 20
+        self.fail_when = fail_when  # config -> the training raises (a failed trial)
 
     def __call__(self, config, report, checkpoint_dir):
         self.calls.append(config)
+        if self.fail_when and self.fail_when(config):
+            raise RuntimeError(f"fake failure: seed {config.seed} out of memory")
         target = self.score(config) + self.noise * seed_noise(config)
         history, stop = [], None
         if self.untrained is not None:
@@ -43,6 +52,8 @@ class FakeTrainer:
             metrics = {"val_accuracy": value, "val_loss": 1 - value, "train_loss": 1 - value}
             if self.nan_when and self.nan_when(config):
                 metrics = {"val_accuracy": value, "val_loss": math.nan, "train_loss": math.nan}
+            if self.explode_when and self.explode_when(config) and step >= 20:
+                metrics = {"val_accuracy": 0.0, "val_loss": DIVERGED_LOSS, "train_loss": DIVERGED_LOSS}
             history.append((step, metrics))
             stop = report(step, metrics)
             if stop:
@@ -59,8 +70,6 @@ def lr_batch_score(config):
     if config.batch_size == 128:
         score += 0.001  # better on the mean, but well inside the seed noise
     return score
-
-
 
 
 def main(argv: list[str]) -> int:

@@ -138,7 +138,7 @@ def test_the_dashboard_shows_the_decision_note_and_the_figures(fake_sweep, tmp_p
         note = chromium(f"http://127.0.0.1:{port}/dashboard/studies/{study_id}/note", tmp_path)
         assert "Decision: adopted" in note and "Step 2 of 2" in note
         page = chromium(f"http://127.0.0.1:{port}/dashboard/studies/{study_id}", tmp_path, "--window-size=1400,3000")
-        assert "mean val_accuracy (± se)" in page and 'class="main-svg"' in page
+        assert "val_accuracy per configuration, relative to the carried one" in page and 'class="main-svg"' in page
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)

@@ -10,7 +10,6 @@ its leaderboard and decision, configurations wrapped one key per line (an 80-col
 
 from __future__ import annotations
 
-import math
 import time
 from contextlib import AbstractContextManager
 from typing import Any
@@ -28,17 +27,13 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from maou.sweep.numbers import fmt
 
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return "nan" if math.isnan(value) else f"{value:.4g}"
-    return str(value)
+_fmt = fmt  # one number format: the report's, the dashboard's and the configurations'
 
 
 def _config(key: Any) -> str:
-    return "\n".join(f"{k}={_fmt(v)}" for k, v in key.items) or "(base)"
+    return key.label("\n")
 
 
 class SweepView(AbstractContextManager):

@@ -13,8 +13,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from maou.strict import to_dict
+from maou.sweep.numbers import fmt
 
 Scalar = Any  # None, bool, int, float or str: the leaves of a training config
+#: How the base configuration (no overrides) reads.
+BASE = "(base)"
 
 
 @dataclass(frozen=True)
@@ -61,8 +64,17 @@ class ConfigKey:
     def is_base(self) -> bool:
         return not self.items
 
+    def pairs(self) -> list[str]:
+        """``key=value`` for each override, values in the one number format (:func:`fmt`); empty
+        for the base configuration."""
+        return [f"{k}={fmt(v)}" for k, v in self.items]
+
+    def label(self, sep: str = " ") -> str:
+        """The pairs joined by ``sep``, or ``(base)`` for the base configuration."""
+        return sep.join(self.pairs()) or BASE
+
     def __str__(self) -> str:
-        return " ".join(f"{k}={_fmt(v)}" for k, v in self.items) or "(base)"
+        return self.label()
 
     def __lt__(self, other: object) -> bool:  # values of one key may mix None and numbers
         if not isinstance(other, ConfigKey):
@@ -74,8 +86,4 @@ def _hashable(value: Any) -> Scalar:
     return tuple(value) if isinstance(value, list) else value
 
 
-def _fmt(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-__all__ = ["ConfigKey"]
+__all__ = ["BASE", "ConfigKey"]

@@ -13,18 +13,20 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from maou.sweep.identity import ConfigKey
+from maou.sweep.identity import BASE, ConfigKey
+from maou.sweep.numbers import fmt
 from maou.sweep.records import RecordedDecision, StepRecord, TrialRecord, read_step
 
 
-def _f(x: Any, digits: int = 4) -> str:
+def _f(x: Any) -> str:
+    """A number in the one format (:func:`maou.sweep.numbers.fmt`); ``-`` for none or non-finite."""
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "-"
-    return f"{x:.{digits}g}" if isinstance(x, float) else str(x)
+    return fmt(x)
 
 
 def _config(key: ConfigKey) -> str:
-    return ", ".join(f"`{k}={v}`" for k, v in key.items) or "`(base)`"
+    return ", ".join(f"`{pair}`" for pair in key.pairs()) or f"`{BASE}`"
 
 
 def leaderboard_markdown(decision: RecordedDecision) -> list[str]:
@@ -33,9 +35,9 @@ def leaderboard_markdown(decision: RecordedDecision) -> list[str]:
     for e in decision.leaderboard:
         c = decision.comparison_of(e.key) or {}
         mark = "**winner**" if e.key == decision.winner_key else ("carried" if e.key == decision.carried_key else "")
-        test = f"{_f(c.get('p'), 3)} ({_f(c.get('holm_level'), 3)})" if c else ""
-        lines.append(f"| {_config(e.key)} | {_f(e.mean)} | {_f(e.sem, 2)} | {e.n} | {e.pruned} | {e.failed} | "
-                     f"{_f(c.get('gain'), 3) if c else ''} | {test} | {mark} |")
+        test = f"{_f(c.get('p'))} ({_f(c.get('holm_level'))})" if c else ""
+        lines.append(f"| {_config(e.key)} | {_f(e.mean)} | {_f(e.sem)} | {e.n} | {e.pruned} | {e.failed} | "
+                     f"{_f(c.get('gain')) if c else ''} | {test} | {mark} |")
     return lines
 
 
@@ -45,8 +47,8 @@ def decision_markdown(decision: RecordedDecision) -> list[str]:
     winner = decision.comparison_of(decision.winner_key) or {}
     if decision.adopted:
         head = (f"**Decision: adopted** {_config(decision.winner_key)}: gain {_f(winner.get('gain'))} "
-                f"(needed {_f(winner.get('needed'))}, p {_f(winner.get('p'), 3)} at Holm level "
-                f"{_f(winner.get('holm_level'), 3)}).")
+                f"(needed {_f(winner.get('needed'))}, p {_f(winner.get('p'))} at Holm level "
+                f"{_f(winner.get('holm_level'))}).")
     else:
         head = f"**Decision: kept the carried configuration** {_config(decision.carried_key)}."
     lines = [head]
@@ -72,7 +74,7 @@ def step_note(step: StepRecord, spec: Any, index: int, decision: RecordedDecisio
              f"**Carried in:** {_config(carried)}; **objective:** {objective.metric} ({objective.direction}, "
              f"{objective.reduce} value, whole validation split); **seeds:** {list(spec.seed_list)}"]
     if guards:
-        lines.append("**Guards:** " + ", ".join(f"{g.metric} may not get worse by more than {g.tolerance:g}"
+        lines.append("**Guards:** " + ", ".join(f"{g.metric} may not get worse by more than {fmt(g.tolerance)}"
                                                for g in guards))
     lines += ["", *leaderboard_markdown(decision), "", *decision_markdown(decision)]
     return "\n".join(lines) + "\n"
@@ -114,19 +116,21 @@ def publish_step(spec: Any, index: int, studies: list[Any]) -> None:
     (``studies``: the step studies up to ``index``, in order)."""
     import optuna_dashboard
 
-    from maou.sweep.results.plots import curves_figure, means_figure
+    from maou.sweep.results.plots import curves_figure, means_figure, step_colors
 
     steps = [read_step(s, i, spec.steps[i].name) for i, s in enumerate(studies)]
     step, study = steps[index], studies[index]
     if step.decision is None:
         return
-    metric = spec.step_objective(index).metric
+    objective = spec.step_objective(index)
     title = f"{index + 1:02d}-{spec.steps[index].name}"
+    colors = step_colors(step)
     if index > 0:
         optuna_dashboard.save_note(study, step_note(step, spec, index, step.decision))
-    optuna_dashboard.save_plotly_graph_object(study, means_figure(step.decision, metric, title),
-                                              graph_object_id="means")
-    optuna_dashboard.save_plotly_graph_object(study, curves_figure(list(step.trials), metric, title),
+    optuna_dashboard.save_plotly_graph_object(
+        study, means_figure(step.decision, objective.metric, title, objective.direction, colors),
+        graph_object_id="means")
+    optuna_dashboard.save_plotly_graph_object(study, curves_figure(list(step.trials), objective.metric, title, colors),
                                               graph_object_id="curves")
     first = steps[0]
     own = step_note(first, spec, 0, first.decision) if first.decision is not None else ""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from maou.sweep.numbers import fmt
 from maou.sweep.records import RecordedDecision, read_sweep
 
 
@@ -17,7 +18,7 @@ def verdict(decision: RecordedDecision | None) -> str:
     text = "kept carried" if decision.comparisons else "measured (nothing to compare)"
     if decision.adopted:
         gain = (decision.comparison_of(decision.winner_key) or {}).get("gain")
-        text = f"adopted (gain {gain:.4g})" if isinstance(gain, float) else "adopted"
+        text = f"adopted (gain {fmt(gain)})" if isinstance(gain, (int, float)) else "adopted"
     if not decision.noise_measured:
         text += "; noise not measured (1 seed)"
     if decision.edge:
