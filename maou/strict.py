@@ -211,6 +211,8 @@ def to_dict(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         out: dict[str, Any] = {}
         for f in dataclasses.fields(obj):
+            if not f.init:  # bookkeeping, not config (a spec's source file): never read, never written
+                continue
             value = to_dict(getattr(obj, f.name))
             if f.metadata.get("inline"):
                 out.update(value)

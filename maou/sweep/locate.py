@@ -51,9 +51,13 @@ def locate_spec(name: str, cwd: Path | None = None) -> Path:
 
 
 def project_root(spec_path: Path) -> Path:
-    """The folder holding the spec's ``sweeps/`` folder, or the spec's own folder."""
+    """The folder holding the nearest ``sweeps/`` folder above the spec (``sweeps/cpu/x.yaml`` is in
+    the project too), or the spec's own folder."""
     folder = spec_path.resolve().parent
-    return folder.parent if folder.name == SPECS_FOLDER else folder
+    for candidate in (folder, *folder.parents):
+        if candidate.name == SPECS_FOLDER:
+            return candidate.parent
+    return folder
 
 
 def _under(root: Path, path: str) -> str:
@@ -100,7 +104,9 @@ def load_spec(path: str | Path) -> SweepSpec:
     against its project root; raises :class:`~maou.strict.ConfigError`."""
     spec: SweepSpec = from_dict(SweepSpec, read_yaml_file(path, "sweep spec"))
     validate(spec)
-    return resolve_paths(spec, project_root(Path(path)))
+    resolved = resolve_paths(spec, project_root(Path(path)))
+    object.__setattr__(resolved, "source", str(Path(path).resolve()))
+    return resolved
 
 
 __all__ = ["load_spec", "locate_spec", "project_root", "resolve_paths"]

@@ -186,6 +186,8 @@ class SweepSpec:
     runs_dir: str | None = None
     #: Where ``sweep export`` and ``sweep report`` write (default results/<name>).
     results_dir: str | None = None
+    #: The file the spec was read from (set by ``load_spec``; no key of the YAML).
+    source: str | None = field(default=None, init=False, compare=False)
 
     def __post_init__(self) -> None:
         require(self, "name", bool(_NAME.match(self.name)), "letters, digits, '.', '_' and '-' only")

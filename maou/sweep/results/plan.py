@@ -5,11 +5,13 @@ holds); a later step's depend on the winners before it, so they come as bounds: 
 once per seed, one of which may turn out to be the carried configuration (copied, not trained),
 plus what ``extend`` may add. The cost is estimated from the mean wall time of this sweep's
 finished trials when it has some, else from a few optimizer steps of the base configuration
-measured on this machine with random inputs of the stage's shapes.
+timed on the device the run would use, with random inputs of the stage's shapes, scaled to the
+budget (an epochs budget counts the training rows of the built datasets, or estimates them).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,12 +31,38 @@ class StepPlanSummary:
     notes: list[str] = field(default_factory=list)
 
 
+#: A sweep this long on this machine gets a one-line warning (it was sized for another).
+A_DAY_S = 86_400.0
+
+
 @dataclass
 class SweepPlan:
     spec: SweepSpec
     steps: list[StepPlanSummary]
     seconds_per_training: float | None
     cost_source: str
+    #: Training rows of the stage, and where the number comes from.
+    rows: tuple[int, str] = (0, "")
+    #: Every step decided: nothing is left to run.
+    complete: bool = False
+    #: Where the cost was measured (``cpu``, ``cuda``), when it was.
+    device: str | None = None
+
+    @property
+    def seconds(self) -> tuple[float, float] | None:
+        """The estimated wall time left, one training at a time (None: not estimated)."""
+        if self.seconds_per_training is None:
+            return None
+        low, high = self.trainings
+        return low * self.seconds_per_training, high * self.seconds_per_training
+
+    def too_long_here(self) -> str | None:
+        """One line when the sweep would take more than a day on this machine."""
+        seconds = self.seconds
+        if seconds is None or seconds[0] <= A_DAY_S:
+            return None
+        return (f"warning: about {seconds[0] / 86_400:.1f} days one training at a time on this machine "
+                f"({self.device or 'here'}): this spec is sized for a faster device")
 
     @property
     def trainings(self) -> tuple[int, int]:
@@ -64,25 +92,34 @@ def _later_step(spec: SweepSpec, index: int) -> StepPlanSummary:
     return summary
 
 
-def plan_sweep(spec: SweepSpec, storage: Any = None, measure: bool = True) -> SweepPlan:
-    """The plan of ``spec`` (``storage``: what already ran there counts as done)."""
+def plan_sweep(spec: SweepSpec, storage: Any = None, measure: bool = True, build: bool = True,
+               progress: bool = False) -> SweepPlan:
+    """The plan of ``spec`` (``storage``: what already ran there counts as done). An epochs budget
+    needs the training rows: from the built manifest, building the datasets first (``build``, with
+    a progress bar when ``progress``), else estimated from the game records."""
     finished: set = set()
     done: dict[str, int] = {}
     walls: list[float] = []
+    complete = False
     if storage is not None:
-        finished, done, walls = _from_storage(spec, storage)
+        finished, done, walls, complete = _from_storage(spec, storage)
     steps = [_first_step(spec, finished)] + [_later_step(spec, i) for i in range(1, len(spec.steps))]
     for index, summary in enumerate(steps):
         summary.done = done.get(spec.study_name(index), 0)
+        if index > 0:  # bounds: what already ran of a later step is not run again
+            summary.trainings = tuple(max(0, n - summary.done) for n in summary.trainings)  # type: ignore[assignment]
+        if complete:
+            summary.trainings = (0, 0)
+    rows = training_rows(spec, build=build, progress=progress)
+    plan = SweepPlan(spec, steps, None, "not measured", rows=rows, complete=complete)
     if walls:
-        return SweepPlan(spec, steps, sum(walls) / len(walls), f"mean of {len(walls)} finished trials")
-    if not measure:
-        return SweepPlan(spec, steps, None, "not measured")
-    seconds, source = measure_training_seconds(spec)
-    return SweepPlan(spec, steps, seconds, source)
+        plan.seconds_per_training, plan.cost_source = sum(walls) / len(walls), f"mean of {len(walls)} finished trials"
+    elif measure and not complete:
+        plan.seconds_per_training, plan.cost_source, plan.device = measure_training_seconds(spec, rows[0])
+    return plan
 
 
-def _from_storage(spec: SweepSpec, storage: Any) -> tuple[set, dict[str, int], list[float]]:
+def _from_storage(spec: SweepSpec, storage: Any) -> tuple[set, dict[str, int], list[float], bool]:
     from maou.sweep.records import read_sweep
 
     record = read_sweep(spec, storage)
@@ -95,57 +132,88 @@ def _from_storage(spec: SweepSpec, storage: Any) -> tuple[set, dict[str, int], l
         walls += [t.wall_time_s for t in trials if t.wall_time_s is not None and not t.reused]
         if step.index == 0:
             finished = {t.pair for t in trials}
-    return finished, done, walls
+    return finished, done, walls, record.done
 
 
-def measure_training_seconds(spec: SweepSpec, steps: int = 6) -> tuple[float | None, str]:
-    """Seconds one training of the base configuration takes here: a few optimizer steps on random
-    inputs of the stage's shapes, times the budget (an epochs budget needs the built datasets)."""
+def training_rows(spec: SweepSpec, build: bool = True, progress: bool = False) -> tuple[int, str]:
+    """Training rows of the spec's stage and where the number comes from: the synthetic rows, the
+    built manifest (built first when ``build``), else an estimate from the game records."""
+    import json
+    from pathlib import Path
+
+    from maou.data.build import build_dir, datasets_up_to_date
+    from maou.shogi.shapes import STAGE1_ROWS_NUM
+    from maou.stages import stage
+
+    if stage(spec.stage).data_source == "synthetic":
+        return STAGE1_ROWS_NUM, "the synthetic Stage 1 rows"
+    data = spec.base_config().data
+    manifest = Path(build_dir(data)) / f"stage{spec.stage}" / "manifest.json"
+    if not datasets_up_to_date(data) and build:
+        from maou.data.resolve import dataset_of
+
+        dataset_of(spec.base_config(), progress=progress)
+    if manifest.is_file() and datasets_up_to_date(data):
+        rows = int(json.loads(manifest.read_text()).get("rows", {}).get("train", 0))
+        return rows, f"the built datasets ({rows:,} training rows)"
+    return estimate_rows(spec)
+
+
+#: Training rows a record file gives, on average, by its kind (measured on the bundled engine games:
+#: about 130 positions a game, 90 % of them for training, a few repeated).
+_ROWS_PER_GAME = 110
+#: An HCPE row is one position (32-byte hcp plus its columns: about 50 bytes a row on disk).
+_HCPE_BYTES_PER_ROW = 50
+
+
+def estimate_rows(spec: SweepSpec) -> tuple[int, str]:
+    """Training rows estimated from the game records without reading them (``sweep plan --no-build``)."""
+    from maou.data.sources import source_files
+
+    try:
+        files = [f for _, f, _ in source_files(list(spec.base_config().data.games))]
+    except Exception:  # noqa: BLE001 - an estimate: a missing folder counts as no games
+        files = []
+    hcpe = [f for f in files if str(f).endswith(".feather")]
+    records = len(files) - len(hcpe)
+    share = 1.0 - spec.base_config().data.val_fraction
+    rows = int(share * (records * _ROWS_PER_GAME + sum(f.stat().st_size for f in hcpe) / _HCPE_BYTES_PER_ROW))
+    return max(rows, 1), (f"estimated, not built: {len(files):,} record files at about {_ROWS_PER_GAME} training "
+                          f"rows a game ({rows:,} rows)")
+def measure_training_seconds(spec: SweepSpec, rows: int, steps: int = 3) -> tuple[float | None, str, str]:
+    """Seconds one training of the base configuration takes here, on the device the run would use:
+    a few optimizer steps on random inputs of the stage's shapes (after one warm-up step), scaled to
+    the budget's steps. Returns (seconds, how it was measured, device)."""
+    import dataclasses
+
     import torch
 
     from maou.shogi.shapes import BOARD_SHAPE, PIECE_IDS_NUM, PIECES_IN_HAND_NUM
     from maou.stages import stage
-    from maou.strict import with_overrides
+    from maou.trainer.config import Budget
     from maou.trainer.loop import train_stage
     from maou.trainer.split import Split
     from maou.trainer.tensors import StageData
 
     base = spec.base_config()
-    rows = base.batch_size * 2
-    targets = {t.name: (torch.rand((rows, t.width) if t.width else (rows,)) < 0.1).to(getattr(torch, t.dtype))
-               for t in stage(spec.stage).targets}
-    split = Split(torch.randint(0, PIECE_IDS_NUM, (rows, *BOARD_SHAPE), dtype=torch.uint8),
-                  torch.randint(0, 3, (rows, PIECES_IN_HAND_NUM), dtype=torch.uint8), targets)
-    probe = with_overrides(base, {"budget.max_steps": steps, "budget.epochs": None, "budget.eval_every": steps,
-                                  "eval_at_start": False, "init_from": None})
-    started = time.perf_counter()
-    result = train_stage(probe, StageData(spec.stage, split, split))
-    step_seconds = (time.perf_counter() - started) / steps
-    total = _budget_steps(spec)
-    if total is None:
-        return None, f"{step_seconds * 1e3:.0f} ms a step here; an epochs budget needs the built datasets"
-    return step_seconds * total, (f"{steps} steps of the base configuration measured here on {result.device} "
-                                  f"({step_seconds * 1e3:.0f} ms a step, {total} steps a training)")
 
+    def split(n: int) -> Split:
+        targets = {t.name: (torch.rand((n, t.width) if t.width else (n,)) < 0.1).to(getattr(torch, t.dtype))
+                   for t in stage(spec.stage).targets}
+        return Split(torch.randint(0, PIECE_IDS_NUM, (n, *BOARD_SHAPE), dtype=torch.uint8),
+                     torch.randint(0, 3, (n, PIECES_IN_HAND_NUM), dtype=torch.uint8), targets)
 
-def _budget_steps(spec: SweepSpec) -> int | None:
-    budget = spec.base_config().budget
-    if budget.max_steps is not None:
-        return budget.max_steps
-    import json
-    from pathlib import Path
-
-    from maou.data.build import build_dir
-    from maou.shogi.shapes import STAGE1_ROWS_NUM
-    from maou.stages import stage
-
-    if stage(spec.stage).data_source == "synthetic":
-        return budget.total_steps(STAGE1_ROWS_NUM, spec.base_config().batch_size)
-    manifest = Path(build_dir(spec.base_config().data)) / f"stage{spec.stage}" / "manifest.json"
-    if not manifest.is_file():
-        return None
-    rows = int(json.loads(manifest.read_text()).get("rows", {}).get("train", 0))
-    return budget.total_steps(rows, spec.base_config().batch_size)
+    probe = dataclasses.replace(base, budget=Budget(max_steps=1 + steps, eval_every=1 + steps),
+                                eval_at_start=False, init_from=None, eval_rows=0)
+    stamps: list[float] = []
+    result = train_stage(probe, StageData(spec.stage, split(base.batch_size * 2), split(min(64, base.batch_size))),
+                         on_step=lambda step, total: stamps.append(time.perf_counter()))
+    device = result.device
+    # the first step (allocations, kernel choice) is left out: the time between the later ones
+    step_seconds = (stamps[-1] - stamps[0]) / max(1, len(stamps) - 1) if len(stamps) > 1 else math.nan
+    total = base.budget.total_steps(rows, base.batch_size)
+    return step_seconds * total, (f"{steps} steps of the base configuration timed here on {device} "
+                                  f"({step_seconds * 1e3:.0f} ms a step, {total:,} steps a training)"), device
 
 
 __all__ = ["SweepPlan", "StepPlanSummary", "measure_training_seconds", "plan_sweep"]

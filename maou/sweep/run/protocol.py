@@ -131,11 +131,13 @@ def run_sweep(spec: SweepSpec, storage_url: str | None = None, executor: Any = N
     ``view`` and ``observers`` hear of steps and trials (:class:`~maou.sweep.run.recorder.Observer`):
     the live display, the dashboard notes (:class:`maou.sweep.results.notes.DashboardNotes`).
     """
+    from maou.sweep.chain import require_prerequisites
     from maou.sweep.run.executors import make_executor
     from maou.sweep.run.lock import sweep_lock
     from maou.sweep.storage import open_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    require_prerequisites(spec)  # before anything trains or touches this sweep's storage
     url = storage_url or spec.storage_url
     storage = storage if storage is not None else open_storage(url)
     with sweep_lock(storage, spec.name):
