@@ -21,7 +21,7 @@ from maou.sweep.results.plots import CLIP_RULE, curves_figure, means_figure, y_r
 from maou.sweep.results.report import GLOSSARY, build_report
 from maou.sweep.run.executors.local import LocalExecutor
 from maou.sweep.run.protocol import run_sweep
-from maou.sweep.spec import load_spec
+from maou.sweep.locate import load_spec
 from maou.sweep.storage import open_storage
 
 STEPS = [{"name": "baseline", "description": "the base configuration alone"},
