@@ -42,20 +42,89 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
-def plan_table(plan: Any) -> Any:
-    from rich.table import Table
+def _fill(entries: list[str], width: int) -> list[str]:
+    """``entries`` on lines of ``width``: all on one line when they fit, else one entry a line,
+    a long one broken between its words (then after a comma of a value list), never inside one,
+    and continued two columns in."""
+    if len("; ".join(entries)) <= width:
+        return ["; ".join(entries)] if entries else []
+    lines: list[str] = []
+    for entry in entries:
+        line, room = "", width
+        for word in entry.split(" "):
+            pieces = [word] if len(word) <= room else [p + "," for p in word.split(",")[:-1]] + [word.split(",")[-1]]
+            for piece in pieces:
+                glue = "" if not line or line.endswith(",") else " "
+                if line and len(line) + len(glue) + len(piece) > room:
+                    lines.append(line if room == width else "  " + line)
+                    line, glue, room = "", "", width - 2
+                line += glue + piece
+        lines.append(line if room == width else "  " + line)
+    return lines
 
-    table = Table(title=f"plan of sweep {plan.spec.name}: stage {plan.spec.stage}, seeds {list(plan.spec.seed_list)}")
-    for column in ("step", "question", "configurations", "trainings to run", "reused", "done", "cost"):
-        table.add_column(column, overflow="fold")
-    per = plan.seconds_per_training
-    for index, step in enumerate(plan.steps):
-        cost = (_duration(step.trainings[0] * per) if step.trainings[0] == step.trainings[1]
-                else f"{_duration(step.trainings[0] * per)}-{_duration(step.trainings[1] * per)}") if per else "?"
-        question = step.question + ("".join(f"\n({n})" for n in step.notes))
-        table.add_row(f"{index + 1}. {step.name}", question, _bounds(step.configurations), _bounds(step.trainings),
-                      _bounds(step.reused), str(step.done), cost)
-    return table
+
+def _wrapped(text: str, width: int, indent: int = 3) -> list[str]:
+    """``text`` wrapped at ``width`` between words (a word longer than a line stays whole), indented."""
+    import textwrap
+
+    return textwrap.wrap(text, max(20, width - indent), initial_indent=" " * indent, subsequent_indent=" " * indent,
+                         break_long_words=False, break_on_hyphens=False)
+
+
+class PlanView:
+    """``sweep plan`` laid out for the console's width: a header, then per step one line with the
+    values it tries, its trainings and their cost (values that do not fit continue below, in
+    their column), and underneath, indented and wrapped at the console's width, its question and
+    its other counts."""
+
+    def __init__(self, plan: Any) -> None:
+        self.plan = plan
+
+    def _cost(self, trainings: tuple[int, int]) -> str:
+        per = self.plan.seconds_per_training
+        if not per:
+            return "?"
+        low, high = _duration(trainings[0] * per), _duration(trainings[1] * per)
+        if low == high:
+            return low
+        (number, unit), (_, high_unit) = low.split(" "), high.split(" ")
+        return f"{number}-{high}" if unit == high_unit else f"{low}-{high}"
+
+    def __rich_console__(self, console: Any, options: Any) -> Any:
+        from rich.text import Text
+
+        from maou.sweep.results.plan import step_tries
+
+        plan, width = self.plan, options.max_width
+        spec = plan.spec
+        yield Text(f"plan of sweep {spec.name}: stage {spec.stage}, seeds {list(spec.seed_list)}", style="bold")
+        labels = [f"{index + 1}. {step.name}" for index, step in enumerate(plan.steps)]
+        counts = [f"trainings {_bounds(step.trainings)}" for step in plan.steps]
+        costs = [f"cost {self._cost(step.trainings)}" for step in plan.steps]
+        tries = [step_tries(spec.steps[index], short=True) or ["(base)" if index == 0 else "(carried)"]
+                 for index in range(len(plan.steps))]
+        label_w, count_w, cost_w = (max(len(x) for x in column) for column in (labels, counts, costs))
+        room = width - label_w - count_w - cost_w - 6
+        # the values in their own column when it is wide enough; else on the lines below the header
+        beside = room >= 36 or room >= 20 and all(len(entry) <= room for entries in tries for entry in entries)
+        filled = [_fill(entries, room if beside else width - 3) for entries in tries]
+        tries_w = max(len(line) for lines in filled for line in lines) if beside else 0
+        for index, step in enumerate(plan.steps):
+            head = Text(labels[index].ljust(label_w), style="bold")
+            if beside:
+                head.append("  " + filled[index][0].ljust(tries_w), style="cyan")
+            head.append(f"  {counts[index].ljust(count_w)}  {costs[index]}")
+            head.rstrip()
+            yield head
+            for line in filled[index][1:] if beside else filled[index]:
+                indent = label_w + 2 if beside else 3
+                yield Text(" " * indent + line, style="cyan")
+            for line in _wrapped(step.question, width):
+                yield Text(line)
+            details = [f"configurations {_bounds(step.configurations)}", f"reused {_bounds(step.reused)}",
+                       f"done {step.done}", *step.notes]
+            for line in _wrapped(" · ".join(details), width):
+                yield Text(line, style="dim")
 
 
 def _plan_of(spec: Any, url: str | None = None, measure: bool = True, build: bool = True,
@@ -93,7 +162,7 @@ def plan_command(args: argparse.Namespace) -> int:
         console.print(f"needs the winner of {link.spec.name} ({link.state}): {cost_text(needed)}"
                       + ("" if link.done else f"; run `sweep run {command_name(link.spec)}` first"), soft_wrap=True)
     plan = _plan_of(spec, args.storage, measure=args.measure, build=args.build, progress=True)
-    console.print(plan_table(plan))
+    console.print(PlanView(plan))
     console.print(f"training rows: {plan.rows[1]}", soft_wrap=True)
     if plan.complete:
         console.print(f"nothing left to run: every step of sweep {spec.name} decided "
@@ -112,6 +181,24 @@ def plan_command(args: argparse.Namespace) -> int:
     if len(spec.seed_list) < 2:
         console.print("[yellow]one seed: the noise of a gain is not measured[/]")
     return 0
+
+
+def _run_plan(spec: Any, storage: Any, measure: bool) -> Any:
+    """The plan ``sweep run`` shows progress against: each step's trainings, and the seconds a
+    training takes: the storage's finished trials' mean wall time; on a fresh storage, when the
+    live display will show an ETA (``measure``) and the trainings run in this process (so the
+    probe's warm-up is theirs too; a Ray driver holds no GPU), a few optimizer steps timed here
+    (about a second on a CPU)."""
+    from maou.sweep.results.plan import measure_training_seconds, plan_sweep
+    from maou.sweep.run.executors import resolve_auto
+
+    plan = plan_sweep(spec, storage, measure=False, build=False)
+    if plan.seconds_per_training is None and measure and resolve_auto(spec.executor).kind == "local":
+        try:
+            plan.seconds_per_training, plan.cost_source, plan.device = measure_training_seconds(spec, plan.rows[0])
+        except Exception:  # noqa: BLE001 - only an estimate: the trainings themselves report what fails
+            pass
+    return plan
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -133,9 +220,8 @@ def run_command(args: argparse.Namespace) -> int:
 def _run_one(args: argparse.Namespace, spec: Any, url: str, name: str, console: Any) -> int:
     from maou.cli.view import SweepView
     from maou.sweep.results.notes import DashboardNotes
-    from maou.sweep.results.plan import plan_sweep
     from maou.sweep.run.protocol import run_sweep
-    from maou.sweep.storage import mask_url
+    from maou.sweep.storage import mask_url, open_storage
 
     args.resume_hint = f"trials in progress were marked interrupted; run `sweep run {name}` again to resume"
     console.print(f"[bold]sweep {spec.name}[/]: stage {spec.stage}, {len(spec.steps)} steps, "
@@ -143,10 +229,13 @@ def _run_one(args: argparse.Namespace, spec: Any, url: str, name: str, console: 
     if len(spec.seed_list) < 2:
         console.print(f"[yellow]warning: one seed cannot measure the noise: a step adopts any gain above "
                       f"selection.min_margin ({spec.selection.min_margin:g}); give seeds: 3 to test gains[/]")
-    expected = plan_sweep(spec, measure=False, build=False).trainings[1]
+    storage = open_storage(url)
+    plan = _run_plan(spec, storage, measure=console.is_terminal)
+    bounds = [s.trainings[1] for s in plan.steps]  # each step's trainings left, at most
     started = time.perf_counter()
-    with SweepView(console, expected) as view:
-        outcome = run_sweep(spec, storage_url=url, view=view, observers=(DashboardNotes(),))
+    with SweepView(console, sum(bounds), plan.seconds_per_training, bounds) as view:
+        outcome = run_sweep(spec, storage_url=url, view=view, storage=storage,
+                            observers=(DashboardNotes(),))
     elapsed = time.perf_counter() - started
     console.rule("[bold]done")
     console.print(f"winner: {json.dumps(outcome.carried, sort_keys=True) or '(base config)'}")

@@ -9,6 +9,7 @@ attribute ``config_key``) and in every decision as its canonical text, sorted JS
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,8 +83,15 @@ class ConfigKey:
         return self.text < other.text
 
 
+def short_keys(keys: Sequence[str]) -> list[str]:
+    """Each dotted key's last part (``loss.gamma_neg`` -> ``gamma_neg``), where no other key of
+    ``keys`` ends the same way (``optim.lr`` and ``model.lr`` stay whole)."""
+    last = [key.rsplit(".", 1)[-1] for key in keys]
+    return [short if last.count(short) == 1 else key for key, short in zip(keys, last, strict=True)]
+
+
 def _hashable(value: Any) -> Scalar:
     return tuple(value) if isinstance(value, list) else value
 
 
-__all__ = ["BASE", "ConfigKey"]
+__all__ = ["BASE", "ConfigKey", "short_keys"]

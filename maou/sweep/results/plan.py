@@ -16,8 +16,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from maou.sweep.identity import short_keys
 from maou.sweep.run.planner import plan_step
-from maou.sweep.spec import SweepSpec, step_candidates
+from maou.sweep.spec import ParamRange, Step, SweepSpec, step_candidates
 
 
 @dataclass
@@ -29,6 +30,39 @@ class StepPlanSummary:
     reused: tuple[int, int]
     done: int = 0
     notes: list[str] = field(default_factory=list)
+    #: What the step tries (:func:`step_tries`): ``["loss.gamma_neg 1,2,3,4"]``; empty for a baseline.
+    tries: list[str] = field(default_factory=list)
+
+
+def _value(value: object) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _range(r: ParamRange) -> str:
+    if r.choices is not None:
+        return "|".join(_value(c) for c in r.choices)
+    text = f"{_value(r.low)}..{_value(r.high)}"
+    return text + "".join(part for part, on in ((" log", r.log), (f" step {_value(r.step)}", r.step is not None),
+                                                (" integer", r.integer)) if on)
+
+
+def step_tries(step: Step, short: bool = False) -> list[str]:
+    """The values ``step`` tries, as the spec gives them: one entry per grid key
+    (``loss.gamma_neg 1,2,3,4``), per explicit configuration (``model.hidden_dim=512
+    model.dropout=0.1``) or per searched parameter (``optim.lr 1e-05..0.01 log``, then
+    ``10 tpe samples``); none for a baseline. ``short``: each key's last dotted part where that is
+    unambiguous within the step."""
+    keys = list(dict.fromkeys([*step.grid, *(k for c in step.configs for k in c),
+                               *(step.search.params if step.search is not None else ())]))
+    name = dict(zip(keys, short_keys(keys) if short else keys, strict=True))
+    if step.grid:
+        return [f"{name[k]} {','.join(_value(v) for v in values)}" for k, values in step.grid.items()]
+    if step.configs:
+        return [" ".join(f"{name[k]}={_value(v)}" for k, v in c.items()) for c in step.configs]
+    if step.search is not None:
+        return ([f"{name[k]} {_range(r)}" for k, r in step.search.params.items()]
+                + [f"{step.search.trials} {step.search.sampler} samples"])
+    return []
 
 
 #: A sweep this long on this machine gets a one-line warning (it was sized for another).
@@ -106,11 +140,14 @@ def plan_sweep(spec: SweepSpec, storage: Any = None, measure: bool = True, build
     steps = [_first_step(spec, finished)] + [_later_step(spec, i) for i in range(1, len(spec.steps))]
     for index, summary in enumerate(steps):
         summary.done = done.get(spec.study_name(index), 0)
+        summary.tries = step_tries(spec.steps[index])
         if index > 0:  # bounds: what already ran of a later step is not run again
             summary.trainings = tuple(max(0, n - summary.done) for n in summary.trainings)  # type: ignore[assignment]
         if complete:
             summary.trainings = (0, 0)
-    rows = training_rows(spec, build=build, progress=progress)
+    # an epochs budget needs the training rows; a steps budget does not
+    rows = (training_rows(spec, build=build, progress=progress) if spec.base_config().budget.epochs is not None
+            else (0, "not needed (the budget is in optimizer steps)"))
     plan = SweepPlan(spec, steps, None, "not measured", rows=rows, complete=complete)
     if walls:
         plan.seconds_per_training, plan.cost_source = sum(walls) / len(walls), f"mean of {len(walls)} finished trials"
@@ -216,4 +253,4 @@ def measure_training_seconds(spec: SweepSpec, rows: int, steps: int = 3) -> tupl
                                   f"({step_seconds * 1e3:.0f} ms a step, {total:,} steps a training)"), device
 
 
-__all__ = ["SweepPlan", "StepPlanSummary", "measure_training_seconds", "plan_sweep"]
+__all__ = ["SweepPlan", "StepPlanSummary", "measure_training_seconds", "plan_sweep", "step_tries"]
