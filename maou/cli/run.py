@@ -18,6 +18,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--executor", choices=list(EXECUTORS), default=None,
                      help="override the spec's executor kind: " + "; ".join(
                          f"{k.name}: {k.summary}" for k in EXECUTORS.values()))
+    run.add_argument("--new-storage", action="store_true",
+                     help="create the storage even though another storage in the project already holds "
+                          "this sweep's studies (refused by default: most likely a typo in the URL)")
     run.set_defaults(handler=run_command)
 
     plan = commands.add_parser("plan", help="show the steps, configurations and trainings of a spec, and their cost")
@@ -83,14 +86,17 @@ def run_command(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from maou.cli.view import SweepView
+    from maou.sweep.locate import locate_spec, project_root
     from maou.sweep.results.notes import DashboardNotes
     from maou.sweep.results.plan import plan_sweep
     from maou.sweep.run.protocol import run_sweep
-    from maou.sweep.storage import mask_url
+    from maou.sweep.storage import mask_url, refuse_storage_typo
 
     spec = spec_of(args)
     console = Console()
     url = args.storage or spec.storage_url
+    if not args.new_storage:
+        refuse_storage_typo(spec.name, url, project_root(locate_spec(args.spec)))
     args.resume_hint = f"trials in progress were marked interrupted; run `sweep run {args.spec}` again to resume"
     console.print(f"[bold]sweep {spec.name}[/]: stage {spec.stage}, {len(spec.steps)} steps, "
                   f"seeds {list(spec.seed_list)}, executor {spec.executor.kind}, storage {mask_url(url)}")
