@@ -1,25 +1,32 @@
 """best-args.txt against upstream's own `maou learn-model` options (tests/golden/upstream_learn_model.json):
-every flag written exists there and takes the kind of value given, for all three stages; what
-upstream cannot express is listed with its reason."""
+every flag written exists there and takes the kind of value given, for all three stages; the
+stage's data path names the built training file and a step budget its epochs; what upstream
+cannot express is listed with its reason; `sweep export` prints the command on one line."""
 
 from __future__ import annotations
 
 import json
 import math
+import shlex
+import shutil
+from pathlib import Path
 
 import pytest
-from conftest import GOLDEN
+import yaml
+from conftest import BUNDLED_GAMES, GOLDEN
 
 from maou.sweep.results.upstream import COMMAND, render, upstream_args
 from maou.trainer.config import train_config_from_dict
 
 UPSTREAM = json.loads((GOLDEN / "upstream_learn_model.json").read_text())["flags"]
+#: Flags whose value is a path.
+PATHS = {"--resume-backbone-from", "--stage1-data-path", "--stage2-data-path", "--stage3-data-path"}
 
 
 def parse(line: str) -> list[tuple[str, str | None]]:
-    """The command line as (flag, value) pairs, read against upstream's options."""
+    """The command line as (flag, value) pairs, read against upstream's options (as a shell splits it)."""
     assert line.startswith(COMMAND + " ")
-    tokens = line[len(COMMAND) + 1:].split(" ")
+    tokens = shlex.split(line[len(COMMAND) + 1:])
     pairs = []
     while tokens:
         flag = tokens.pop(0)
@@ -39,7 +46,7 @@ def check_against_upstream(config_data: dict) -> tuple[dict[str, str | None], li
             assert value in option["choices"], (flag, value)
         elif option.get("integer"):
             assert value is not None and value.isdigit(), (flag, value)
-        elif option["takes_value"] and flag != "--resume-backbone-from":
+        elif option["takes_value"] and flag not in PATHS:
             float(value)  # a number
     return flags, rest
 
@@ -90,3 +97,118 @@ def test_every_stage_default_config_is_expressible_flag_by_flag():
     for stage in (1, 2, 3):
         flags, _ = check_against_upstream({"stage": stage})
         assert flags["--stage"] == str(stage)
+
+
+# --- the data upstream trains on, and the budget in its epochs ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> dict:
+    """A corpus of 12 bundled games and its built datasets: the ``data`` section of a config."""
+    from maou.data.build import ensure_datasets
+    from maou.trainer.config import DataConfig
+
+    root = tmp_path_factory.mktemp("upstream-data")
+    games = root / "games"
+    games.mkdir()
+    for game in sorted(BUNDLED_GAMES.glob("*.csa"))[:12]:
+        shutil.copy(game, games / game.name)
+    data = {"games": [str(games)], "dir": str(root / "build"), "val_fraction": 0.2, "split_seed": 0}
+    ensure_datasets(DataConfig(games=(str(games),), dir=data["dir"], val_fraction=0.2), progress=False)
+    return data
+
+
+def train_rows(data: dict, stage: int) -> int:
+    return json.loads((Path(data["dir"]) / f"stage{stage}" / "manifest.json").read_text())["rows"]["train"]
+
+
+def test_stage2_data_path_is_the_built_training_file_and_a_step_budget_its_epochs(built):
+    flags, notes = check_against_upstream({"stage": 2, "data": built, "batch_size": 32,
+                                           "budget": {"max_steps": 100}})
+    path = Path(flags["--stage2-data-path"])
+    assert path.is_absolute() and path == Path(built["dir"]).resolve() / "stage2" / "train.feather"
+    assert path.is_file()  # upstream checks that the path exists; a folder would be read whole (manifest.json)
+    rows = train_rows(built, 2)
+    epochs = 100 * 32 / rows
+    assert flags["--stage2-max-epochs"] == str(math.ceil(epochs))  # whole epochs, rounded up
+    (budget,) = [n for n in notes if "budget.max_steps = 100" in n]
+    assert f"100 steps x batch 32 / {rows:,} training rows = {epochs:.4g} epochs" in budget
+    assert f"--stage2-max-epochs {math.ceil(epochs)} written (rounded up)" in budget
+    assert any(n.startswith("# --stage2-data-path: the training split") and f"{rows:,} rows" in n for n in notes)
+
+
+def test_stage3_data_path_and_epochs(built):
+    flags, notes = check_against_upstream({"stage": 3, "data": built, "budget": {"epochs": 2}})
+    assert Path(flags["--stage3-data-path"]) == Path(built["dir"]).resolve() / "stage3" / "train.feather"
+    assert flags["--epoch"] == "2" and not any("budget." in n for n in notes)
+    flags, notes = check_against_upstream({"stage": 3, "data": built, "batch_size": 16, "budget": {"max_steps": 7}})
+    rows = train_rows(built, 3)
+    assert flags["--epoch"] == str(math.ceil(7 * 16 / rows))
+    assert any(f"7 steps x batch 16 / {rows:,} training rows" in n for n in notes)
+
+
+def test_stage1_data_path_is_the_built_synthetic_rows(built):
+    flags, notes = check_against_upstream({"stage": 1, "data": built, "batch_size": 100,
+                                           "budget": {"max_steps": 50}})
+    path = Path(flags["--stage1-data-path"])
+    assert path == Path(built["dir"]).resolve() / "stage1" / "all.feather" and path.is_file()
+    assert flags["--stage1-max-epochs"] == str(math.ceil(50 * 100 / 1105))  # the 1,105 synthetic rows
+    assert any("synthetic" in n and "does not generate them" in n for n in notes)
+
+
+def test_without_a_build_the_data_path_says_how_and_no_epochs_are_guessed(tmp_path):
+    data = {"games": [str(tmp_path / "games")], "dir": str(tmp_path / "never built")}
+    flags, notes = check_against_upstream({"stage": 2, "data": data, "budget": {"max_steps": 100},
+                                           "init_from": str(tmp_path / "stage1" / "checkpoint.pt")})
+    assert flags["--stage2-data-path"] == str(tmp_path / "never built" / "stage2" / "train.feather")  # quoted: a space
+    assert "--stage2-max-epochs" not in flags and flags["--resume-backbone-from"].endswith("checkpoint.pt")
+    assert any("is not on this machine" in n and "sweep data build" in n for n in notes)
+    assert any("budget.max_steps = 100" in n and "training rows are unknown" in n and "no --stage2-max-epochs" in n
+               for n in notes)
+    line = render(upstream_args(train_config_from_dict({"stage": 2, "data": data}))).splitlines()[0]
+    assert f"--stage2-data-path '{tmp_path / 'never built'}/stage2/train.feather'" in line
+
+
+def test_sweep_export_prints_the_command_on_one_line_at_any_width(tmp_path):
+    """A Stage 1 sweep, run and exported through the CLI in a 60-column terminal: the command printed is
+    best-args.txt's first line, whole; Stage 1's data is written beside it (no build ran)."""
+    import os
+    import subprocess
+
+    import pyarrow as pa
+    from sweep_helpers import SWEEP, run_cli
+
+    spec = tmp_path / "narrow.yaml"
+    spec.write_text(yaml.safe_dump({
+        "name": "narrow", "stage": 1, "seeds": 1, "steps": [{"name": "baseline"}],
+        "base": {"model": {"blocks": 1, "channels": 8}, "threads": 1}, "budget": {"max_steps": 10, "eval_every": 5},
+        "storage": f"sqlite:///{tmp_path}/studies/narrow.db", "runs_dir": str(tmp_path / "runs")}))
+    ran = run_cli("run", str(spec))
+    assert ran.returncode == 0, ran.stdout[-2000:] + ran.stderr[-2000:]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "60"}
+    export = subprocess.run([SWEEP, "export", str(spec), "--out", str(tmp_path / "out")], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert export.returncode == 0, export.stdout[-2000:] + export.stderr[-2000:]
+    command = (tmp_path / "out" / "best-args.txt").read_text().splitlines()[0]
+    assert len(command) > 60
+    printed = export.stdout.splitlines()
+    assert command in printed  # one line, unwrapped, identical
+    assert not any(line != command and line and command.startswith(line) for line in printed)  # never cut
+    flags = dict(parse(command))
+    data = Path(flags["--stage1-data-path"])
+    assert data == (tmp_path / "out" / "stage1" / "all.feather").resolve()
+    with pa.memory_map(str(data)) as source:
+        assert pa.ipc.open_file(source).read_all().num_rows == 1105
+
+
+def test_rich_console_at_60_columns_prints_the_command_whole():
+    import io
+
+    from rich.console import Console
+
+    from maou.cli.results import print_upstream
+
+    text = render(upstream_args(train_config_from_dict({"stage": 2, "data": {"dir": "/data/[b]uild :x:"}})))
+    buffer = io.StringIO()
+    print_upstream(Console(file=buffer, width=60), text)
+    assert buffer.getvalue().splitlines()[1] == text.splitlines()[0]  # no markup, no emoji, no wrap

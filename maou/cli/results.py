@@ -95,15 +95,23 @@ def export_command(args: argparse.Namespace) -> int:
     export = export_sweep(spec_of(args), args.out, args.storage)
     console = Console()
     for name, path in export.paths.items():
-        console.print(f"{name:>13}: {path}")
+        console.print(f"{name:>13}: {path}", markup=False, highlight=False, soft_wrap=True)
     if export.pruned:
         console.print("pruned trials by reason: " + ", ".join(f"{r}: {n}" for r, n in sorted(export.pruned.items())))
     if "best_args" in export.paths:
-        console.print(f"upstream: {export.paths['best_args'].read_text().strip()}")
+        print_upstream(console, export.paths["best_args"].read_text())
     if export.no_winner:
         console.print(f"[red]no best.yaml or best-args.txt: {export.no_winner}[/]")
         return 1
     return 0
+
+
+def print_upstream(console: Any, best_args: str) -> None:
+    """best-args.txt as it is: the command on one line however narrow the terminal (soft wrap:
+    the terminal folds it, a copy gives the one line back), its notes below it."""
+    console.print("upstream (best-args.txt):")
+    for line in best_args.rstrip("\n").splitlines():
+        console.print(line, markup=False, highlight=False, emoji=False, soft_wrap=True)
 
 
 def dashboard_server(storage: Any, host: str, port: int, allow_writes: bool = False) -> Any:

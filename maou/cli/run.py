@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 from maou.cli.specs import add_spec_argument, spec_of
@@ -21,6 +22,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--with-deps", action="store_true",
                      help="run the specs this one starts from (init_from: winner-of:) first, in order, "
                           "each resumed where it stopped")
+    run.add_argument("--new-storage", action="store_true",
+                     help="create the storage even though another storage in the project already holds "
+                          "this sweep's studies (refused by default: most likely a typo in the URL)")
     run.set_defaults(handler=run_command)
 
     plan = commands.add_parser("plan", help="show the steps, configurations and trainings of a spec, and their cost")
@@ -219,10 +223,13 @@ def run_command(args: argparse.Namespace) -> int:
 
 def _run_one(args: argparse.Namespace, spec: Any, url: str, name: str, console: Any) -> int:
     from maou.cli.view import SweepView
+    from maou.sweep.locate import project_root
     from maou.sweep.results.notes import DashboardNotes
     from maou.sweep.run.protocol import run_sweep
-    from maou.sweep.storage import mask_url, open_storage
+    from maou.sweep.storage import mask_url, open_storage, refuse_storage_typo
 
+    if not args.new_storage:  # a typo in the storage URL would run the whole sweep again elsewhere
+        refuse_storage_typo(spec.name, url, project_root(Path(spec.source)) if spec.source else Path.cwd())
     args.resume_hint = f"trials in progress were marked interrupted; run `sweep run {name}` again to resume"
     console.print(f"[bold]sweep {spec.name}[/]: stage {spec.stage}, {len(spec.steps)} steps, "
                   f"seeds {list(spec.seed_list)}, executor {spec.executor.kind}, storage {mask_url(url)}")

@@ -40,8 +40,8 @@ from typing import Any
 from maou import __version__
 from maou.data.layout import RECORD_BATCH_ROWS
 from maou.data.pipeline import Games, plan_build, run_pipeline, worker_pool
-from maou.data.records import ReadStats
-from maou.data.sources import source_files, sources_content_hash, sources_fingerprint
+from maou.data.records import RECORD_SUFFIXES, FileScan, ReadStats
+from maou.data.sources import scan_sources, source_files, sources_content_hash, sources_fingerprint
 from maou.data.writers import SPLITS, write_stage1
 from maou.errors import UserError
 from maou.stages import games_stages
@@ -66,6 +66,8 @@ class BuildSummary:
     #: CPU time of the build: its own process and every reading and aggregating task.
     cpu_seconds: float = 0.0
     manifest: dict = field(default_factory=dict)
+    #: What the search of the inputs found: files by kind, paths left out (broken links, loops, ...).
+    scan: FileScan = field(default_factory=FileScan)
 
     @property
     def positions_per_s(self) -> float:
@@ -95,7 +97,9 @@ def build_datasets(games: Sequence[str | Path] | str | Path, out_dir: str | Path
     if not 0.0 < val_fraction < 1.0:
         raise UserError(f"val_fraction must be in (0, 1), got {val_fraction}")
     started, cpu_started = time.perf_counter(), time.process_time()
-    files = source_files(games)
+    files, scan = scan_sources(games)
+    if not files:
+        raise no_readable_games(games, scan)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
@@ -104,12 +108,11 @@ def build_datasets(games: Sequence[str | Path] | str | Path, out_dir: str | Path
 
     def refuse_empty(read: Games) -> None:
         if read.stats.games == 0:
-            reasons = ", ".join(f"{k} {v}" for k, v in read.stats.skipped.most_common()) or "no record files found"
-            raise UserError(f"no readable games in {', '.join(map(str, games))} ({len(files)} files; {reasons})")
+            raise no_readable_games(games, scan, read.stats)
 
     with worker_pool(plan.workers) as pool, _progress(progress) as bar:  # workers before the bar's thread
         read, written = run_pipeline(plan, pool, bar, val_fraction, split_seed, out, refuse_empty)
-    summary = BuildSummary(out_dir=out, stats=read.stats, workers=plan.workers)
+    summary = BuildSummary(out_dir=out, stats=read.stats, workers=plan.workers, scan=scan)
     summary.games = {name: read.count(name) for name in SPLITS}
     summary.positions, summary.unique_positions = written.positions, written.unique_positions
     stages = {"stage1": write_stage1(out / "stage1"), **written.stages}
@@ -127,6 +130,19 @@ def build_datasets(games: Sequence[str | Path] | str | Path, out_dir: str | Path
     return summary
 
 
+def no_readable_games(games: Sequence[str | Path], scan: FileScan, stats: ReadStats | None = None) -> UserError:
+    """One line: the inputs held no game that could be read, with what they did hold."""
+    parts = [scan.describe()]
+    if stats is not None and stats.skipped:
+        parts.append("every game skipped (" + ", ".join(f"{k} {v}" for k, v in stats.skipped.most_common()) + ")")
+    if scan.left_out:
+        parts.append(f"left out: {scan.describe_left_out()}")
+    if not scan.files:
+        suffixes = ", ".join(sorted(s for s, kind in RECORD_SUFFIXES.items() if kind != "hcpe"))
+        parts.append(f"record files are {suffixes} (optionally .gz) and HCPE .feather")
+    return UserError(f"no readable games in {', '.join(map(str, games))}: {'; '.join(parts)}")
+
+
 def _write_manifests(summary: BuildSummary, games: list, files: list, stages: dict[str, dict], split_seed: int,
                      val_fraction: float) -> None:
     """One manifest per stage folder, then the top one (its ``content_hash`` covers every file)."""
@@ -138,7 +154,7 @@ def _write_manifests(summary: BuildSummary, games: list, files: list, stages: di
     sources = {"inputs": [str(g) for g in games], "resolved": _resolved(games), "files": len(files),
                "bytes": sum(f.stat().st_size for _, f, _ in files),
                "fingerprint": sources_fingerprint(files), "content_sha256": content_hash,
-               "listed": listed, "listed_truncated": len(files) > len(listed)}
+               "listed": listed, "listed_truncated": len(files) > len(listed), "search": summary.scan.to_dict()}
     reading = summary.stats.to_dict()
     for name, stage in stages.items():
         stage_manifest = {**common, "stage": int(name[-1]), **stage}
@@ -190,6 +206,11 @@ def print_summary(summary: BuildSummary) -> None:
         add(f"stage {info.number} rows", summary.rows[f"stage{info.number}"])
     table.add_row("stage 1 rows", "", "", f"{summary.rows['stage1']['all']:,}")
     table.add_row("files read", "", "", f"{stats.files:,}")
+    if summary.scan.kinds.get("other"):
+        suffixes = ", ".join(summary.scan.common_suffixes())
+        table.add_row(f"other files, not read ({suffixes})", "", "", f"{summary.scan.kinds['other']:,}")
+    for reason, n in sorted(summary.scan.left_out.items()):
+        table.add_row(f"left out: {reason}", "", "", f"{n:,}")
     table.add_row("games without result (stage 2 only)", "", "", f"{stats.no_result:,}")
     for reason, n in sorted(stats.skipped.items()):
         table.add_row(f"skipped: {reason}", "", "", f"{n:,}")
@@ -276,4 +297,4 @@ def ensure_datasets(data_config: Any, progress: bool = True) -> Path:
 
 
 __all__ = ["BuildSummary", "DEFAULT_BUILD_ROOT", "FORMAT_VERSION", "MANIFEST", "build_datasets", "build_dir",
-           "datasets_ready", "datasets_up_to_date", "ensure_datasets", "print_summary"]
+           "datasets_ready", "datasets_up_to_date", "ensure_datasets", "no_readable_games", "print_summary"]

@@ -1,6 +1,7 @@
 """Game records -> validated :class:`GameRecord` s (CSA, KIF, ``.gz`` of those, HCPE ``.feather``).
 
-Sources are files or folders (searched recursively for ``RECORD_SUFFIXES``). Text is decoded as
+Sources are files or folders (searched recursively for ``RECORD_SUFFIXES``, following links, loops
+and broken links counted in a :class:`FileScan`: :func:`scan_record_files`). Text is decoded as
 UTF-8 (with or without BOM), else as Shift-JIS (cp932). Parsing uses cshogi (``CSA.Parser`` for
 CSA, one game per block of a multi-game file separated by a line ``/``; ``KIF.Parser`` for KIF)
 and every game is replayed with cshogi: a move that is not legal where it is played rejects the
@@ -25,11 +26,13 @@ split treats each row as its own game.
 
 from __future__ import annotations
 
+import errno
 import gzip
 import os
+import stat
 import zlib
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -120,29 +123,154 @@ def record_format(path: Path) -> str | None:
     return None if fmt == "hcpe" and gz else fmt
 
 
-def find_record_files(paths: Iterable[str | Path]) -> list[Path]:
-    """Record files of ``paths`` (folders searched recursively, sorted); :class:`UserError` if one is missing.
+@dataclass
+class FileScan:
+    """What a search of the game-record inputs found: the record files (sorted within each input,
+    each real file once), every file seen by kind, and every path left out, by reason.
 
-    Explicit files are returned whatever their name (an unsupported one is counted as skipped when
-    read); inside folders only files with a record suffix are taken.
+    Kinds: ``csa``, ``kif``, ``hcpe`` (the record files), ``other`` (files inside folders without a
+    record suffix, their suffixes in ``other_suffixes``). Left out: ``broken link`` (a link whose
+    target is missing), ``link loop`` (a linked folder that is one of its own parents),
+    ``folder linked twice`` / ``file listed twice`` (reached again through another path: read once),
+    ``unreadable folder`` / ``unreadable file`` (no permission, an I/O error).
     """
-    files: list[Path] = []
+
+    files: list[Path] = field(default_factory=list)
+    kinds: Counter = field(default_factory=Counter)
+    other_suffixes: Counter = field(default_factory=Counter)
+    left_out: Counter = field(default_factory=Counter)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+
+    def leave_out(self, reason: str, where: Path | str, detail: str = "") -> None:
+        self.left_out[reason] += 1
+        examples = self.examples.setdefault(reason, [])
+        if len(examples) < MAX_EXAMPLES:
+            examples.append(f"{where}: {detail}" if detail else str(where))
+
+    def merge(self, other: FileScan) -> None:
+        self.files += other.files
+        self.kinds.update(other.kinds)
+        self.other_suffixes.update(other.other_suffixes)
+        for reason, n in other.left_out.items():
+            self.left_out[reason] += n
+            kept = self.examples.setdefault(reason, [])
+            kept.extend(other.examples.get(reason, [])[: MAX_EXAMPLES - len(kept)])
+
+    def common_suffixes(self, n: int = 3) -> list[str]:
+        """The most frequent suffixes of the other files (ties in name order)."""
+        ranked = sorted(self.other_suffixes.items(), key=lambda item: (-item[1], item[0]))
+        return [suffix or "no suffix" for suffix, _ in ranked[:n]]
+
+    def describe(self) -> str:
+        """The files seen, in a few words: ``3 files: csa 2, other 1 (.txt)`` or ``no files found``."""
+        seen = sum(self.kinds.values())
+        if not seen:
+            return "no files found"
+        kinds = []
+        for kind, n in sorted(self.kinds.items(), key=lambda item: (item[0] == "other", item[0])):
+            suffixes = ", ".join(self.common_suffixes())
+            kinds.append(f"{kind} {n}" + (f" ({suffixes})" if kind == "other" and suffixes else ""))
+        return f"{seen} file{'s' if seen != 1 else ''}: {', '.join(kinds)}"
+
+    def describe_left_out(self) -> str:
+        """``broken link 2 (e.g. games/x: -> /gone)``, one reason after another ("" when none)."""
+        return ", ".join(f"{reason} {n} (e.g. {self.examples[reason][0]})"
+                         for reason, n in self.left_out.most_common())
+
+    def to_dict(self) -> dict:
+        return {"kinds": dict(sorted(self.kinds.items())), "other_suffixes": dict(self.other_suffixes.most_common(20)),
+                "left_out": dict(sorted(self.left_out.items())),
+                "left_out_examples": {k: list(v) for k, v in sorted(self.examples.items())}}
+
+
+def scan_record_files(paths: Iterable[str | Path]) -> FileScan:
+    """The record files of ``paths`` and what else was found; :class:`UserError` if an input is missing.
+
+    Explicit files are taken whatever their name (an unsupported one is counted as skipped when
+    read); inside folders only files with a record suffix are. Folders are searched recursively,
+    following links to folders and files: a linked folder that is one of its own parents (a loop),
+    or a folder or file reached a second time, is read once and counted; a broken link or an
+    unreadable folder is counted, never fatal.
+    """
+    scan = FileScan()
+    files: set[tuple[int, int]] = set()
+    folders: set[tuple[int, int]] = set()
+
+    def take(path: Path, st: os.stat_result, explicit: bool = False) -> None:
+        kind = record_format(path)
+        scan.kinds[kind or "other"] += 1
+        if kind is None:
+            scan.other_suffixes[path.suffix.lower()] += 1
+            if not explicit:  # inside a folder only record files are read
+                return
+        if (st.st_dev, st.st_ino) in files:
+            scan.leave_out("file listed twice", path, "read once")
+            return
+        files.add((st.st_dev, st.st_ino))
+        if not os.access(path, os.R_OK):
+            scan.leave_out("unreadable file", path, "permission denied")
+            return
+        scan.files.append(path)
+
     for raw in paths:
         path = Path(raw)
-        if path.is_dir():
-            files.extend(sorted(p for p in path.rglob("*") if p.is_file() and record_format(p)))
-        elif path.is_file():
-            files.append(path)
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            link = f" (a broken link to {os.readlink(path)})" if path.is_symlink() else ""
+            raise UserError(f"no such game record file or folder: {path}{link}") from None
+        except OSError as exc:
+            raise UserError(f"cannot read the game record path {path}: {exc.strerror}") from None
+        start = len(scan.files)
+        if not stat.S_ISDIR(st.st_mode):
+            take(path, st, explicit=True)
         else:
-            raise UserError(f"no such game record file or folder: {path}")
-    seen: set[Path] = set()
-    unique = []
-    for f in files:
-        key = f.resolve()
-        if key not in seen:
-            seen.add(key)
-            unique.append(f)
-    return unique
+            _walk(path, (st.st_dev, st.st_ino), frozenset(), scan, folders, take)
+            scan.files[start:] = sorted(scan.files[start:])
+    return scan
+
+
+def _walk(folder: Path, key: tuple[int, int], parents: frozenset[tuple[int, int]], scan: FileScan,
+          seen: set[tuple[int, int]], take: Callable[[Path, os.stat_result], None]) -> None:
+    """Every file under ``folder`` (its identity ``key``) to ``take``, what cannot be read to
+    ``scan``; ``parents``: the identities of the folders above it (a link back to one is a loop)."""
+    seen.add(key)
+    parents = parents | {key}
+    here = os.path.realpath(folder)
+    try:
+        with os.scandir(folder) as listing:
+            entries = sorted(listing, key=lambda e: e.name)
+    except OSError as exc:
+        scan.leave_out("unreadable folder", folder, exc.strerror or type(exc).__name__)
+        return
+    for entry in entries:
+        path = Path(entry.path)
+        try:
+            st = entry.stat()  # follows links
+        except FileNotFoundError:
+            if entry.is_symlink():
+                scan.leave_out("broken link", path, f"-> {os.readlink(path)}")
+            continue
+        except OSError as exc:
+            reason = "link loop" if exc.errno == errno.ELOOP else "unreadable file"
+            scan.leave_out(reason, path, exc.strerror or type(exc).__name__)
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            child, target = (st.st_dev, st.st_ino), os.path.realpath(path)
+            if child in parents or here == target or here.startswith(target.rstrip(os.sep) + os.sep):
+                scan.leave_out("link loop", path, f"-> {target}, a folder above it")
+            elif child in seen:
+                scan.leave_out("folder linked twice", path, f"-> {target}, read once")
+            else:
+                _walk(path, child, parents, scan, seen, take)
+        elif stat.S_ISREG(st.st_mode):
+            take(path, st)
+
+
+def find_record_files(paths: Iterable[str | Path]) -> list[Path]:
+    """Record files of ``paths`` (folders searched recursively, links followed, sorted);
+    :class:`UserError` if one is missing. :func:`scan_record_files` also says what was left out."""
+    return scan_record_files(paths).files
 
 
 def decode_text(data: bytes) -> str:
@@ -488,6 +616,6 @@ def read_records(paths: Iterable[str | Path]) -> tuple[list[GameRecord], ReadSta
     return list(iter_records(paths, stats)), stats
 
 
-__all__ = ["GameRecord", "HCPE_COLUMNS", "HcpeRows", "ReadStats", "RECORD_SUFFIXES", "decode_hcp", "decode_text",
-           "find_record_files", "game_digest", "iter_records", "read_hcpe_table", "read_records", "record_format",
-           "replay", "split_csa_games"]
+__all__ = ["FileScan", "GameRecord", "HCPE_COLUMNS", "HcpeRows", "ReadStats", "RECORD_SUFFIXES", "decode_hcp",
+           "decode_text", "find_record_files", "game_digest", "iter_records", "read_hcpe_table", "read_records",
+           "record_format", "replay", "scan_record_files", "split_csa_games"]

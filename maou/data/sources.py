@@ -8,20 +8,29 @@ from pathlib import Path
 
 import numpy as np
 
-from maou.data.records import find_record_files
+from maou.data.records import FileScan, scan_record_files
 
 #: Per-file entries listed in the manifest (the content hash always covers every file).
 MAX_LISTED_SOURCES = 2000
 
 
-def source_files(games: Sequence[str | Path]) -> list[tuple[int, Path, Path]]:
-    """(input index, file, path relative to its input) of every record file; UserError if an input is missing."""
+def scan_sources(games: Sequence[str | Path]) -> tuple[list[tuple[int, Path, Path]], FileScan]:
+    """(input index, file, path relative to its input) of every record file, and what the search
+    found besides (files of other kinds, broken links, loops, unreadable folders); UserError if an
+    input is missing."""
     out = []
+    scan = FileScan()
     for i, raw in enumerate(games):
         root = Path(raw)
-        for f in find_record_files([root]):
-            out.append((i, f, f.relative_to(root) if root.is_dir() else Path(f.name)))
-    return out
+        found = scan_record_files([root])
+        scan.merge(found)
+        out += [(i, f, f.relative_to(root) if root.is_dir() else Path(f.name)) for f in found.files]
+    return out, scan
+
+
+def source_files(games: Sequence[str | Path]) -> list[tuple[int, Path, Path]]:
+    """(input index, file, path relative to its input) of every record file; UserError if an input is missing."""
+    return scan_sources(games)[0]
 
 
 def sources_fingerprint(files: list[tuple[int, Path, Path]]) -> str:
@@ -62,4 +71,4 @@ def split_games(n: int, val_fraction: float, seed: int) -> np.ndarray:
     return is_val
 
 
-__all__ = ["file_sha256", "source_files", "sources_content_hash", "sources_fingerprint", "split_games"]
+__all__ = ["file_sha256", "scan_sources", "source_files", "sources_content_hash", "sources_fingerprint", "split_games"]

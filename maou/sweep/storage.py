@@ -10,10 +10,16 @@ Every storage is wrapped in :class:`RetryingStorage`: an operation that fails be
 database is unreachable (a restart, a network blip, a locked SQLite file) is retried with
 exponential backoff for ``MAOU_STORAGE_RETRY_SECONDS`` (default 60) before the sweep stops with
 one line naming the storage.
+
+A URL that cannot work as written (``postgres://``, ``sqlite:/x.db``, a driver that is not
+installed, an unknown scheme) is refused with the likely fix (:func:`url_typo`). A run about to
+create a new SQLite file while another storage in the project holds the same sweep's studies is
+refused as a likely typo (:func:`refuse_storage_typo`; ``sweep run --new-storage`` proceeds).
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import re
@@ -57,11 +63,63 @@ def storage_exists(url: str) -> bool:
     return path is None or path.exists()
 
 
+#: The storage URLs maou-sweep supports, as an error message lists them.
+SUPPORTED = ("sqlite:///PATH (relative to the project; sqlite:////PATH for an absolute one), "
+             "postgresql://USER:PASSWORD@HOST/DB (psycopg 3), journal://PATH, memory:")
+_SCHEME = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*):(?P<rest>.*)$", re.DOTALL)
+
+
+def url_typo(url: str) -> str | None:
+    """What is wrong with a storage URL that cannot work as written, with the likely fix (None when
+    it looks right): ``postgres://`` for ``postgresql://``, ``sqlite:`` with the wrong number of
+    slashes, a driver that is not installed, a bare path."""
+    match = _SCHEME.match(url)
+    if match is None:  # a bare path
+        return f"{url!r} is not a storage URL; did you mean sqlite:///{url}?"
+    scheme, rest = match.group("scheme").lower(), match.group("rest")
+    dialect, _, driver = scheme.partition("+")
+    if dialect == "sqlite":
+        if rest.startswith("///") or rest in ("", "//"):  # a file, or SQLAlchemy's in-memory database
+            return None
+        path = rest.lstrip("/")
+        return (f"{mask_url(url)} is not a SQLite file URL (it takes three slashes); did you mean "
+                f"sqlite:///{path} (a relative path) or sqlite:////{path} (an absolute one)?")
+    if dialect == "postgres":
+        fixed = "postgresql" + (f"+{driver}" if driver else "") + ":" + rest
+        return f"SQLAlchemy has no dialect 'postgres'; did you mean {mask_url(fixed)}?"
+    if dialect == "postgresql" and driver and driver != "psycopg":
+        import importlib.util
+
+        module = {"psycopg2": "psycopg2", "pg8000": "pg8000", "asyncpg": "asyncpg"}.get(driver, driver)
+        if importlib.util.find_spec(module) is None:
+            return (f"the PostgreSQL driver {driver!r} of {mask_url(url)} is not installed; "
+                    f"did you mean {mask_url('postgresql:' + rest)} (psycopg 3, installed)?")
+    if dialect == "journal" and not rest.startswith("//"):
+        return f"{mask_url(url)} is not a journal URL (journal://PATH); did you mean journal://{rest}?"
+    return None
+
+
+def _unknown_scheme(url: str, exc: BaseException) -> str | None:
+    """The hint for a URL SQLAlchemy cannot open for want of a dialect or its driver."""
+    import sqlalchemy.exc
+
+    scheme = url.partition(":")[0]
+    if isinstance(exc, sqlalchemy.exc.NoSuchModuleError):
+        return f"unknown storage scheme {scheme}:; supported: {SUPPORTED}"
+    if isinstance(exc, ImportError):
+        return f"no driver installed for {scheme}:; supported: {SUPPORTED}"
+    return None
+
+
 def open_storage(url: str, create: bool = True) -> BaseStorage:
     """The storage at ``url``, wrapped to retry transient errors. With ``create=False`` a local
-    storage file that does not exist is an error (``status`` and ``export`` never create one)."""
+    storage file that does not exist is an error (``status`` and ``export`` never create one).
+    A URL that cannot work as written (:func:`url_typo`) is refused with the likely fix."""
     if url == "memory:":
         return retrying(optuna.storages.InMemoryStorage(), url)
+    typo = url_typo(url)
+    if typo is not None:
+        raise UserError(f"bad storage URL: {typo}")
     path = _file_of(url)
     if path is not None and not path.exists():
         if not create:
@@ -88,6 +146,9 @@ def open_storage(url: str, create: bool = True) -> BaseStorage:
             if any(race in str(exc) for race in _SCHEMA_RACES) and attempt < 2:
                 time.sleep(0.5)
                 continue
+            hint = _unknown_scheme(url, exc)
+            if hint is not None:
+                raise UserError(f"cannot open Optuna storage {mask_url(url)}: {hint}") from None
             raise UserError(f"cannot open Optuna storage {mask_url(url)}: {_reason(exc)}") from None
     return retrying(inner, url)
 
@@ -166,11 +227,75 @@ def retrying(inner: BaseStorage, url: str) -> BaseStorage:
     return RetryingStorage(inner, url)  # type: ignore[abstract]  # its operations are set just above
 
 
+#: SQLite files looked at for another storage of a sweep, and how many at most.
+_SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
+_MAX_CANDIDATES = 200
+
+
+def _sqlite_study_names(path: Path) -> list[str]:
+    """Study names in a SQLite file, read-only through ``sqlite3`` (not Optuna: it would create or
+    upgrade its tables); [] for a file that is not an Optuna storage."""
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=5)) as db:
+            return [row[0] for row in db.execute("SELECT study_name FROM studies")]
+    except (sqlite3.Error, OSError, ValueError):
+        return []
+
+
+def other_storages_of(sweep_name: str, url: str, root: Path) -> list[tuple[Path, int]]:
+    """SQLite storages other than ``url``'s that hold studies of sweep ``sweep_name``, with their number
+    of step studies. Cheap: only ``*.db``/``*.sqlite``/``*.sqlite3`` files in the project root, its
+    ``studies/`` folder, the folders right under the root and the folder of ``url``'s file are opened
+    (no deeper search, at most a few hundred files)."""
+    target = _file_of(url)
+    target = target.resolve() if target is not None else None
+    folders = [root, root / "studies"]
+    with contextlib.suppress(OSError):
+        folders += sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if target is not None:
+        folders.append(target.parent)
+    candidates: list[Path] = []
+    for folder in dict.fromkeys(f.resolve() for f in folders):
+        with contextlib.suppress(OSError):
+            candidates += sorted(p for p in folder.iterdir() if p.suffix in _SQLITE_SUFFIXES and p.is_file())
+    found = []
+    for path in list(dict.fromkeys(candidates))[:_MAX_CANDIDATES]:
+        if path == target:
+            continue
+        steps = [n for n in _sqlite_study_names(path) if n.startswith(f"{sweep_name}/")]
+        if steps:
+            found.append((path, len(steps)))
+    return found
+
+
+def refuse_storage_typo(sweep_name: str, url: str, root: Path) -> None:
+    """A run about to create a new SQLite storage while another storage in the project already holds
+    the sweep's studies is most likely a typo that would run the whole sweep again: refuse it, naming
+    both files (``sweep run --new-storage`` creates the new one anyway)."""
+    path = _file_of(url)
+    if path is None or not url.startswith("sqlite:///") or path.exists():
+        return
+    others = other_storages_of(sweep_name, url, root)
+    if not others:
+        return
+
+    def shown(p: Path) -> str:
+        p = p.resolve()
+        return str(p.relative_to(root.resolve())) if p.is_relative_to(root.resolve()) else str(p)
+
+    existing = "; ".join(f"{shown(p)} ({n} step{'s' if n != 1 else ''})" for p, n in others)
+    raise UserError(f"storage {shown(path)} does not exist, and creating it would run sweep {sweep_name} "
+                    f"from the start, but {existing} already holds its studies: fix the storage URL "
+                    f"(a typo?), or pass --new-storage to start over in {shown(path)}")
+
+
 def step_study_names(storage: BaseStorage, sweep_name: str) -> list[str]:
     """Names of the studies of one sweep (``<sweep>/<NN>-<step>``) in the storage, sorted."""
     names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
     return sorted(n for n in names if n.startswith(f"{sweep_name}/"))
 
 
-__all__ = ["RetryingStorage", "is_transient", "mask_url", "open_storage", "retrying", "step_study_names",
-           "storage_exists"]
+__all__ = ["SUPPORTED", "RetryingStorage", "is_transient", "mask_url", "open_storage", "other_storages_of",
+           "refuse_storage_typo", "retrying", "step_study_names", "storage_exists", "url_typo"]

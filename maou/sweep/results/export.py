@@ -6,10 +6,12 @@
 ``results/<sweep>/prune_reasons.csv`` trials per step, state and prune reason (how much each rule cut)
 ``results/<sweep>/best.yaml``    the winning resolved training config (runnable with ``sweep train``)
 ``results/<sweep>/best-args.txt`` the same as upstream ``maou learn-model`` flags (:mod:`maou.sweep.results.upstream`)
+``results/<sweep>/stage1/all.feather`` a Stage 1 winner's data for upstream, when its build folder lacks it
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +21,7 @@ from maou.errors import UserError
 from maou.strict import flatten
 from maou.sweep.identity import ConfigKey
 from maou.sweep.records import StepRecord, SweepRecord, read_sweep
-from maou.sweep.results.upstream import render, upstream_args
+from maou.sweep.results.upstream import UpstreamData, render, upstream_args, upstream_data
 
 
 def flat_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -145,7 +147,7 @@ def _export_winner(spec: Any, record: SweepRecord, out: Path, export: Export) ->
     """best.yaml and best-args.txt from the spec's last step, or the reason there is no winner."""
     from maou.trainer.config import dump_train_config, train_config_from_dict
 
-    for stale in ("best.yaml", "best-args.txt"):  # never leave an earlier export's winner behind
+    for stale in ("best.yaml", "best-args.txt", "stage1/all.feather"):  # never leave an earlier winner behind
         (out / stale).unlink(missing_ok=True)
     last = record.ran[-1]
     decision = last.decision
@@ -164,8 +166,25 @@ def _export_winner(spec: Any, record: SweepRecord, out: Path, export: Export) ->
     best = export.paths["best"] = out / "best.yaml"
     write_atomic(best, f"# winner of sweep {spec.name} ({last.study_name}); run with: sweep train {best}\n"
                  + dump_train_config(train_config_from_dict(config)))
+    winner = train_config_from_dict(config)
+    data = _synthetic_data(winner.stage, upstream_data(winner), out, export)
     export.paths["best_args"] = out / "best-args.txt"
-    write_atomic(export.paths["best_args"], render(upstream_args(train_config_from_dict(config))))
+    write_atomic(export.paths["best_args"], render(upstream_args(winner, data)))
+
+
+def _synthetic_data(stage_number: int, data: UpstreamData, out: Path, export: Export) -> UpstreamData:
+    """Stage 1's synthetic rows for upstream: in the winner's build folder when a build wrote them
+    there, else written beside best-args.txt (``stage1/all.feather``, the same 1,105 rows)."""
+    from maou.stages import stage
+
+    if data.path.is_file() or stage(stage_number).data_source != "synthetic":
+        return data
+    from maou.data.writers import write_stage1
+
+    folder = out / data.path.parent.name
+    write_stage1(folder)
+    export.paths["stage1_data"] = folder / data.path.name
+    return dataclasses.replace(data, path=(folder / data.path.name).absolute())
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -14,16 +14,30 @@ Upstream (the ``maou`` trainer) differs from this trainer in ways the flags must
 * Stage 3 policy targets here are move frequencies: upstream's ``--policy-target-mode move-label``
   (its default is ``win-rate``).
 * ``init_from`` becomes ``--resume-backbone-from`` with the real checkpoint path.
+* The data: upstream requires the stage's ``--stageN-data-path`` (a file or a folder; a folder is
+  read whole, every file in it, so ``manifest.json`` beside the data would break it). The flag
+  names the absolute path of the file the winner trained on (:func:`upstream_data`): the training
+  split ``stageN/train.feather`` of the winner's built datasets (``build_dir(config.data)``),
+  whose validation games stay out of upstream's training too; for Stage 1, whose rows are
+  synthetic, ``stage1/all.feather``, the same 1,105 rows (``sweep export`` writes them beside
+  best-args.txt when the build folder lacks them).
+* A budget in steps: upstream trains whole epochs, so the epoch flag carries the equivalent
+  ``steps x batch / training rows`` (the built manifest's count) rounded up, and a note says so;
+  with the row count unknown (no manifest) no epoch flag is written and the note says why.
 
 Keys upstream cannot express are returned with the reason, never dropped: :func:`render` lists
-them under the command. Run mechanics (device, threads, seed, evaluation, data) are no
-hyperparameters and are left out.
+them under the command, after the notes on the data. Run mechanics (device, threads, seed,
+evaluation) are no hyperparameters and are left out. The command is one line; values that a shell
+would split (a path with a space) are quoted.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import shlex
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from maou.stages import resolve_reference
@@ -41,12 +55,17 @@ class UpstreamArgs:
     flags: list[tuple[str, str | None]] = field(default_factory=list)
     #: (key, value, why upstream cannot express it)
     unexpressed: list[tuple[str, Any, str]] = field(default_factory=list)
+    #: What to know before running the command (where its data comes from), one ``#`` line each.
+    notes: list[str] = field(default_factory=list)
 
     def add(self, flag: str, value: Any = None) -> None:
         self.flags.append((flag, None if value is None else _text(value)))
 
     def cannot(self, key: str, value: Any, reason: str) -> None:
         self.unexpressed.append((key, value, reason))
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
 
 
 def _text(value: Any) -> str:
@@ -55,14 +74,49 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def upstream_args(config: TrainConfig) -> UpstreamArgs:
-    """The flags that run ``config`` in upstream's ``maou learn-model``, and what they cannot say."""
+@dataclass(frozen=True)
+class UpstreamData:
+    """The file upstream trains the winner's stage on, and its rows."""
+
+    #: Absolute path of the stage's training file.
+    path: Path
+    #: Its rows (None: unknown, its manifest is missing or unreadable).
+    train_rows: int | None
+    #: Where the count came from, or why it is unknown.
+    source: str
+
+
+def upstream_data(config: TrainConfig) -> UpstreamData:
+    """The training file of ``config``'s stage in its built datasets (``build_dir(config.data)``),
+    absolute, and its row count from the stage's ``manifest.json``; Stage 1's synthetic rows are
+    ``stage1/all.feather`` there, their count known without a build."""
+    from maou.data.build import MANIFEST, build_dir
+    from maou.shogi.shapes import STAGE1_ROWS_NUM
+
+    folder = (build_dir(config.data) / f"stage{config.stage}").absolute()
+    if stage_info(config.stage).data_source == "synthetic":
+        return UpstreamData(folder / "all.feather", STAGE1_ROWS_NUM, "the synthetic Stage 1 rows")
+    manifest = folder / MANIFEST
+    try:
+        rows = int(json.loads(manifest.read_text())["rows"]["train"])
+    except FileNotFoundError:
+        return UpstreamData(folder / "train.feather", None, f"no {manifest} on this machine")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return UpstreamData(folder / "train.feather", None, f"{manifest} unreadable: {type(exc).__name__}")
+    return UpstreamData(folder / "train.feather", rows, str(manifest))
+
+
+def upstream_args(config: TrainConfig, data: UpstreamData | None = None) -> UpstreamArgs:
+    """The flags that run ``config`` in upstream's ``maou learn-model``, and what they cannot say.
+    ``data``: where the stage's training data is (default :func:`upstream_data`)."""
+    data = data if data is not None else upstream_data(config)
     out = UpstreamArgs(config.stage)
     out.add("--stage", config.stage)
+    _data_path(config, data, out)
     out.add("--model-architecture", _ARCHITECTURES[config.model.arch])
     for key in ("model.blocks", "model.channels"):
         out.cannot(key, lookup(config, key), "upstream's backbones fix their own depth and width")
-    _budget_and_batch(config, out)
+    _budget_and_batch(config, data, out)
     _optimizer(config, out)
     _schedule(config, out)
     _stage_loss_and_head(config, out)
@@ -75,7 +129,25 @@ def upstream_args(config: TrainConfig) -> UpstreamArgs:
     return out
 
 
-def _budget_and_batch(config: TrainConfig, out: UpstreamArgs) -> None:
+def _data_path(config: TrainConfig, data: UpstreamData, out: UpstreamArgs) -> None:
+    flag = stage_info(config.stage).upstream.data_path
+    out.add(flag, data.path)
+    if not data.path.is_file():
+        games = " ".join(map(shlex.quote, config.data.games))
+        out.note(f"{flag}: {data.path} is not on this machine: `sweep data build --games {games} --out "
+                 f"{shlex.quote(str(data.path.parent.parent))} --split-seed {config.data.split_seed} --val-fraction "
+                 f"{config.data.val_fraction}` writes it (or copy it here)")
+        return
+    rows = f"{data.train_rows:,} rows" if data.train_rows is not None else f"rows unknown: {data.source}"
+    if stage_info(config.stage).data_source == "synthetic":
+        out.note(f"{flag}: the {rows} of Stage {config.stage} the winner trained on, synthetic and the same for "
+                 "every config (upstream reads them from a file; it does not generate them)")
+    else:
+        out.note(f"{flag}: the training split the winner trained on ({rows}; its held-out games are in "
+                 "val.feather beside it); the file, as upstream reads a folder whole, manifest.json included")
+
+
+def _budget_and_batch(config: TrainConfig, data: UpstreamData, out: UpstreamArgs) -> None:
     flags = stage_info(config.stage).upstream
     batch, lr = config.batch_size, config.optim.lr
     out.add(flags.batch, batch)
@@ -84,7 +156,18 @@ def _budget_and_batch(config: TrainConfig, out: UpstreamArgs) -> None:
     out.add(flags.learning_rate, lr / scale)
     epochs = config.budget.epochs
     if epochs is None:
-        out.cannot("budget.max_steps", config.budget.max_steps, "upstream trains whole epochs, not a step count")
+        steps, rows = config.budget.max_steps, data.train_rows
+        assert steps is not None  # a budget has exactly one of max_steps and epochs
+        if rows is None:
+            out.cannot("budget.max_steps", steps, f"upstream trains whole epochs, and the training rows are unknown "
+                       f"({data.source}), so are the epochs it equals: no {flags.epochs} written, upstream's "
+                       "default applies")
+            return
+        equivalent = steps * batch / rows
+        whole = max(1, math.ceil(equivalent - 1e-9))
+        out.add(flags.epochs, whole)
+        out.cannot("budget.max_steps", steps, f"upstream trains whole epochs: {steps} steps x batch {batch} / "
+                   f"{rows:,} training rows = {equivalent:.4g} epochs; {flags.epochs} {whole} written (rounded up)")
         return
     whole = math.ceil(epochs - 1e-9)
     out.add(flags.epochs, whole)
@@ -146,13 +229,16 @@ def stage3_flags(config: TrainConfig, out: UpstreamArgs) -> None:
 
 
 def render(args: UpstreamArgs) -> str:
-    """best-args.txt: the command on one line, then what it cannot express, one ``#`` line each."""
-    parts = [COMMAND] + [flag if value is None else f"{flag} {value}" for flag, value in args.flags]
+    """best-args.txt: the command on one line, then the notes and what it cannot express, one ``#``
+    line each."""
+    parts = [COMMAND] + [flag if value is None else f"{flag} {shlex.quote(value)}" for flag, value in args.flags]
     lines = [" ".join(parts)]
+    lines += [f"# {note}" for note in args.notes]
     if args.unexpressed:
         lines.append("# not expressible upstream (listed so that nothing is dropped silently):")
         lines += [f"#   {key} = {value}: {reason}" for key, value, reason in args.unexpressed]
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["COMMAND", "UpstreamArgs", "render", "stage1_flags", "stage2_flags", "stage3_flags", "upstream_args"]
+__all__ = ["COMMAND", "UpstreamArgs", "UpstreamData", "render", "stage1_flags", "stage2_flags", "stage3_flags",
+           "upstream_args", "upstream_data"]
