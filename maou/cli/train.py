@@ -71,7 +71,7 @@ def train_command(args: argparse.Namespace) -> int:
     config = resolve_config(args.config, args.overrides)
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     console = Console()
-    data = load_stage_data(config.stage, dataset_of(config, progress=True)[0])
+    data = load_stage_data(config.stage, dataset_of(config, progress=True, check="full")[0])  # files proven first
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(dump_train_config(config), encoding="utf-8")
     selection = stage(config.stage).selection_metric

@@ -17,6 +17,13 @@ memory-maps, one row per position; column types and byte layouts in :mod:`maou.d
   ``count`` uint32.
 * ``split.json`` (the game ids of each split), ``manifest.json`` per stage folder and at ``OUT``
   (written last: its presence marks a complete build; its ``content_hash`` names the data).
+* ``.verified.json``: the files as their build wrote (and hashed) them, or as a later full check
+  found them (:mod:`maou.data.verify`).
+
+Before anything trains on a build folder (:func:`datasets_ready`), its stage's files are checked
+against the manifest: sizes every time, SHA-256 once per ``sweep run``/``sweep train`` (files
+untouched since their last good hash are not read). A damaged file is rebuilt from the games when
+they are there, and refused, naming the file and the command that rebuilds it, when they are not.
 
 The build runs on every core (:mod:`maou.data.pipeline`) in memory bounded by its shard and
 partition sizes, whatever the corpus; its output does not depend on the number of workers.
@@ -30,6 +37,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +50,7 @@ from maou.data.layout import RECORD_BATCH_ROWS
 from maou.data.pipeline import Games, plan_build, run_pipeline, worker_pool
 from maou.data.records import RECORD_SUFFIXES, FileScan, ReadStats
 from maou.data.sources import scan_sources, source_files, sources_content_hash, sources_fingerprint
+from maou.data.verify import Check, Mismatch, content_hash_of, rebuild_command, record_verified, verify_dataset
 from maou.data.writers import SPLITS, write_stage1
 from maou.errors import UserError
 from maou.stages import games_stages
@@ -169,8 +178,7 @@ def _write_manifests(summary: BuildSummary, games: list, files: list, stages: di
     summary.manifest = {
         **common,
         # one hash of every written dataset file (names and contents): identifies the data a run trained on
-        "content_hash": hashlib.sha256("".join(f"{name}\0{entry['sha256']}\n" for name, entry in
-                                               sorted(written.items())).encode()).hexdigest(),
+        "content_hash": content_hash_of(written),
         "sources": sources,
         "games": reading | {"train": summary.games["train"], "val": summary.games["val"]},
         "positions": {**summary.positions, "total": sum(summary.positions.values())},
@@ -184,6 +192,7 @@ def _write_manifests(summary: BuildSummary, games: list, files: list, stages: di
         "files": written,
     }
     (out / MANIFEST).write_text(json.dumps(summary.manifest, indent=2) + "\n")
+    record_verified(out, written)  # hashed as they were written: the first full check reads nothing
 
 
 def print_summary(summary: BuildSummary) -> None:
@@ -249,17 +258,22 @@ def build_dir(data_config: Any) -> Path:
     return DEFAULT_BUILD_ROOT / hashlib.sha256(identity.encode()).hexdigest()[:16]
 
 
-def datasets_up_to_date(data_config: Any) -> bool:
-    """True when the build folder holds a complete build of the same sources and split."""
-    out = build_dir(data_config)
-    manifest = _read_manifest(out / MANIFEST)
+def _built_for(manifest: dict | None, data_config: Any) -> bool:
+    """The manifest is of a complete build of ``data_config``'s games (by path) and split, in this format."""
     if manifest is None or manifest.get("format_version") != FORMAT_VERSION:
         return False
     if manifest.get("split_seed") != data_config.split_seed or manifest.get("val_fraction") != data_config.val_fraction:
         return False
-    sources = manifest.get("sources", {})
-    if sources.get("resolved") != _resolved(data_config.games):
+    return (manifest.get("sources") or {}).get("resolved") == _resolved(data_config.games)
+
+
+def datasets_up_to_date(data_config: Any) -> bool:
+    """True when the build folder holds a complete build of the same sources and split."""
+    out = build_dir(data_config)
+    manifest = _read_manifest(out / MANIFEST)
+    if manifest is None or not _built_for(manifest, data_config):
         return False
+    sources = manifest.get("sources", {})
     if not all((out / name).is_file() for name in manifest.get("files", {})):
         return False
     files = source_files(data_config.games)
@@ -269,11 +283,32 @@ def datasets_up_to_date(data_config: Any) -> bool:
     return sources_content_hash(files)[0] == sources.get("content_sha256")
 
 
+def games_present(data_config: Any) -> bool:
+    """Every input of ``data_config.games`` exists (the datasets can be built again from them)."""
+    return all(Path(g).exists() for g in data_config.games)
+
+
+def _games(data_config: Any) -> str:
+    return ", ".join(map(str, data_config.games))
+
+
+def _refuse(mismatch: Mismatch, data_config: Any, out: Path) -> UserError:
+    command = rebuild_command(out, data_config.games, data_config.val_fraction, data_config.split_seed)
+    return UserError(f"{mismatch.describe()}; its games ({_games(data_config)}) are not there to rebuild it from: "
+                     f"restore them and run `{command}`")
+
+
 @contextlib.contextmanager
-def datasets_ready(data_config: Any, progress: bool = True) -> Iterator[tuple[Path, str]]:
+def datasets_ready(data_config: Any, progress: bool = True, stages: Sequence[int] | None = None,
+                   check: Check = "size") -> Iterator[tuple[Path, str]]:
     """Hold the build folder's lock with its datasets complete and current (built first when
     missing or built from other sources or another split); yields the folder and the build's
-    ``content_hash``. Read the data inside the block: no other process rebuilds it meanwhile."""
+    ``content_hash``. Read the data inside the block: no other process rebuilds it meanwhile.
+
+    The files of ``stages`` (default: every stage) are checked against the manifest (``check``:
+    ``size``, or ``full`` with SHA-256; :mod:`maou.data.verify`): a damaged file is rebuilt from
+    the games, saying so on stderr, or, the games gone, refused (:class:`UserError` naming the file
+    and the rebuild command). A verified build whose games are gone is used as it is."""
     out = build_dir(data_config)
     if out.exists() and not out.is_dir():
         raise UserError(f"data.dir {out} is a file, not a folder")
@@ -281,20 +316,36 @@ def datasets_ready(data_config: Any, progress: bool = True) -> Iterator[tuple[Pa
     with open(out / ".build.lock", "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            if not datasets_up_to_date(data_config):
-                build_datasets(list(data_config.games), out, val_fraction=data_config.val_fraction,
-                               split_seed=data_config.split_seed, progress=progress)
+            present = games_present(data_config)
+            manifest = _read_manifest(out / MANIFEST)
+            if not present and _built_for(manifest, data_config):  # the datasets outlive their games
+                mismatch = verify_dataset(out, stages, check, manifest).mismatch
+                if mismatch is not None:
+                    raise _refuse(mismatch, data_config, out)
+            elif not datasets_up_to_date(data_config):
+                _build(data_config, out, progress)
+            elif (mismatch := verify_dataset(out, stages, check).mismatch) is not None:
+                print(f"{mismatch.describe()}; rebuilding from {_games(data_config)}", file=sys.stderr, flush=True)
+                _build(data_config, out, progress)
             manifest = _read_manifest(out / MANIFEST) or {}
             yield out, str(manifest.get("content_hash"))
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def ensure_datasets(data_config: Any, progress: bool = True) -> Path:
-    """The build folder of ``data_config``, built first when missing or built from other sources/split."""
-    with datasets_ready(data_config, progress) as (out, _):
+def _build(data_config: Any, out: Path, progress: bool) -> None:
+    build_datasets(list(data_config.games), out, val_fraction=data_config.val_fraction,
+                   split_seed=data_config.split_seed, progress=progress)
+
+
+def ensure_datasets(data_config: Any, progress: bool = True, stages: Sequence[int] | None = None,
+                    check: Check = "size") -> Path:
+    """The build folder of ``data_config``, built first when missing or built from other sources/split
+    (the files of ``stages`` checked as :func:`datasets_ready` does)."""
+    with datasets_ready(data_config, progress, stages, check) as (out, _):
         return out
 
 
 __all__ = ["BuildSummary", "DEFAULT_BUILD_ROOT", "FORMAT_VERSION", "MANIFEST", "build_datasets", "build_dir",
-           "datasets_ready", "datasets_up_to_date", "ensure_datasets", "no_readable_games", "print_summary"]
+           "datasets_ready", "datasets_up_to_date", "ensure_datasets", "games_present", "no_readable_games",
+           "print_summary"]

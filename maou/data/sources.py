@@ -43,10 +43,13 @@ def sources_fingerprint(files: list[tuple[int, Path, Path]]) -> str:
 
 
 def file_sha256(path: Path) -> str:
+    """SHA-256 of ``path``, streamed in 1 MiB reads into one buffer (no copy per read)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
+    buffer = bytearray(1 << 20)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as f:
+        while read := f.readinto(buffer):
+            digest.update(view[:read])
     return digest.hexdigest()
 
 

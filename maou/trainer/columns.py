@@ -3,8 +3,9 @@
 :func:`open_table` maps an Arrow IPC file (``pyarrow.memory_map`` + ``pyarrow.ipc.open_file``):
 an uncompressed file, as ``sweep data build`` writes, is read with zero copy and nothing is done
 per row, so opening a million rows takes milliseconds; a compressed file (upstream's, older
-builds) or a feather v1 file is read into memory instead. Each column is a list of numpy views,
-one per record batch (:class:`Chunked`); :meth:`Chunked.take` gathers rows from them.
+builds) or a feather v1 file is read into memory instead; a file Arrow cannot read is an
+:class:`UnreadableDataset` naming its path and the command that rebuilds it. Each column is a list
+of numpy views, one per record batch (:class:`Chunked`); :meth:`Chunked.take` gathers rows from them.
 
 A target column gathers the stored form of some rows on the host (:meth:`gather`, numpy) and
 turns it into the trainer's tensor on the training device (:meth:`decode`, torch):
@@ -43,11 +44,28 @@ def open_table(path: Path) -> tuple[Any, bool]:
         raise UserError(f"no dataset file {path}; build it with `sweep data build`")
     before = pa.total_allocated_bytes()
     try:
-        table = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
-    except pa.ArrowInvalid:  # feather v1 or an IPC stream: read into memory
-        return feather.read_table(path), False
+        try:
+            table = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
+        except pa.ArrowInvalid:  # feather v1 or an IPC stream: read into memory
+            return feather.read_table(path), False
+    except (pa.ArrowException, OSError) as exc:
+        raise UnreadableDataset(path, exc) from exc
     copied = pa.total_allocated_bytes() - before
     return table, copied <= max(1 << 16, table.nbytes // 100)
+
+
+class UnreadableDataset(UserError):
+    """A dataset file that Arrow cannot read (truncated, overwritten): its path and how to rebuild it."""
+
+    def __init__(self, path: Path, exc: BaseException) -> None:
+        from maou.data.verify import MANIFEST, rebuild_command
+
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        folder = path.parent.parent
+        how = (f"rebuild it with `{rebuild_command(folder)}`" if (folder / MANIFEST).is_file() else
+               "rebuild it with `sweep data build --games GAMES --out FOLDER`")
+        super().__init__(f"dataset file {path} is not a readable Arrow file ({reason}); {how}")
+        self.path = path
 
 
 class Chunked:
@@ -217,5 +235,5 @@ def target_column(table: Any, path: Path, target: Target) -> TargetColumn:
     return DenseTarget(target, fixed_rows(table, path, target.column, (target.width,) if target.width else ()))
 
 
-__all__ = ["BitpackedTarget", "Chunked", "DenseTarget", "SparseTarget", "TargetColumn", "fixed_rows", "open_table",
-           "target_column"]
+__all__ = ["BitpackedTarget", "Chunked", "DenseTarget", "SparseTarget", "TargetColumn", "UnreadableDataset",
+           "fixed_rows", "open_table", "target_column"]

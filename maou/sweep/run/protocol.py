@@ -147,12 +147,13 @@ def run_sweep(spec: SweepSpec, storage_url: str | None = None, executor: Any = N
 
 
 def _prepare(spec: SweepSpec) -> StepContext:
-    """The datasets (built if needed), then the preflight checks: all before anything trains."""
+    """The datasets (built if needed, every file proven against its manifest: the one full check of
+    this run; trials check sizes), then the preflight checks: all before anything trains."""
     from maou.data.resolve import dataset_of
     from maou.sweep.run.preflight import preflight
 
     base = spec.base_config()
-    dataset_dir, dataset_hash = dataset_of(base, progress=True)
+    dataset_dir, dataset_hash = dataset_of(base, progress=True, check="full")
     rows = train_rows(spec, dataset_dir)
     preflight(spec, rows)
     resolved: dict[str, str] = {}
