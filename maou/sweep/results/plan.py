@@ -212,7 +212,7 @@ def measure_training_seconds(spec: SweepSpec, rows: int, steps: int = 3) -> tupl
     # the first step (allocations, kernel choice) is left out: the time between the later ones
     step_seconds = (stamps[-1] - stamps[0]) / max(1, len(stamps) - 1) if len(stamps) > 1 else math.nan
     total = base.budget.total_steps(rows, base.batch_size)
-    return step_seconds * total, (f"{steps} steps of the base configuration timed here on {device} "
+    return step_seconds * total, (f"{steps} steps of the base configuration measured here on {device} "
                                   f"({step_seconds * 1e3:.0f} ms a step, {total:,} steps a training)"), device
 
 
