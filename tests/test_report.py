@@ -15,13 +15,13 @@ from fakes import DIVERGED_LOSS, FakeTrainer, lr_batch_score
 from optuna.trial import TrialState
 
 from maou.sweep.identity import ConfigKey
+from maou.sweep.locate import load_spec
 from maou.sweep.numbers import fmt
 from maou.sweep.records import LeaderboardEntry, RecordedDecision, TrialRecord, read_sweep
 from maou.sweep.results.plots import CLIP_RULE, curves_figure, means_figure, y_range, y_window
 from maou.sweep.results.report import GLOSSARY, build_report
 from maou.sweep.run.executors.local import LocalExecutor
 from maou.sweep.run.protocol import run_sweep
-from maou.sweep.locate import load_spec
 from maou.sweep.storage import open_storage
 
 STEPS = [{"name": "baseline", "description": "the base configuration alone"},
