@@ -101,16 +101,37 @@ def test_optuna_pruner_ignores_the_untrained_step_0():
     assert sorted(worse.intermediate_values) == [10]  # the untrained step 0 is not Optuna's
 
 
-def test_a_failing_trial_is_recorded_and_the_sweep_goes_on():
+def test_a_failed_trial_leaves_its_step_undecided_and_the_resume_decides_like_a_clean_run():
+    """One (configuration, seed) failing (out of memory, a full disk) does not disqualify the
+    configuration for good: the step stops undecided, the resume runs it again and decides as a
+    run without the failure would have."""
+    from optuna.storages import InMemoryStorage
+
+    from maou.sweep.run.protocol import StepIncomplete
+    from maou.trainer.result import ResourceExhausted
+
+    failing = {"on": True}
+
     def trainer(config, report, checkpoint_dir):
-        if config.optim.lr == 0.0001:
-            raise RuntimeError("CUDA out of memory (simulated)")
+        if config.optim.lr == 0.01 and config.seed == 1 and failing["on"]:
+            raise ResourceExhausted("CUDA out of memory at batch_size 64 on cuda:0: lower batch_size (simulated)")
         return FakeTrainer(lr_batch_score)(config, report, checkpoint_dir)
 
-    outcome = run_sweep(make_spec(STEPS[:2], seeds=1), executor=LocalExecutor(trainer))
-    failed = next(s for s in outcome.decisions[1].stats if s.overrides == {"optim.lr": 0.0001})
-    assert failed.failed == 1 and not failed.eligible
-    assert outcome.carried == {"optim.lr": 0.01}
+    spec, storage = make_spec(STEPS[:2], seeds=3), InMemoryStorage()
+    with pytest.raises(StepIncomplete, match=r"fake/02-lr: 1 of 9 trainings did not finish "
+                                             r"\(failed cuda out of memory: 1\); the step does not decide"):
+        run_sweep(spec, executor=LocalExecutor(trainer), storage=storage)
+    lr = optuna.load_study(study_name="fake/02-lr", storage=storage)
+    assert lr.user_attrs["decision"] is None
+    (failed,) = [t for t in lr.trials if t.state == optuna.trial.TrialState.FAIL]
+    assert failed.user_attrs["fail_reason"] == "cuda out of memory"
+    failing["on"] = False
+    resumed = run_sweep(spec, executor=LocalExecutor(trainer), storage=storage)
+    clean = run_sweep(make_spec(STEPS[:2], seeds=3), executor=LocalExecutor(trainer), storage=InMemoryStorage())
+    assert resumed.carried == clean.carried == {"optim.lr": 0.01}
+    again, fresh = resumed.decisions[1], clean.decisions[1]
+    assert again.as_attrs()["comparisons"] == fresh.as_attrs()["comparisons"]
+    assert [(s.key, s.values, s.failed) for s in again.stats] == [(s.key, s.values, s.failed) for s in fresh.stats]
 
 
 def test_collect_stats_skips_interrupted_trials():
@@ -122,7 +143,21 @@ def test_collect_stats_skips_interrupted_trials():
             state=state, value=0.5 if state == optuna.trial.TrialState.COMPLETE else None,
             user_attrs={"config_key": "{}", "seed": 0, **attrs}))
     (only,) = collect_stats(read_step(study, 0).trials).values()
-    assert only.n == 1 and only.failed == 1
+    assert only.n == 1 and only.failed == 0  # an error after the pair completed changes nothing
+
+
+def test_a_pair_is_judged_by_its_latest_finished_trial():
+    """An errored FAIL that a later trial of the same (configuration, seed) completed no longer
+    counts against the configuration."""
+    study = optuna.create_study(direction="maximize")
+    for state, attrs in [(optuna.trial.TrialState.FAIL, {"fail_reason": "disk full"}),
+                         (optuna.trial.TrialState.COMPLETE, {}),
+                         (optuna.trial.TrialState.FAIL, {"fail_reason": "error", "seed": 1})]:
+        study.add_trial(optuna.trial.create_trial(
+            state=state, value=0.5 if state == optuna.trial.TrialState.COMPLETE else None,
+            user_attrs={"config_key": "{}", "seed": 0, **attrs}))
+    (only,) = collect_stats(read_step(study, 0).trials).values()
+    assert only.values == {0: 0.5} and only.failed == 1  # seed 0 healed; seed 1 failed, never completed
 
 
 class _InterruptedAfterStart:

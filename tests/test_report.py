@@ -36,7 +36,9 @@ STEPS = [{"name": "baseline", "description": "the base configuration alone"},
 @pytest.fixture(scope="module")
 def diverged(tmp_path_factory):
     """A finished sweep minimizing val_loss (fake trainer) with a diverged run, non-finite runs and
-    a failed run; its spec and its report's text."""
+    a failed run (its step stopped undecided, then resumed); its spec and its report's text."""
+    from maou.sweep.run.protocol import StepIncomplete
+
     root = tmp_path_factory.mktemp("report")
     (root / "sweeps").mkdir()
     path = root / "sweeps" / "diverged.yaml"
@@ -45,10 +47,12 @@ def diverged(tmp_path_factory):
         "objective": {"metric": "val_loss"}, "base": {"model": {"blocks": 1, "channels": 8}, "threads": 1},
         "budget": {"max_steps": 40, "eval_every": 10}}))
     spec = load_spec(path)
-    trainer = FakeTrainer(lr_batch_score, nan_when=lambda c: c.optim.lr == 1e-5,
-                          explode_when=lambda c: c.optim.lr == 0.0001 and c.seed == 0,
-                          fail_when=lambda c: c.loss.pos_weight == 4.0 and c.seed == 2)
-    run_sweep(spec, executor=LocalExecutor(trainer))
+    quirks = {"nan_when": lambda c: c.optim.lr == 1e-5,
+              "explode_when": lambda c: c.optim.lr == 0.0001 and c.seed == 0}
+    failing = FakeTrainer(lr_batch_score, **quirks, fail_when=lambda c: c.loss.pos_weight == 4.0 and c.seed == 2)
+    with pytest.raises(StepIncomplete):
+        run_sweep(spec, executor=LocalExecutor(failing))
+    run_sweep(spec, executor=LocalExecutor(FakeTrainer(lr_batch_score, **quirks)))  # the resume heals it
     storage = open_storage(spec.storage_url, create=False)
     return spec, read_sweep(spec, storage), build_report(spec, storage)
 

@@ -42,6 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     name = args.command if args.command != "data" else f"data {args.data_command}"
     from maou.errors import UserError
     from maou.strict import ConfigError
+    from maou.sweep.run.lock import LostLock
 
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
@@ -53,6 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f" ({exc.filename})" if exc.filename else ""
         print(f"sweep {name}: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2
+    except LostLock as exc:  # another driver owns the sweep now: this one wrote nothing since
+        print(f"sweep {name}: {exc}", file=sys.stderr)
+        return LostLock.exit_code
     except KeyboardInterrupt as exc:
         hint = getattr(args, "resume_hint", "")
         print(f"\nsweep {name}: {'terminated' if isinstance(exc, Terminated) else 'interrupted'}"

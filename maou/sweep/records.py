@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -150,6 +151,20 @@ class TrialRecord:
             return self.value
         value = self.final_metrics.get(metric)
         return float(value) if reduce == "final" and value is not None else None
+
+
+def deciding_trials(trials: Iterable[TrialRecord]) -> list[TrialRecord]:
+    """The trial that counts for each (configuration, seed): its latest finished one (COMPLETE or
+    PRUNED), else its latest failure; interrupted and running trials are no outcome. An errored trial
+    that a later run of the same pair completed no longer counts."""
+    chosen: dict[tuple[ConfigKey, int], TrialRecord] = {}
+    for t in sorted(trials, key=lambda t: t.number):
+        if t.running or t.interrupted:
+            continue
+        current = chosen.get(t.pair)
+        if current is None or t.finished or not current.finished:
+            chosen[t.pair] = t
+    return sorted(chosen.values(), key=lambda t: t.number)
 
 
 @dataclass(frozen=True)
@@ -337,4 +352,4 @@ def read_sweep(spec: Any, storage: Any = None, storage_url: str | None = None) -
 
 
 __all__ = ["FINISHED", "INTERRUPTED", "LeaderboardEntry", "RecordError", "RecordedDecision", "StepRecord",
-           "SweepRecord", "TrialRecord", "read_step", "read_sweep"]
+           "SweepRecord", "TrialRecord", "deciding_trials", "read_step", "read_sweep"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import shutil
 from pathlib import Path
 
 import torch
@@ -10,20 +12,43 @@ from maou.errors import UserError
 from maou.strict import to_dict
 from maou.trainer.config import TrainConfig
 from maou.trainer.models import StageModel
+from maou.trainer.result import ResourceExhausted
 
 CHECKPOINT_NAME = "checkpoint.pt"
+#: Below this much free space, a failed checkpoint write is taken for a full disk.
+_NEARLY_FULL_BYTES = 64 * 2**20
 #: Backbone settings a checkpoint must share with the model it initialises.
 _BACKBONE_KEYS = ("arch", "blocks", "channels")
 
 
 def save_checkpoint(path: Path, model: StageModel, config: TrainConfig, step: int) -> None:
-    """Write the checkpoint to a temporary file, then rename: a crash never leaves half a file."""
+    """Write the checkpoint to a temporary file, then rename: a crash never leaves half a file, and a
+    failed write leaves no partial one (a full disk is named, with its free space)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save({"stage": config.stage, "step": step, "config": to_dict(config),
-                "backbone": {k: v.cpu() for k, v in model.backbone.state_dict().items()},
-                "heads": {k: v.cpu() for k, v in model.heads.state_dict().items()}}, tmp)
-    tmp.replace(path)
+    try:
+        torch.save({"stage": config.stage, "step": step, "config": to_dict(config),
+                    "backbone": {k: v.cpu() for k, v in model.backbone.state_dict().items()},
+                    "heads": {k: v.cpu() for k, v in model.heads.state_dict().items()}}, tmp)
+        tmp.replace(path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, (OSError, RuntimeError)) and _disk_full(exc, path.parent):
+            free = shutil.disk_usage(path.parent).free
+            raise ResourceExhausted(f"disk full: cannot write the checkpoint {path} ({free / 2**20:.1f} MiB free "
+                                    f"there); free space or point runs_dir elsewhere, then resume") from None
+        raise
+
+
+def _disk_full(exc: BaseException, folder: Path) -> bool:
+    """The write failed for lack of space: ENOSPC, or torch's stream writer failing on a nearly full disk
+    (its message names no cause: ``unexpected pos 64 vs 0``)."""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return True
+    try:
+        return shutil.disk_usage(folder).free < _NEARLY_FULL_BYTES
+    except OSError:
+        return False
 
 
 def load_backbone(model: StageModel, path: str | Path, config: TrainConfig) -> None:

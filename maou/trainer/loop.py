@@ -28,7 +28,7 @@ from maou.trainer.config import OptimConfig, TrainConfig
 from maou.trainer.metrics import Reference, evaluate
 from maou.trainer.models import StageModel, build_model
 from maou.trainer.prefetch import batch_indices, resolve_shuffle
-from maou.trainer.result import NAN_LOSS, History, Report, Stop, TrainResult
+from maou.trainer.result import NAN_LOSS, History, Report, ResourceExhausted, Stop, TrainResult
 from maou.trainer.tasks import Task, task_for
 from maou.trainer.tensors import Rows, StageData
 
@@ -262,6 +262,10 @@ def train_stage(config: TrainConfig, data: StageData, report: Report | None = No
             stop = evaluations(step, {"train_loss": train_loss, "lr": lr, "epoch": samples / rows})
             if not math.isfinite(train_loss):
                 stop = Stop(NAN_LOSS, f"training loss became {train_loss} between evaluations", step)
+    except torch.OutOfMemoryError:
+        raise ResourceExhausted(f"CUDA out of memory at batch_size {config.batch_size} on {run.device}: lower "
+                                f"batch_size, or run fewer trials on the GPU at once (executor.gpus_per_trial, "
+                                f"max_concurrent), then resume") from None
     finally:
         batches.close()
     if run.device.type == "cuda":

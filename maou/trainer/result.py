@@ -11,6 +11,11 @@ from typing import Any
 History = list[tuple[int, dict[str, float]]]
 
 
+class ResourceExhausted(RuntimeError):
+    """A run that could not go on for lack of a resource (disk space, device memory); the message names
+    it, where, and what to do. The sweep records it as the trial's cause and resumes it later."""
+
+
 @dataclass(frozen=True)
 class Stop:
     """Why a run stopped before its budget: ``reason`` a short code, ``detail`` the numbers behind
@@ -80,4 +85,4 @@ def finite_or_none(value: Any) -> Any:
     return value
 
 
-__all__ = ["History", "NAN_LOSS", "Report", "Stop", "TrainResult", "finite_or_none"]
+__all__ = ["History", "NAN_LOSS", "Report", "ResourceExhausted", "Stop", "TrainResult", "finite_or_none"]

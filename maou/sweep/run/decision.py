@@ -21,7 +21,7 @@ from typing import Any
 from optuna.trial import TrialState
 
 from maou.sweep.identity import ConfigKey
-from maou.sweep.records import TrialRecord
+from maou.sweep.records import TrialRecord, deciding_trials
 from maou.sweep.run.stats import Paired, alpha_of, critical_gain, holm, paired
 from maou.sweep.spec import Guard, Objective, Selection
 
@@ -158,12 +158,12 @@ class StepDecision:
 
 def collect_stats(trials: Iterable[TrialRecord], reduce: str = "final",
                   guard_metrics: Iterable[str] = ()) -> dict[ConfigKey, ConfigStats]:
-    """Group a step's ended trials by configuration (interrupted ones are not results)."""
+    """Group a step's ended trials by configuration: each (configuration, seed) by the trial that
+    counts for it (:func:`~maou.sweep.records.deciding_trials`: interrupted ones are no results, a
+    failure a later run completed no longer counts)."""
     guards = tuple(guard_metrics)
     stats: dict[ConfigKey, ConfigStats] = {}
-    for t in trials:
-        if t.running or t.interrupted:
-            continue
+    for t in deciding_trials(trials):
         s = stats.setdefault(t.key, ConfigStats(t.key))
         if t.state == TrialState.COMPLETE:
             assert t.value is not None

@@ -1,14 +1,28 @@
-"""One driver per sweep, on any storage: a lock held in the storage itself.
+"""One driver per sweep, on any storage: a fenced lock held in the storage itself.
 
 The lock of sweep ``S`` is the study ``S@lock``. A driver that wants it adds a RUNNING trial there
-(adding a trial is atomic on every Optuna storage, and numbers it) with its owner (host, pid,
-time) and a heartbeat it refreshes every ``HEARTBEAT_S`` seconds from a background thread. The
-holder is the lowest-numbered RUNNING trial whose owner is alive (a live process on this host, or
-a heartbeat fresher than ``STALE_S`` from another host): a driver that finds a
-fresher, earlier one gives up (one line naming the owner); one whose earlier trials are all stale
-(a driver that died) marks them FAIL and takes over. Two drivers that race both see each other's
-trials, and the earlier number wins. While a driver holds its sweep's lock, a trial RUNNING in the
-sweep's studies can only be the holder's own, or left by a dead driver and safe to re-run.
+(adding a trial is atomic on every Optuna storage, and numbers it) with its owner and a heartbeat
+it refreshes every ``HEARTBEAT_S`` seconds from a background thread. The trial's number is the
+driver's **token**: tokens only grow, so a later owner always holds a larger one.
+
+The holder is the lowest-numbered RUNNING trial whose owner is alive. An owner is identified by its
+host, boot id, pid namespace, pid and the pid's start time:
+
+* on this host (same boot id) in this pid namespace: a process that no longer exists (or is another
+  process with the same pid) is dead, taken over at once; a live one that stopped beating for
+  ``STALE_S`` (frozen by SIGSTOP or Ctrl-Z) is taken over then;
+* elsewhere (another host, another boot, another pid namespace whose pids this driver cannot see):
+  alive while its heartbeat is fresher than ``STALE_S``.
+
+A driver that finds an earlier live holder gives up (one line naming it); one whose earlier trials
+are all stale marks them FAIL and takes over.
+
+**Fencing.** Every write the driver makes to the storage (trials, attributes, decisions, notes) goes
+through :class:`FencedStorage`, which first checks the :class:`Fence`: the driver's last successful
+heartbeat is younger than half the stale time (so a driver that was frozen, or could not beat,
+stops itself before anyone may take over), and its lock trial is still RUNNING in the storage
+(checked at most every ``RECHECK_S`` seconds). A driver that lost the lock raises
+:class:`LostLock` (exit code 3, one line naming the new owner) and writes nothing more.
 """
 
 from __future__ import annotations
@@ -17,9 +31,11 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.storages import BaseStorage
@@ -28,12 +44,58 @@ from optuna.trial import FrozenTrial, TrialState
 from maou.errors import UserError
 
 HEARTBEAT_S = 10.0
-#: A lock whose heartbeat is older than this is the lock of a dead driver.
+#: A lock whose heartbeat is older than this is the lock of a dead (or frozen) driver.
 STALE_S = 60.0
+#: How often the fence reads the lock trial's state back (between, the heartbeat's age stands).
+RECHECK_S = 2.0
 
 
 def lock_study_name(sweep_name: str) -> str:
     return f"{sweep_name}@lock"
+
+
+class LostLock(BaseException):
+    """This driver no longer holds its sweep's lock: it stops at once and writes nothing more.
+
+    A BaseException, like KeyboardInterrupt: no handler of a trial's error may catch it and record
+    anything."""
+
+    exit_code = 3
+
+
+def _read(path: str) -> str | None:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return None
+
+
+def _boot_id() -> str | None:
+    return _read("/proc/sys/kernel/random/boot_id")
+
+
+def _pid_namespace() -> str | None:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
+def _start_time(pid: int) -> int | None:
+    """The pid's start time in clock ticks since boot (field 22 of ``/proc/<pid>/stat``)."""
+    stat = _read(f"/proc/{pid}/stat")
+    if stat is None:
+        return None
+    try:
+        return int(stat.rsplit(")", 1)[1].split()[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def this_owner() -> dict[str, Any]:
+    pid = os.getpid()
+    return {"host": socket.gethostname(), "pid": pid, "boot_id": _boot_id(), "pid_ns": _pid_namespace(),
+            "start_time": _start_time(pid), "since": datetime.now(UTC).isoformat(timespec="seconds")}
 
 
 def _beat(trial: FrozenTrial) -> float:
@@ -42,68 +104,195 @@ def _beat(trial: FrozenTrial) -> float:
     return max(started, float(trial.user_attrs.get("heartbeat", 0.0)))
 
 
-def _alive(trial: FrozenTrial, now: float, stale_s: float) -> bool:
-    """The owner of a lock trial still runs: a live process on this host, or a fresh heartbeat."""
-    owner = trial.user_attrs.get("owner", {})
-    if owner.get("host") == socket.gethostname() and isinstance(owner.get("pid"), int):
+def _process_gone(owner: dict[str, Any]) -> bool:
+    """True only when the owner is certainly dead: a process of this host and pid namespace that no
+    longer exists, or whose pid now belongs to a process started at another time."""
+    if owner.get("host") != socket.gethostname() or not isinstance(owner.get("pid"), int):
+        return False
+    boot = owner.get("boot_id")
+    if boot is not None and boot != _boot_id():
+        return False  # another boot (or another machine of the same name): only the heartbeat tells
+    if "pid_ns" in owner and owner["pid_ns"] != _pid_namespace():
+        return False  # its pids are not ours to look up: wait for the heartbeat to go stale
+    started = _start_time(owner["pid"])
+    if started is None:
         try:
             os.kill(owner["pid"], 0)
         except ProcessLookupError:
-            return False
-        except PermissionError:  # a live process of another user
             return True
+        except PermissionError:  # a live process of another user
+            return False
+        return False
+    return owner.get("start_time") is not None and started != owner["start_time"]
+
+
+def _alive(trial: FrozenTrial, now: float, stale_s: float) -> bool:
+    """The owner of a lock trial still holds it: not certainly dead, and beating."""
+    owner = trial.user_attrs.get("owner", {})
+    if _process_gone(owner):
+        return False
     return now - _beat(trial) < stale_s
 
 
+def _describe(owner: dict[str, Any]) -> str:
+    return f"pid {owner.get('pid', '?')} on {owner.get('host', '?')} since {owner.get('since', '?')}"
+
+
+class Fence:
+    """Whether this driver still holds its lock, checked before every write it makes."""
+
+    def __init__(self, storage: BaseStorage, study_id: int, trial_id: int, token: int, stale_s: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.storage, self.study_id, self.trial_id, self.token = storage, study_id, trial_id, token
+        self.stale_s, self.clock = stale_s, clock
+        self.last_beat = clock()
+        self.last_beat_wall = time.time()
+        self.last_checked = clock()
+        #: Why this driver lost the lock (None while it holds it).
+        self.lost: str | None = None
+        self.failed_beats = 0
+        self._mutex = threading.Lock()
+
+    def beat_ok(self) -> None:
+        with self._mutex:
+            self.last_beat, self.last_beat_wall = self.clock(), time.time()
+            self.failed_beats = 0
+
+    def beat_failed(self) -> None:
+        with self._mutex:
+            self.failed_beats += 1
+
+    def check(self) -> None:
+        """Raise :class:`LostLock` unless this driver may still write."""
+        if self.lost is not None:
+            raise LostLock(self.lost)
+        now = self.clock()
+        if now - self.last_beat > self.stale_s / 2:
+            self._lose(f"no heartbeat for {now - self.last_beat:.0f} s (more than half the lock's stale time "
+                       f"of {self.stale_s:.0f} s: frozen, or the storage was unreachable)")
+        if now - self.last_checked >= RECHECK_S:
+            state = self.storage.get_trial(self.trial_id).state
+            if state != TrialState.RUNNING:
+                self._lose("its lock was taken over")
+            self.last_checked = now
+
+    def _lose(self, why: str) -> None:
+        holder = self._holder()
+        written = datetime.fromtimestamp(self.last_beat_wall, UTC).isoformat(timespec="seconds")
+        self.lost = (f"lost the sweep lock{' to ' + _describe(holder) if holder else ''} ({why}); this driver "
+                     f"wrote nothing after {written}")
+        raise LostLock(self.lost)
+
+    def _holder(self) -> dict[str, Any] | None:
+        try:
+            trials = self.storage.get_all_trials(self.study_id, deepcopy=False, states=(TrialState.RUNNING,))
+        except Exception:  # noqa: BLE001 - naming the new owner is a courtesy
+            return None
+        others = [t for t in trials if t._trial_id != self.trial_id]
+        return others[0].user_attrs.get("owner", {}) if others else None
+
+
 class _Heartbeat(threading.Thread):
-    def __init__(self, storage: BaseStorage, trial_id: int, interval_s: float) -> None:
+    def __init__(self, storage: BaseStorage, fence: Fence, interval_s: float) -> None:
         super().__init__(name="maou-sweep-lock-heartbeat", daemon=True)
-        self.storage, self.trial_id, self.interval_s = storage, trial_id, interval_s
+        self.storage, self.fence, self.interval_s = storage, fence, interval_s
         self.stopped = threading.Event()
 
     def run(self) -> None:
         while not self.stopped.wait(self.interval_s):
+            if self.fence.lost is not None:
+                return
             try:
-                self.storage.set_trial_user_attr(self.trial_id, "heartbeat", time.time())
-            except Exception:  # noqa: BLE001 - a missed beat is retried at the next interval
+                # a beat on a lock trial that was taken over fails (it is finished): the fence notices
+                if self.storage.get_trial(self.fence.trial_id).state != TrialState.RUNNING:
+                    self.fence.beat_failed()
+                    continue
+                self.storage.set_trial_user_attr(self.fence.trial_id, "heartbeat", time.time())
+            except Exception:  # noqa: BLE001 - counted; a driver that cannot beat stops itself (Fence)
+                self.fence.beat_failed()
                 continue
+            self.fence.beat_ok()
+
+
+#: Storage operations that write (everything else reads).
+WRITES = ("create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr", "create_new_trial",
+          "set_trial_param", "set_trial_state_values", "set_trial_intermediate_value", "set_trial_user_attr",
+          "set_trial_system_attr")
+
+
+class FencedStorage(BaseStorage):
+    """``inner`` with every write checked against the driver's :class:`Fence` first."""
+
+    def __init__(self, inner: BaseStorage, fence: Fence) -> None:
+        self._inner, self.fence = inner, fence
+
+    def __getattr__(self, name: str) -> Any:  # attributes that are not storage operations
+        return getattr(self._inner, name)
+
+    def __repr__(self) -> str:
+        return f"FencedStorage({self._inner!r}, token {self.fence.token})"
+
+
+def _fenced(name: str, write: bool) -> Callable[..., Any]:
+    def method(self: FencedStorage, *args: Any, **kwargs: Any) -> Any:
+        if write:
+            self.fence.check()
+        return getattr(self._inner, name)(*args, **kwargs)
+
+    method.__name__ = name
+    return method
+
+
+for _name in dir(BaseStorage):
+    if not _name.startswith("_") and callable(getattr(BaseStorage, _name)):
+        setattr(FencedStorage, _name, _fenced(_name, _name in WRITES))
+FencedStorage.__abstractmethods__ = frozenset()
 
 
 @contextmanager
-def sweep_lock(storage: BaseStorage, sweep_name: str, heartbeat_s: float = HEARTBEAT_S,
-               stale_s: float = STALE_S) -> Iterator[None]:
-    """Hold the lock of ``sweep_name`` in ``storage`` for the ``with`` block, or raise UserError."""
+def sweep_lock(storage: BaseStorage, sweep_name: str, heartbeat_s: float | None = None,
+               stale_s: float | None = None) -> Iterator[FencedStorage]:
+    """Hold the lock of ``sweep_name`` in ``storage`` for the ``with`` block, or raise UserError;
+    yields the storage to write through (every write fenced). The heartbeat and stale times default
+    to ``MAOU_LOCK_HEARTBEAT_S`` and ``MAOU_LOCK_STALE_S`` when set, else ``HEARTBEAT_S`` and ``STALE_S``."""
+    heartbeat_s = heartbeat_s if heartbeat_s is not None else float(os.environ.get("MAOU_LOCK_HEARTBEAT_S",
+                                                                                      HEARTBEAT_S))
+    stale_s = stale_s if stale_s is not None else float(os.environ.get("MAOU_LOCK_STALE_S", STALE_S))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name=lock_study_name(sweep_name), storage=storage, load_if_exists=True)
     study.set_user_attr("purpose", f"the lock of sweep {sweep_name}: one driver at a time (maou-sweep)")
     mine = study.ask()
-    owner = {"host": socket.gethostname(), "pid": os.getpid(),
-             "since": datetime.now(UTC).isoformat(timespec="seconds")}
-    mine.set_user_attr("owner", owner)
+    mine.set_user_attr("owner", this_owner())
     mine.set_user_attr("heartbeat", time.time())
     now = time.time()
     earlier = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t.number < mine.number]
     holder = next((t for t in earlier if _alive(t, now, stale_s)), None)
     if holder is not None:
         study.tell(mine, state=TrialState.FAIL)
-        who = holder.user_attrs.get("owner", {})
-        raise UserError(f"sweep {sweep_name!r} is already running (pid {who.get('pid', '?')} on "
-                        f"{who.get('host', '?')} since {who.get('since', '?')}); wait for it or stop it first")
-    for stale in earlier:  # drivers that died holding the lock
+        raise UserError(f"sweep {sweep_name!r} is already running ({_describe(holder.user_attrs.get('owner', {}))})"
+                        f"; wait for it or stop it first")
+    for stale in earlier:  # drivers that died (or froze) holding the lock
         try:
-            storage.set_trial_user_attr(stale._trial_id, "released", "stale: taken over")
+            storage.set_trial_user_attr(stale._trial_id, "released", f"stale: taken over by token {mine.number}")
             storage.set_trial_state_values(stale._trial_id, TrialState.FAIL)
         except RuntimeError:  # another contender failed it first (UpdateFinishedTrialError)
             pass
-    heartbeat = _Heartbeat(storage, mine._trial_id, heartbeat_s)
+    fence = Fence(storage, study._study_id, mine._trial_id, mine.number, stale_s)
+    heartbeat = _Heartbeat(storage, fence, heartbeat_s)
     heartbeat.start()
     try:
-        yield
+        yield FencedStorage(storage, fence)  # type: ignore[abstract]  # its operations are set above
     finally:
         heartbeat.stopped.set()
         heartbeat.join()
-        mine.set_user_attr("released", "at the end of the run")
-        study.tell(mine, 0.0)  # a COMPLETE lock trial: released
+        if fence.lost is None:  # a driver that lost the lock releases nothing: it is not its own
+            try:
+                fence.check()
+                storage.set_trial_user_attr(mine._trial_id, "released", "at the end of the run")
+                storage.set_trial_state_values(mine._trial_id, TrialState.COMPLETE, [0.0])
+            except LostLock:
+                pass
 
 
-__all__ = ["HEARTBEAT_S", "STALE_S", "lock_study_name", "sweep_lock"]
+__all__ = ["HEARTBEAT_S", "RECHECK_S", "STALE_S", "Fence", "FencedStorage", "LostLock", "lock_study_name",
+           "sweep_lock", "this_owner"]

@@ -7,6 +7,7 @@ larger than the training split.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -17,7 +18,7 @@ from maou.strict import lookup
 from maou.sweep.spec import WINNER_OF, SweepSpec, step_candidates
 
 #: Free space the runs folder must have before a sweep starts (checkpoints, Ray's files).
-MIN_FREE_BYTES = 256 * 2**20
+MIN_FREE_BYTES = int(float(os.environ.get("MAOU_MIN_FREE_MB", 256)) * 2**20)
 
 
 def check_writable(folder: Path, what: str) -> None:
@@ -31,7 +32,7 @@ def check_writable(folder: Path, what: str) -> None:
     free = shutil.disk_usage(folder).free
     if free < MIN_FREE_BYTES:
         raise UserError(f"{what} {folder} has only {free / 2**20:.0f} MiB free "
-                        f"(a sweep needs at least {MIN_FREE_BYTES / 2**20:.0f} MiB)")
+                        f"(a sweep needs at least {MIN_FREE_BYTES / 2**20:.0f} MiB; MAOU_MIN_FREE_MB sets it)")
 
 
 def _values_of(spec: SweepSpec, key: str) -> list[tuple[str, Any]]:

@@ -21,7 +21,7 @@ import optuna
 from maou.errors import UserError
 from maou.strict import flatten, to_dict
 from maou.sweep.locate import load_spec
-from maou.sweep.records import SweepRecord, read_step, read_sweep
+from maou.sweep.records import SweepRecord, deciding_trials, read_step, read_sweep
 from maou.sweep.run import faults
 from maou.sweep.run.decision import StepDecision, collect_stats, decide
 from maou.sweep.run.edges import extension, grid_edges, with_extensions
@@ -105,6 +105,31 @@ class StepFailed(UserError):
                          f"the sweep stops here. Fix the cause and run it again to resume.")
 
 
+class StepIncomplete(UserError):
+    """Some (configuration, seed) of a step did not finish: the step does not decide (exit code 1);
+    a resume runs those again."""
+
+    exit_code = 1
+
+    def __init__(self, study_name: str, missing: int, total: int, causes: Counter) -> None:
+        self.study_name, self.causes = study_name, causes
+        counted = ", ".join(f"{cause}: {n}" for cause, n in causes.most_common())
+        super().__init__(f"step {study_name}: {missing} of {total} trainings did not finish ({counted}); the step "
+                         f"does not decide. Fix the cause and run the sweep again: those run again")
+
+
+def _unfinished(study: optuna.Study, index: int, run: Any, seeds: tuple[int, ...]) -> tuple[int, Counter]:
+    """The step's (configuration, seed) pairs without a finished trial, and their causes."""
+    outcome = {t.pair: t for t in deciding_trials(read_step(study, index).trials)}
+    causes: Counter = Counter()
+    expected = [(key, seed) for key in run.plan.candidates for seed in seeds]
+    for pair in expected:
+        trial = outcome.get(pair)
+        if trial is None or not trial.finished:
+            causes[trial.outcome if trial is not None else "not run"] += 1
+    return len(expected), causes
+
+
 def _sampler(spec: SweepSpec, index: int) -> optuna.samplers.BaseSampler:
     search = spec.steps[index].search
     if search is None:
@@ -140,10 +165,10 @@ def run_sweep(spec: SweepSpec, storage_url: str | None = None, executor: Any = N
     require_prerequisites(spec)  # before anything trains or touches this sweep's storage
     url = storage_url or spec.storage_url
     storage = storage if storage is not None else open_storage(url)
-    with sweep_lock(storage, spec.name):
+    with sweep_lock(storage, spec.name) as fenced:  # every write from here on: only while the lock is ours
         context = _prepare(spec)
         executor = executor if executor is not None else make_executor(spec.executor)
-        return _run_steps(spec, storage, context, executor, Observers(view, *observers))
+        return _run_steps(spec, fenced, context, executor, Observers(view, *observers))
 
 
 def _prepare(spec: SweepSpec) -> StepContext:
@@ -202,6 +227,10 @@ def _run_step(spec: SweepSpec, index: int, study: optuna.Study, context: StepCon
             # (this driver holds the sweep lock: every RUNNING trial is its own) runs again on resume
             recorder.fail_stale()
             raise
+        total, causes = _unfinished(study, index, run, spec.seed_list)
+        if causes:
+            study.set_user_attr("decision", None)  # what an earlier run decided does not stand either
+            raise StepIncomplete(study.study_name, sum(causes.values()), total, causes)
         stats = collect_stats(read_step(study, index).trials, objective.reduce, [g.metric for g in guards])
         decision = decide(stats, run.carried_key, objective, spec.selection, guards)
         if decision.failed:
@@ -238,4 +267,5 @@ def _run_steps(spec: SweepSpec, storage: Any, context: StepContext, executor: An
     return SweepOutcome(decisions, carried, [s.study_name for s in studies])
 
 
-__all__ = ["SweepOutcome", "check_fingerprint", "fingerprint", "resolve_winner_of", "run_sweep"]
+__all__ = ["StepFailed", "StepIncomplete", "SweepOutcome", "check_fingerprint", "fingerprint", "resolve_winner_of",
+           "run_sweep"]

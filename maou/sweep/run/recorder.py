@@ -37,6 +37,20 @@ CURVE_METRICS = ("train_loss", "val_loss", "val_f1", "val_pred_pos_rate", "val_p
                  "val_policy_entropy", "val_value_skill", "val_value_std", "val_value_accuracy", "val_accuracy")
 
 
+#: ``fail_reason`` of a trial by what its error says (the counts a stopped step prints).
+FAIL_CAUSES = (("disk full", ("disk full:", "No space left on device")),
+               ("cuda out of memory", ("CUDA out of memory", "OutOfMemoryError")),
+               ("dataset unreadable", ("dataset file", "Not an Arrow file")))
+
+
+def fail_cause(error: str) -> str:
+    """A failed trial's cause in a few words, from its error text (``error`` when none is known)."""
+    for cause, signs in FAIL_CAUSES:
+        if any(sign in error for sign in signs):
+            return cause
+    return "error"
+
+
 def _finite_or_none(value: float | None) -> float | None:
     return round(value, 6) if value is not None and math.isfinite(value) else None
 
@@ -229,8 +243,9 @@ class TrialRecorder:
         value: float | None = None
         reason = ""
         if error is not None:
-            reason = "error: " + (error.strip().splitlines() or [""])[-1]
-            trial.set_user_attr("fail_reason", "error")
+            cause = fail_cause(error)
+            reason = f"{cause}: " + (error.strip().splitlines() or [""])[-1]
+            trial.set_user_attr("fail_reason", cause)
             trial.set_user_attr("error", error[-4000:])
             state = TrialState.FAIL
         elif result is not None and result.stop is not None:
@@ -290,4 +305,5 @@ class TrialRecorder:
         self.observer.trial_finished(handle, TrialState.FAIL, INTERRUPTED)
 
 
-__all__ = ["CURVE_METRICS", "Observer", "Observers", "TrialHandle", "TrialRecorder", "curves", "suggest"]
+__all__ = ["CURVE_METRICS", "FAIL_CAUSES", "Observer", "Observers", "TrialHandle", "TrialRecorder", "curves",
+           "fail_cause", "suggest"]
