@@ -29,7 +29,7 @@ STEPS = [
 
 def test_carry_forward_adopts_clear_winners_and_keeps_carried_within_noise():
     trainer = FakeTrainer(lr_batch_score)
-    spec = make_spec(STEPS)
+    spec = make_spec(STEPS, racing={"enabled": False})  # every training runs: counted below
     outcome = run_sweep(spec, executor=LocalExecutor(trainer))
     first, second, third = outcome.decisions
     assert first.winner.overrides == {} and not first.adopted

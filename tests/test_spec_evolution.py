@@ -19,7 +19,7 @@ from maou.sweep.spec import SweepSpec
 
 def spec_of(tmp_path, steps, seeds=2, name="evo") -> SweepSpec:
     return from_dict(SweepSpec, {"name": name, "stage": 1, "seeds": seeds, "steps": steps,
-                                 "budget": {"max_steps": 40, "eval_every": 10},
+                                 "budget": {"max_steps": 40, "eval_every": 10}, "racing": {"enabled": False},
                                  "storage": f"sqlite:///{tmp_path}/evo.db", "runs_dir": str(tmp_path / "runs")})
 
 

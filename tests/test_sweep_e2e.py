@@ -94,7 +94,7 @@ def test_export_writes_files_with_their_columns(smoke_run, tmp_path):
     assert list(steps.columns) == ["study", "step", "metric", "direction", "config", "mean", "std", "sem", "n",
                                    "pruned", "failed", "winner", "final_winner", "carried", "adopted", "gain",
                                    "gain_se", "p", "holm_level", "needed", "significant", "guard_failures", "edge",
-                                   "device"]
+                                   "raced", "device"]
     assert steps.groupby("study")["winner"].sum().eq(1).all()
     # the sweep's own winner: one row, on the last step, the configuration best.yaml holds
     (final,) = steps[steps["final_winner"]].itertuples()

@@ -178,6 +178,10 @@ def plan_command(args: argparse.Namespace) -> int:
     else:
         total += f" (cost: {plan.cost_source})"
     console.print(total, soft_wrap=True)
+    if (share := plan.racing_share()) is not None:
+        console.print(f"with racing (on): {share[0]:.0%}-{share[1]:.0%} of that: a challenger significantly worse "
+                      f"than the carried configuration stops from {spec.racing.start_fraction:.0%} of the budget, "
+                      f"its later seeds unstarted (racing: {{enabled: false}} runs every training)", soft_wrap=True)
     if (warning := plan.too_long_here()) is not None:
         console.print(f"[yellow]{warning}[/]", soft_wrap=True)
     if any(not link.done for link in chain):

@@ -352,6 +352,8 @@ def leaderboard_table(decision: Any) -> Table:
     for stats in decision.stats:
         mark = "winner" if stats.key == decision.winner_key else (
             "carried" if stats.key == decision.carried_key else "")
+        if stats.raced_at is not None:
+            mark = f"raced at {stats.raced_at}"
         c = comparisons.get(stats.key)
         table.add_row(_config(stats.key), _fmt(stats.mean), _fmt(stats.sem), str(stats.n), str(stats.pruned),
                       str(stats.failed), _fmt(c.test.gain) if c else "", mark)

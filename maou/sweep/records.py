@@ -176,6 +176,8 @@ class LeaderboardEntry:
     pruned: int
     failed: int
     sem: float | None = None
+    #: The optimizer step racing stopped it at (None: not raced out).
+    raced: int | None = None
 
 
 @dataclass(frozen=True)
@@ -202,7 +204,7 @@ class RecordedDecision:
     @classmethod
     def from_attrs(cls, attrs: dict[str, Any]) -> RecordedDecision:
         board = tuple(LeaderboardEntry(ConfigKey.of(e["config"]), e["mean"], e["std"], e["n"], e["pruned"],
-                                       e["failed"], e.get("sem")) for e in attrs["leaderboard"])
+                                       e["failed"], e.get("sem"), e.get("raced")) for e in attrs["leaderboard"])
         return cls(ConfigKey.parse(attrs["carried_key"]), ConfigKey.parse(attrs["winner_key"]), attrs["adopted"],
                    attrs["margin"], attrs["noise"], attrs["threshold"], attrs["rule"], board,
                    bool(attrs.get("failed", False)), bool(attrs.get("noise_measured", True)),

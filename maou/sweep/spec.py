@@ -104,6 +104,26 @@ class ExecutorSection:
 
 
 @dataclass(frozen=True)
+class Racing:
+    """Racing a step's challengers against the carried configuration (:mod:`maou.sweep.run.racing`):
+    from ``start_fraction`` of the budget on, at every evaluation, a challenger whose paired
+    difference to the carried configuration (over the seeds that reached that point) is worse at
+    ``sigmas`` stops (PRUNED, ``racing``), and its seeds not started are not run. ``max_seeds``
+    above ``seeds``: challengers still undecided get one more seed a round, up to it."""
+
+    enabled: bool = True
+    start_fraction: float = 1 / 3
+    sigmas: float = 1.0
+    #: Seeds a challenger may get in all (adaptive seeds); None: ``seeds``, no seed is added.
+    max_seeds: int | None = None
+
+    def __post_init__(self) -> None:
+        require(self, "start_fraction", 0.0 < self.start_fraction <= 1.0, "must be in (0, 1]")
+        require(self, "sigmas", self.sigmas > 0, "must be > 0")
+        require(self, "max_seeds", self.max_seeds is None or self.max_seeds >= 1, "must be >= 1 or null")
+
+
+@dataclass(frozen=True)
 class ParamRange:
     """A searched parameter of a sampled step: a numeric range or a list of choices."""
 
@@ -181,6 +201,7 @@ class SweepSpec:
     storage: str | None = None
     executor: ExecutorSection = field(default_factory=ExecutorSection)
     pruning: PruningConfig = field(default_factory=PruningConfig)
+    racing: Racing = field(default_factory=Racing)
     selection: Selection = field(default_factory=Selection)
     #: Where trial checkpoints go (default runs/<name>).
     runs_dir: str | None = None

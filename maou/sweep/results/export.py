@@ -64,7 +64,7 @@ def trial_rows(step: StepRecord, final_winner: ConfigKey | None = None) -> list[
 
 STEP_COLUMNS = ["study", "step", "metric", "direction", "config", "mean", "std", "sem", "n", "pruned", "failed",
                 "winner", "final_winner", "carried", "adopted", "gain", "gain_se", "p", "holm_level", "needed",
-                "significant", "guard_failures", "edge", "device"]
+                "significant", "guard_failures", "edge", "raced", "device"]
 
 
 def step_rows(step: StepRecord, final_winner: ConfigKey | None = None) -> list[dict[str, Any]]:
@@ -87,6 +87,7 @@ def step_rows(step: StepRecord, final_winner: ConfigKey | None = None) -> list[d
                      "needed": c.get("needed"), "significant": c.get("significant"),
                      "guard_failures": "; ".join(c.get("guard_failures", [])),
                      "edge": " ".join(decision.edge) if e.key == decision.winner_key else "",
+                     "raced": e.raced,
                      "device": " ".join(devices)})
     return rows
 

@@ -35,6 +35,8 @@ def leaderboard_markdown(decision: RecordedDecision) -> list[str]:
     for e in decision.leaderboard:
         c = decision.comparison_of(e.key) or {}
         mark = "**winner**" if e.key == decision.winner_key else ("carried" if e.key == decision.carried_key else "")
+        if e.raced is not None:
+            mark = f"raced at step {e.raced}"
         test = f"{_f(c.get('p'))} ({_f(c.get('holm_level'))})" if c else ""
         lines.append(f"| {_config(e.key)} | {_f(e.mean)} | {_f(e.sem)} | {e.n} | {e.pruned} | {e.failed} | "
                      f"{_f(c.get('gain')) if c else ''} | {test} | {mark} |")

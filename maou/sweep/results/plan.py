@@ -90,6 +90,20 @@ class SweepPlan:
         low, high = self.trainings
         return low * self.seconds_per_training, high * self.seconds_per_training
 
+    def racing_share(self) -> tuple[float, float] | None:
+        """The share of the exhaustive trainings a raced run trains, at best and at worst (None:
+        racing is off or cannot stop anything: one seed). At best every challenger is worse: its first
+        seed runs whole, its second to ``racing.start_fraction`` of the budget, the others not at all."""
+        racing, seeds = self.spec.racing, len(self.spec.seed_list)
+        total = sum(s.trainings[1] for s in self.steps)
+        if not racing.enabled or seeds < 2 or total == 0:
+            return None
+        best = 0.0
+        for s in self.steps:
+            carried = min(seeds, s.trainings[1])
+            best += carried + (s.trainings[1] - carried) * min(1.0 + racing.start_fraction, seeds) / seeds
+        return best / total, 1.0
+
     def too_long_here(self) -> str | None:
         """One line when the sweep would take more than a day on this machine."""
         seconds = self.seconds

@@ -46,6 +46,9 @@ GLOSSARY = {
             "the best value may lie beyond the grid; a step's extend: N grows the grid past it",
     "gain": "a challenger's mean difference from the carried configuration over the seeds both completed, "
             "signed so that positive is better whichever the objective's direction",
+    "raced": "a challenger stopped once it was significantly worse than the carried configuration at the same "
+             "share of the budget (racing: paired over the seeds that got there); its seeds not started were not "
+             "run; it counts in the correction for many challengers at p = 1",
     "pruned": "a trial stopped early by a pruning rule (its reason, step and numbers are listed under the "
               "step); a configuration with a pruned or failed trial never wins",
 }
@@ -160,8 +163,10 @@ def _setup(spec: Any, record: SweepRecord) -> str:
     return f"<h2>Setup</h2><table class='setup'>{body}</table>"
 
 
-def _glossary() -> str:
-    items = "".join(f"<dt>{html.escape(word)}</dt><dd>{html.escape(text)}</dd>" for word, text in GLOSSARY.items())
+def _glossary(record: SweepRecord) -> str:
+    raced = any(e.raced is not None for s in record.steps if s.decision for e in s.decision.leaderboard)
+    items = "".join(f"<dt>{html.escape(word)}</dt><dd>{html.escape(text)}</dd>" for word, text in GLOSSARY.items()
+                    if word != "raced" or raced)  # a word no table uses is not explained
     return (f"<p class='caption'>Words in the tables (also on hover where they appear; numbers to 4 significant "
             f"digits):</p><dl class='glossary'>{items}</dl>")
 
@@ -189,6 +194,8 @@ def _leaderboard(decision: RecordedDecision, colors: dict[ConfigKey, str]) -> st
         marks = [_term("winner")] if e.key == decision.winner_key else []
         if e.key == decision.carried_key:
             marks.append(_term("carried"))
+        if e.raced is not None:
+            marks.append(f"{_term('raced')} at step {e.raced}")
         if e.key == decision.winner_key and decision.edge:
             marks.append(f"<span class='edge'>{_term('edge')}: {html.escape(', '.join(decision.edge))}</span>")
         guards = "<br>".join(html.escape(str(g)) for g in c.get("guard_failures", []))
@@ -281,7 +288,7 @@ def build_report(spec: Any, storage: Any) -> str:
     title = f"sweep {spec.name}: stage {spec.stage}"
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1><p>{html.escape(spec.description)}</p>"
-            f"{_setup(spec, record)}<h2>The chain of steps</h2>{_glossary()}{_chain(spec, record.steps)}"
+            f"{_setup(spec, record)}<h2>The chain of steps</h2>{_glossary(record)}{_chain(spec, record.steps)}"
             f"{''.join(sections)}</body></html>")
 
 

@@ -21,6 +21,9 @@ def verdict(decision: RecordedDecision | None) -> str:
         text = f"adopted (gain {fmt(gain)})" if isinstance(gain, (int, float)) else "adopted"
     if not decision.noise_measured:
         text += "; noise not measured (1 seed)"
+    raced = sum(e.raced is not None for e in decision.leaderboard)
+    if raced:
+        text += f"; {raced} raced out"
     if decision.edge:
         text += f"; edge: {', '.join(decision.edge)}"
     return text

@@ -38,6 +38,8 @@ class ConfigStats:
     prune_reasons: list[str] = field(default_factory=list)
     #: guard metric -> seed -> value
     guard_values: dict[str, dict[int, float]] = field(default_factory=dict)
+    #: The optimizer step its racing stop came at (None: not raced).
+    raced_at: int | None = None
 
     @property
     def overrides(self) -> dict[str, Any]:
@@ -110,6 +112,10 @@ class StepDecision:
     #: Values a grid grew by past its edge, per key.
     extended: dict[str, list[Any]] = field(default_factory=dict)
     objective: Objective | None = None
+    #: Challengers that started but were stopped (pruned, raced, failed): in Holm's count at p = 1.
+    holm_stopped: list[ConfigKey] = field(default_factory=list)
+    #: Seeds each configuration got, when adaptive seeds added some, and why.
+    seeds_added: dict[str, Any] = field(default_factory=dict)
 
     @property
     def winner(self) -> ConfigStats:
@@ -152,8 +158,12 @@ class StepDecision:
                 "direction": objective.direction if objective else None,
                 "winner_overrides": self.winner_key.overrides,
                 "comparisons": [c.as_attrs() for c in self.comparisons],
+                "holm_count": len(self.comparisons) + len(self.holm_stopped),
+                "holm_stopped_at_p1": [k.overrides for k in self.holm_stopped],
+                "seeds_added": self.seeds_added,
                 "leaderboard": [{"config": s.overrides, "mean": _num(s.mean), "std": _num(s.std), "sem": _num(s.sem),
-                                 "n": s.n, "pruned": s.pruned, "failed": s.failed} for s in self.stats]}
+                                 "n": s.n, "pruned": s.pruned, "failed": s.failed, "raced": s.raced_at}
+                                for s in self.stats]}
 
 
 def collect_stats(trials: Iterable[TrialRecord], reduce: str = "final",
@@ -175,6 +185,8 @@ def collect_stats(trials: Iterable[TrialRecord], reduce: str = "final",
         elif t.state == TrialState.PRUNED:
             s.pruned += 1
             s.prune_reasons.append(t.prune_reason or "pruned")
+            if t.prune_reason == "racing" and t.prune_step:
+                s.raced_at = max(s.raced_at or 0, t.prune_step)
         else:
             s.failed += 1
     return stats
@@ -195,9 +207,9 @@ def describe_rule(selection: Selection, guards: tuple[Guard, ...]) -> str:
                                           for g in guards) if guards else ""
     return (f"paired per-seed differences against the carried configuration; one-sided t-test at "
             f"alpha {alpha_of(selection.noise_sigmas):.3g} ({selection.noise_sigmas:g} sigma), Holm-corrected "
-            f"over the challengers; adopt the largest significant gain above {selection.min_margin:g}"
-            f"{guard_text}; with one seed the noise is not measured and only the margin applies; "
-            f"pruned or failed configurations never win")
+            f"over every challenger that started (a stopped one at p = 1); adopt the largest significant gain "
+            f"above {selection.min_margin:g}{guard_text}; with one seed the noise is not measured and only the "
+            f"margin applies; pruned or failed configurations never win")
 
 
 def decide(stats: dict[ConfigKey, ConfigStats], carried_key: ConfigKey, objective: Objective,
@@ -218,7 +230,12 @@ def decide(stats: dict[ConfigKey, ConfigStats], carried_key: ConfigKey, objectiv
         return StepDecision(carried_key, best.key, True, rule + "; the carried configuration did not complete, "
                             "so the best one is adopted", ordered, objective=objective)
     comparisons = [Comparison(c.key, paired(c.values, carried.values, sign)) for c in challengers]
-    significant, levels = holm([c.test.p for c in comparisons], alpha_of(selection.noise_sigmas))
+    # every challenger that started counts in Holm's correction: a pruned one (collapsed, raced, failed)
+    # enters with p = 1, so stopping challengers never makes the others' adoption easier
+    stopped = [s.key for s in ordered if s.key != carried_key and not s.eligible]
+    significant, levels = holm([c.test.p for c in comparisons] + [1.0] * len(stopped),
+                               alpha_of(selection.noise_sigmas))
+    significant, levels = significant[:len(comparisons)], levels[:len(comparisons)]
     for comparison, challenger, passed, level in zip(comparisons, challengers, significant, levels, strict=True):
         comparison.level = level
         measured = comparison.test.se is not None
@@ -232,7 +249,7 @@ def decide(stats: dict[ConfigKey, ConfigStats], carried_key: ConfigKey, objectiv
     if winner is not None:
         winner.adopted = True
     return StepDecision(carried_key, winner.key if winner else carried_key, winner is not None, rule, ordered,
-                        comparisons, objective=objective)
+                        comparisons, objective=objective, holm_stopped=stopped)
 
 
 __all__ = ["Comparison", "ConfigStats", "StepDecision", "collect_stats", "decide", "describe_rule"]

@@ -20,12 +20,14 @@ import optuna
 
 from maou.errors import UserError
 from maou.strict import flatten, to_dict
+from maou.sweep.identity import ConfigKey
 from maou.sweep.locate import load_spec
 from maou.sweep.records import SweepRecord, deciding_trials, read_step, read_sweep
 from maou.sweep.run import faults
 from maou.sweep.run.decision import StepDecision, collect_stats, decide
 from maou.sweep.run.edges import extension, grid_edges, with_extensions
 from maou.sweep.run.recorder import Observer, Observers, TrialRecorder
+from maou.sweep.run.stats import alpha_of
 from maou.sweep.run.step import StepContext, open_step
 from maou.sweep.spec import WINNER_OF, SweepSpec
 
@@ -118,16 +120,35 @@ class StepIncomplete(UserError):
                          f"does not decide. Fix the cause and run the sweep again: those run again")
 
 
-def _unfinished(study: optuna.Study, index: int, run: Any, seeds: tuple[int, ...]) -> tuple[int, Counter]:
+def _unfinished(study: optuna.Study, index: int, run: Any, seeds: tuple[int, ...],
+                only: set[ConfigKey] | None) -> tuple[int, Counter]:
     """The step's (configuration, seed) pairs without a finished trial, and their causes."""
     outcome = {t.pair: t for t in deciding_trials(read_step(study, index).trials)}
     causes: Counter = Counter()
-    expected = [(key, seed) for key in run.plan.candidates for seed in seeds]
+    expected = [(key, seed) for key in run.plan.candidates if only is None or key in only for seed in seeds]
     for pair in expected:
         trial = outcome.get(pair)
         if trial is None or not trial.finished:
             causes[trial.outcome if trial is not None else "not run"] += 1
     return len(expected), causes
+
+
+def _more_seeds(spec: SweepSpec, decision: StepDecision,
+                seeds: tuple[int, ...]) -> tuple[int, list[ConfigKey], str] | None:
+    """Adaptive seeds (``racing.max_seeds``): the next seed and the challengers still in contention
+    that get it, or None: one was adopted, every comparison is decided (significantly better, or
+    worse at ``racing.sigmas``), or the challengers have ``max_seeds`` seeds."""
+    limit = spec.racing.max_seeds
+    if limit is None or len(seeds) >= limit or decision.adopted:
+        return None
+    alpha = alpha_of(spec.racing.sigmas)
+    undecided = [c.key for c in decision.comparisons
+                 if not c.significant and not (c.test.p is not None and c.test.se is not None and 1 - c.test.p < alpha)]
+    if not undecided:
+        return None
+    seed = max(seeds) + 1
+    return seed, undecided, (f"{len(undecided)} challengers neither adopted nor worse at {spec.racing.sigmas:g} sigma "
+                             f"after {len(seeds)} seeds")
 
 
 def _sampler(spec: SweepSpec, index: int) -> optuna.samplers.BaseSampler:
@@ -217,8 +238,10 @@ def _run_step(spec: SweepSpec, index: int, study: optuna.Study, context: StepCon
     step, objective, guards = spec.steps[index], spec.step_objective(index), spec.step_guards(index)
     extended: dict[str, list[Any]] = read_step(study, index).grid_extensions
     recorder = _recorder(spec, index, study, view)
+    seeds, only, seed_rounds = spec.seed_list, None, []  # adaptive seeds: each round's seed and who got it
     while True:
-        run = open_step(context, index, study, recorder, carried, earlier, with_extensions(step, extended))
+        run = open_step(context, index, study, recorder, carried, earlier, with_extensions(step, extended),
+                        seeds=seeds, only=only)
         view.step_started(spec, index, study, run)
         try:
             executor.run(run)
@@ -227,14 +250,23 @@ def _run_step(spec: SweepSpec, index: int, study: optuna.Study, context: StepCon
             # (this driver holds the sweep lock: every RUNNING trial is its own) runs again on resume
             recorder.fail_stale()
             raise
-        total, causes = _unfinished(study, index, run, spec.seed_list)
+        total, causes = _unfinished(study, index, run, seeds, only)
         if causes:
             study.set_user_attr("decision", None)  # what an earlier run decided does not stand either
             raise StepIncomplete(study.study_name, sum(causes.values()), total, causes)
-        stats = collect_stats(read_step(study, index).trials, objective.reduce, [g.metric for g in guards])
+        trials = [t for t in read_step(study, index).trials if t.seed in seeds]  # this round's seeds only
+        stats = collect_stats(trials, objective.reduce, [g.metric for g in guards])
         decision = decide(stats, run.carried_key, objective, spec.selection, guards)
         if decision.failed:
             return decision
+        more = _more_seeds(spec, decision, seeds)
+        if more is not None:  # undecided challengers get one more seed, with the carried configuration
+            seed, keys, why = more
+            seed_rounds.append({"seed": seed, "configs": [k.overrides for k in keys], "why": why})
+            seeds, only = (*seeds, seed), {run.carried_key, *keys}
+            continue
+        if seed_rounds:
+            decision.seeds_added = {"rounds": seed_rounds, "seeds": {s.key.text: s.n for s in decision.stats}}
         winner = run.plan.candidates[decision.winner_key]
         decision.edge = grid_edges(step, extended, winner)
         rounds = max((len(v) for v in extended.values()), default=0)
@@ -245,6 +277,7 @@ def _run_step(spec: SweepSpec, index: int, study: optuna.Study, context: StepCon
         for key, value in added.items():
             extended.setdefault(key, []).append(value)
         study.set_user_attr("grid_extensions", extended)
+        seeds, only = spec.seed_list, None  # the grown grid runs with the step's seeds (more may follow)
 
 
 def _run_steps(spec: SweepSpec, storage: Any, context: StepContext, executor: Any, view: Observer) -> SweepOutcome:

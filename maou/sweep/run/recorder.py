@@ -27,6 +27,7 @@ from maou.sweep.identity import ConfigKey
 from maou.sweep.records import FINISHED, INTERRUPTED, TrialRecord
 from maou.sweep.run import faults
 from maou.sweep.run.planner import Training
+from maou.sweep.run.racing import Racer
 from maou.sweep.spec import Objective
 from maou.trainer.result import History, Stop, TrainResult
 
@@ -132,6 +133,8 @@ class TrialHandle:
     stop: Stop | None = None
     #: (time, optimizer step) of the last progress heard
     last_progress: tuple[float, int] | None = None
+    #: The run's budget in optimizer steps (racing compares runs at the same share of it).
+    max_steps: int = 0
 
     @property
     def number(self) -> int:
@@ -147,6 +150,8 @@ class TrialRecorder:
         self.observer: Observer = observer if observer is not None else Observer()
         #: The kind of Optuna pruner consulted after every evaluation (None: none is).
         self.optuna_pruner = optuna_pruner
+        #: The step's race (:mod:`maou.sweep.run.racing`), set when the step opens; None: no racing.
+        self.racer: Racer | None = None
 
     # ------------------------------------------------------------------ starting
     def fail_stale(self) -> int:
@@ -215,7 +220,28 @@ class TrialRecorder:
             handle.stop = Stop(OPTUNA_PRUNER, f"{self.optuna_pruner} pruner: "
                                f"{self.objective.metric}={value} at step {step}", step)
             return handle.stop
+        if self.racer is not None and step > 0 and value is not None:
+            key = handle.training.key
+            self.racer.observe(key, handle.training.seed, step, handle.max_steps, value)
+            stop = self.racer.check(key, step, handle.max_steps)
+            if stop is not None:
+                handle.stop = stop
+                return stop
         return None
+
+    def skip(self, detail: str, attrs: dict[str, Any], params: dict[str, Any],
+             distributions: dict[str, BaseDistribution]) -> None:
+        """A training that need not run (its configuration was raced out): recorded PRUNED as it is,
+        so the pair counts as decided, without training."""
+        from maou.sweep.run.racing import RACING
+
+        faults.point("skip")
+        attrs = {**attrs, "prune_reason": RACING, "prune_detail": detail, "prune_step": 0, "steps_done": 0,
+                 "curves": {"step": []}}
+        self.study.add_trial(optuna.trial.create_trial(
+            state=TrialState.PRUNED, params=params, distributions={k: distributions[k] for k in params},
+            user_attrs=attrs))
+        self._recorded(self.study.get_trials(deepcopy=False)[-1])
 
     def progress(self, handle: TrialHandle, step: int, total: int) -> None:
         """How far a running trial got (no storage write: only the view hears of it)."""

@@ -24,6 +24,7 @@ from maou.sweep.records import TrialRecord, read_step
 from maou.sweep.run.job import Job
 from maou.sweep.run.params import step_distributions, trial_params
 from maou.sweep.run.planner import Pair, StepPlan, Training, configuration, plan_step
+from maou.sweep.run.racing import Racer
 from maou.sweep.run.recorder import TrialHandle, TrialRecorder
 from maou.sweep.spec import WINNER_OF, Step, SweepSpec
 from maou.trainer.config import TrainConfig
@@ -45,11 +46,14 @@ class StepContext:
 
 
 def open_step(context: StepContext, index: int, study: optuna.Study, recorder: TrialRecorder,
-              carried: dict[str, Any], earlier: list[optuna.Study], step: Step | None = None) -> StepRun:
+              carried: dict[str, Any], earlier: list[optuna.Study], step: Step | None = None,
+              seeds: tuple[int, ...] | None = None, only: set[ConfigKey] | None = None) -> StepRun:
     """The step's remaining work: stale trials failed, reusable ones copied, the rest queued.
-    ``step``: the spec's step as this run sees it (a grid grown past an edge)."""
+    ``step``: the spec's step as this run sees it (a grid grown past an edge); ``seeds`` and
+    ``only``: the seeds this round runs and the configurations that get them (adaptive seeds)."""
     spec = context.spec
     step = step if step is not None else spec.steps[index]
+    seeds = seeds if seeds is not None else spec.seed_list
     recorder.fail_stale()
     current = read_step(study, index)
     finished: set[Pair] = {t.pair for t in current.finished_trials}
@@ -63,23 +67,35 @@ def open_step(context: StepContext, index: int, study: optuna.Study, recorder: T
         for t in read_step(other, i).finished_trials:
             if t.value_under(objective.metric, objective.reduce) is not None or t.state != TrialState.COMPLETE:
                 reusable.setdefault(t.pair, t)
-    plan = plan_step(step, index, context.base, carried, spec.seed_list, finished, sampled, reusable)
+    plan = plan_step(step, index, context.base, carried, seeds, finished, sampled, reusable)
+    if only is not None:
+        plan.to_train = [t for t in plan.to_train if t.key in only]
+        plan.to_copy = [(t, source) for t, source in plan.to_copy if t.key in only]
     dists = step_distributions(step, plan.searched, plan.candidates.values())
     for training, source in plan.to_copy:
         recorder.copy(source, source.value_under(objective.metric, objective.reduce),
                       trial_params(dists, plan.params(training.config)), dists, step.name)
-    return StepRun(context, index, plan, dists, recorder)
+    sign = 1.0 if objective.direction == "maximize" else -1.0
+    recorder.racer = Racer.of_trials(spec.racing, plan.carried_key, sign,
+                                     read_step(study, index).trials if plan.to_copy else current.trials)
+    return StepRun(context, index, plan, dists, recorder, seeds)
 
 
 class StepRun:
     """The trainings of one step still to run, started one by one through the recorder."""
 
     def __init__(self, context: StepContext, index: int, plan: StepPlan[Any],
-                 dists: dict[str, BaseDistribution], recorder: TrialRecorder) -> None:
+                 dists: dict[str, BaseDistribution], recorder: TrialRecorder,
+                 seeds: tuple[int, ...] | None = None) -> None:
         self.context, self.index, self.plan, self.recorder = context, index, plan, recorder
         self.step = context.spec.steps[index]
         self.distributions = dists
-        self.queue: deque[Training] = deque(plan.to_train)
+        self.seeds = seeds if seeds is not None else context.spec.seed_list
+        trainings = list(plan.to_train)
+        if context.spec.racing.enabled:  # breadth-first: every configuration's first seed, then the next
+            rank = {seed: i for i, seed in enumerate(self.seeds)}
+            trainings.sort(key=lambda t: rank.get(t.seed, len(rank)))  # stable: the carried one first
+        self.queue: deque[Training] = deque(trainings)
         self.samples_to_draw = plan.samples_to_draw
 
     @property
@@ -97,21 +113,40 @@ class StepRun:
     def next_job(self, adjust: Adjust | None = None) -> tuple[TrialHandle, Job] | None:
         """Start the next trial (RUNNING in the study) and its job, or ``None`` when the step is done."""
         trial = None
+        while self.queue and (skip := self._raced_out(self.queue[0])) is not None:
+            skipped = self.queue.popleft()
+            self.recorder.skip(skip, self._attrs_of(skipped, skipped.config), self._params_of(skipped),
+                               self.distributions)
         if self.queue:
             training = self.queue.popleft()
         elif self.samples_to_draw > 0:
             # The sampler proposes the configuration; its first seed runs now, the others queue.
-            seeds = self.context.spec.seed_list
             trial, values = self.recorder.propose(self.distributions)
             config = configuration(self.plan.carried, values, f"steps[{self.index}].search")
             key = ConfigKey.between(config, self.context.base)
             self.plan.candidates.setdefault(key, config)
-            training, *others = (Training(key, configuration(config, {"seed": s}, "trial")) for s in seeds)
+            training, *others = (Training(key, configuration(config, {"seed": s}, "trial")) for s in self.seeds)
             self.queue.extend(others)
             self.samples_to_draw -= 1
         else:
             return None
         return self._start(training, adjust, trial)
+
+    def _raced_out(self, training: Training) -> str | None:
+        racer = self.recorder.racer
+        return racer.skip_detail(training.key) if racer is not None else None
+
+    def _attrs_of(self, training: Training, config: TrainConfig) -> dict[str, Any]:
+        ctx = self.context
+        return {"study": self.study.study_name, "step": self.step.name, "seed": training.seed,
+                "config_key": training.key.text, "config": to_dict(config),
+                "package_version": maou.__version__, "dataset_hash": ctx.dataset_hash,
+                "metric": self.recorder.objective.metric, "direction": self.recorder.objective.direction,
+                "reduce": self.recorder.objective.reduce,
+                "max_steps": config.budget.total_steps(ctx.train_rows, config.batch_size)}
+
+    def _params_of(self, training: Training) -> dict[str, Any]:
+        return trial_params(self.distributions, self.plan.params(training.config))
 
     def _start(self, training: Training, adjust: Adjust | None, trial: optuna.Trial | None) -> tuple[TrialHandle, Job]:
         config = training.config
@@ -121,15 +156,11 @@ class StepRun:
         if adjust is not None:
             config = adjust(config)
         ctx, spec = self.context, self.context.spec
-        attrs = {"study": self.study.study_name, "step": self.step.name, "seed": training.seed,
-                 "config_key": training.key.text, "config": to_dict(config),
-                 "package_version": maou.__version__, "dataset_hash": ctx.dataset_hash,
-                 "metric": self.recorder.objective.metric, "direction": self.recorder.objective.direction,
-                 "reduce": self.recorder.objective.reduce}
-        params = trial_params(self.distributions, self.plan.params(training.config))
-        handle = self.recorder.start(training, params, self.distributions, attrs, trial)
+        attrs = self._attrs_of(training, config)
+        handle = self.recorder.start(training, self._params_of(training), self.distributions, attrs, trial)
         checkpoint_dir = spec.runs_path / f"{self.index + 1:02d}-{self.step.name}" / f"trial-{handle.number}"
-        max_steps = config.budget.total_steps(ctx.train_rows, config.batch_size)
+        max_steps = attrs["max_steps"]
+        handle.max_steps = max_steps
         objective = self.recorder.objective
         return handle, Job(handle.number, config, str(checkpoint_dir), spec.pruning, max_steps, ctx.dataset_hash,
                            (objective.metric, objective.direction))
