@@ -57,11 +57,14 @@ def plan_command(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from maou.sweep.results.plan import plan_sweep
-    from maou.sweep.storage import open_storage, storage_exists
+    from maou.sweep.storage import NoStorage, open_storage
 
     spec = spec_of(args)
     url = args.storage or spec.storage_url
-    storage = open_storage(url, create=False) if storage_exists(url) else None
+    try:
+        storage = open_storage(url, create=False)
+    except NoStorage:  # not run yet: nothing is done
+        storage = None
     plan = plan_sweep(spec, storage, measure=args.measure)
     console = Console()
     console.print(plan_table(plan))
