@@ -10,6 +10,7 @@ import os
 import shutil
 import socket
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -57,6 +58,28 @@ class PostgresServer:
 
     def stop(self) -> None:
         self._run("pg_ctl", "-D", str(self.data), "-w", "-m", "fast", "stop")
+
+    def password_role(self, role: str, password: str) -> None:
+        """A login role whose password the server checks (the rest of the server trusts every role)."""
+        import psycopg
+
+        self._run("psql", "-h", str(self.socket_dir), "-p", str(self.port), "-U", "postgres", "-d", "postgres",
+                  "-c", f"DROP ROLE IF EXISTS {role}", "-c", f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
+        hba = self.data / "pg_hba.conf"
+        rule = f"local all {role} scram-sha-256\n"
+        if rule not in hba.read_text():
+            hba.write_text(rule + hba.read_text())  # the first matching line wins
+            self._run("pg_ctl", "-D", str(self.data), "reload")
+        deadline = time.monotonic() + 30  # the server rereads its rules when it gets to it
+        while True:
+            try:
+                psycopg.connect(host=str(self.socket_dir), port=self.port, user=role, dbname="postgres",
+                                password=f"not-{password}").close()
+            except psycopg.OperationalError as exc:
+                if "password authentication failed" in str(exc):
+                    return
+            assert time.monotonic() < deadline, "the server never checked the password"
+            time.sleep(0.1)
 
     def new_database(self) -> str:
         """A fresh database; its SQLAlchemy URL (with a password the trust setup ignores, so that

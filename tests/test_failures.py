@@ -116,3 +116,68 @@ def test_a_corrupt_checkpoint_fails_its_trials_with_the_reason_shown(tmp_path):
     shown = " ".join(result.stdout.split())  # the console wraps long lines
     assert "FAIL" in shown and "not a readable checkpoint" in shown
     assert "failed error: 1" in result.stderr
+
+
+def _snapshot(url: str) -> dict:
+    """Every study of a storage as plain data: names, attributes, directions, trials."""
+    import optuna
+
+    out = {}
+    for summary in optuna.get_all_study_summaries(url, include_best_trial=False):
+        study = optuna.load_study(study_name=summary.study_name, storage=url)
+        system = study._storage.get_study_system_attrs(study._study_id)  # metric names live there
+        out[summary.study_name] = (study.user_attrs, system, [d.name for d in study.directions],
+                                   [(t.number, t.state.name, t.values, t.params, t.user_attrs, t.system_attrs)
+                                    for t in study.get_trials()])
+    return out
+
+
+def test_another_tools_study_under_a_steps_name_is_refused_before_anything_is_written(tmp_path):
+    import optuna
+
+    spec = write_spec(tmp_path, name="foreign")
+    url = f"sqlite:///{tmp_path}/studies/bad.db"
+    (tmp_path / "studies").mkdir()
+    study = optuna.create_study(study_name="foreign/01-baseline", storage=url)  # plain Optuna, its own way
+    study.set_user_attr("owner", "another tool")
+    study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=1)
+    before = _snapshot(url)
+    for command in (["run"], ["status"], ["export", "--out", str(tmp_path / "out")]):
+        result = run_cli(*command, str(spec))
+        assert_one_line_error(result, "'foreign/01-baseline'", "trial #0 (COMPLETE) has no config_key and seed")
+        if command == ["run"]:
+            assert "is not step 1 of sweep 'foreign'" in result.stderr and "nothing was written" in result.stderr
+    assert _snapshot(url) == before  # no attribute, no metric name, no lock study
+    assert not (tmp_path / "runs").exists()
+
+
+def test_read_commands_never_create_or_migrate_a_storage(tmp_path):
+    import hashlib
+    import sqlite3
+
+    import optuna
+
+    spec = write_spec(tmp_path)
+    db = tmp_path / "studies" / "bad.db"
+    db.parent.mkdir()
+    db.touch()
+    readers = (["status"], ["export", "--out", str(tmp_path / "out")], ["report", "--out", str(tmp_path / "r.html")],
+               ["plan", "--no-measure"], ["dashboard", "--port", "1"])
+    for command in readers:
+        assert_one_line_error(run_cli(*command, str(spec)), f"not an Optuna storage: {db} (an empty file")
+        assert db.stat().st_size == 0, command
+    db.write_text("notes, not a database\n")
+    assert_one_line_error(run_cli("status", str(spec)), f"not an Optuna storage: {db} (not an SQLite database)")
+    db.unlink()
+    url = f"sqlite:///{db}"
+    optuna.create_study(study_name="bad/01-baseline", storage=url)
+    connection = sqlite3.connect(db)  # as an older Optuna left it (its tables are a detail here)
+    connection.execute("UPDATE alembic_version SET version_num = 'v3.0.0.d'")
+    connection.commit()
+    connection.close()
+    digest = hashlib.sha256(db.read_bytes()).hexdigest()
+    for command in readers[:2]:
+        assert_one_line_error(run_cli(*command, str(spec)), "older Optuna schema (v3.0.0.d",
+                              f"optuna storage upgrade --storage {url}")
+    assert hashlib.sha256(db.read_bytes()).hexdigest() == digest  # not stamped, not migrated
+    assert sorted(p.name for p in db.parent.iterdir()) == ["bad.db"]

@@ -213,6 +213,63 @@ def test_sigterm_marks_trials_interrupted_and_the_sweep_resumes(tmp_path):
     assert outcome_of(url, "term") == solo_outcome(tmp_path, "term")
 
 
+def assert_left_clean(url: str, sweep: str) -> None:
+    """No trial of the sweep left RUNNING, the ones cut short marked interrupted, the lock released."""
+    assert running_trials(url, sweep) == 0
+    failed = [t for s in optuna.get_all_study_summaries(url) if s.study_name.startswith(f"{sweep}/")
+              for t in optuna.load_study(study_name=s.study_name, storage=url).get_trials()
+              if t.state == TrialState.FAIL]
+    assert failed and all(t.user_attrs["fail_reason"] == "interrupted" for t in failed)
+    lock = optuna.load_study(study_name=lock_study_name(sweep), storage=url).get_trials()
+    assert lock and all(t.state != TrialState.RUNNING for t in lock)
+
+
+@pytest.mark.slow
+def test_sighup_is_handled_as_sigterm(tmp_path):
+    url = f"sqlite:///{tmp_path}/studies.db"
+    spec = write_spec(tmp_path, "hup", url)
+    driver = start_driver(spec, delay_s=0.5)
+    wait_for(lambda: running_trials(url, "hup") > 0)
+    driver.send_signal(signal.SIGHUP)
+    out, err = driver.communicate(timeout=60)
+    assert driver.returncode == 129, out[-2000:] + err[-2000:]
+    assert "sweep run: hung up (SIGHUP); trials in progress were marked interrupted; " \
+           f"run `sweep run {spec}` again to resume" in err and "Traceback" not in err, err
+    assert_left_clean(url, "hup")
+
+
+def _controlling_terminal() -> None:
+    """In the child, after setsid: the pty on stdin becomes its controlling terminal, as a login
+    shell's is (its hangup signals this session's leader)."""
+    import fcntl
+    import termios
+
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+@pytest.mark.slow
+def test_a_dropped_terminal_leaves_no_trial_running_and_no_lock_held(tmp_path):
+    """An SSH session dropped: the terminal hangs up under the driver (SIGHUP, then every write
+    to it fails); the driver still marks its trials interrupted and releases the lock."""
+    import pty
+
+    url = f"sqlite:///{tmp_path}/studies.db"
+    spec = write_spec(tmp_path, "drop", url)
+    controller, terminal = pty.openpty()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TERM": "xterm", "COLUMNS": "120"}
+    driver = subprocess.Popen([sys.executable, FAKES, str(spec), "0.5"], cwd=REPO, env=env, stdin=terminal,
+                              stdout=terminal, stderr=terminal, start_new_session=True,
+                              preexec_fn=_controlling_terminal)
+    os.close(terminal)
+    try:
+        wait_for(lambda: running_trials(url, "drop") > 0)
+        os.read(controller, 1 << 16)  # it drew on the terminal
+    finally:
+        os.close(controller)  # the terminal hangs up
+    assert driver.wait(timeout=60) == 129
+    assert_left_clean(url, "drop")
+
+
 @pytest.mark.slow
 def test_the_dashboard_serves_in_process_and_stops_on_sigterm(tmp_path):
     url = f"sqlite:///{tmp_path}/studies.db"

@@ -97,6 +97,6 @@ def test_sweep_plan_in_a_narrow_terminal(columns):
     lines = result.stdout.splitlines()
     assert max(len(line) for line in lines) <= int(columns), result.stdout
     assert lines[0] == "plan of sweep demo: stage 2, seeds [0, 1]"
-    assert lines[-1] == "14-20 trainings (cost: not measured)"
+    assert "14-20 trainings (cost: not measured)" in lines
     assert any(line.startswith("2. gamma-neg ") and "gamma_neg 1,2,3,4" in line for line in lines) or (
         "   gamma_neg 1,2,3,4" in lines)

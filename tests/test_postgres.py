@@ -60,3 +60,27 @@ def test_credentials_are_masked_in_headers_titles_and_errors(tmp_path, postgres)
         postgres.start()
     assert down.returncode == 2 and "unreachable" in down.stderr and "Traceback" not in down.stderr, down.stderr
     assert PASSWORD not in down.stderr and "***" in down.stderr
+
+
+@pytest.mark.parametrize("refused, words", [
+    ("password", 'password authentication failed for user "maou_pw"'),
+    ("role", 'role "maou_nobody" does not exist'),
+    ("database", 'database "maou_nowhere" does not exist'),
+])
+def test_a_refused_login_stops_at_once_with_the_servers_words(tmp_path, postgres, refused, words):
+    database, query = postgres.new_database().split("@/", 1)[1].split("?", 1)
+    if refused == "password":
+        postgres.password_role("maou_pw", "the-right-one")
+    user, database = {"password": ("maou_pw", database), "role": ("maou_nobody", database),
+                      "database": ("postgres", "maou_nowhere")}[refused]
+    spec = write_spec(tmp_path, "refused", f"postgresql://{user}:{PASSWORD}@/{database}?{query}")
+    env = {**os.environ, "MAOU_STORAGE_RETRY_SECONDS": "600", "COLUMNS": "200"}
+    for command in ("run", "status"):
+        result = subprocess.run([SWEEP, command, str(spec)], cwd=REPO, env=env, capture_output=True, text=True,
+                                timeout=300)
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert result.returncode == 2 and len(lines) == 1, result.stderr
+        assert f"sweep {command}: error: storage postgresql://{user}:***@/{database}" in lines[0], lines[0]
+        assert "refused the connection" in lines[0] and words in lines[0], lines[0]
+        shown = result.stdout + result.stderr
+        assert "retrying" not in shown and "unreachable" not in shown and PASSWORD not in shown

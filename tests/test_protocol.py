@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 import optuna
 import pytest
 from fakes import FakeTrainer, lr_batch_score
 
+from maou.errors import UserError
 from maou.strict import from_dict
 from maou.sweep.records import read_step
 from maou.sweep.run.decision import collect_stats
@@ -177,4 +180,41 @@ def test_an_interrupt_between_start_and_run_leaves_no_trial_running(tmp_path):
     states = [t.state for t in study.get_trials()]
     assert optuna.trial.TrialState.FAIL in states and optuna.trial.TrialState.RUNNING not in states
     outcome = run_sweep(spec, executor=LocalExecutor(FakeTrainer(lr_batch_score)))  # resumes: all seeds run
+    assert outcome.decisions[0].stats[0].n == 3
+
+
+def _foreign_study(storage, name: str, how: str) -> None:
+    direction = "minimize" if how == "direction" else "maximize"
+    study = optuna.create_study(study_name=name, storage=storage, direction=direction)
+    if how == "attrs":
+        study.set_user_attr("owner", "another tool")
+    elif how == "sweep":
+        study.set_user_attr("sweep", "another-sweep")
+    elif how == "running":  # trials that are results of nothing this sweep records
+        study.ask()
+        study.tell(study.ask(), 0.5)
+
+
+@pytest.mark.parametrize("how, reason", [
+    ("attrs", "user attributes owner are not this sweep's"),
+    ("sweep", "'sweep' attribute names 'another-sweep'"),
+    ("direction", "its direction is minimize, not the step's maximize"),
+    ("running", "trial #1 (COMPLETE) has no config_key and seed"),
+])
+def test_a_foreign_study_at_a_later_step_is_refused_before_the_first_step_runs(how, reason):
+    storage = optuna.storages.InMemoryStorage()
+    spec = make_spec(STEPS)
+    _foreign_study(storage, spec.study_name(1), how)
+    trainer = FakeTrainer(lr_batch_score)
+    with pytest.raises(UserError, match="is not step 2 of sweep 'fake': .*" + re.escape(reason)):
+        run_sweep(spec, executor=LocalExecutor(trainer), storage=storage)
+    assert not trainer.calls  # refused before anything trained
+    assert [s.study_name for s in optuna.get_all_study_summaries(storage)] == [spec.study_name(1)]
+
+
+def test_a_step_study_created_and_left_empty_by_an_interrupted_run_is_taken_up():
+    storage = optuna.storages.InMemoryStorage()
+    spec = make_spec(STEPS[:1])
+    optuna.create_study(study_name=spec.study_name(0), storage=storage, direction="maximize")
+    outcome = run_sweep(spec, executor=LocalExecutor(FakeTrainer(lr_batch_score)), storage=storage)
     assert outcome.decisions[0].stats[0].n == 3

@@ -30,11 +30,61 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM, handled as Ctrl-C: trials in flight are marked interrupted."""
+    """SIGTERM, handled as Ctrl-C: trials in flight are marked interrupted, the sweep's lock is
+    released; exit code 143 (128 + 15)."""
+
+    word = "terminated"
+    exit_code = 143
+
+
+class HungUp(Terminated):
+    """SIGHUP (the terminal closed, an SSH session dropped), handled as SIGTERM; exit code 129
+    (128 + 1). Under ``nohup`` (SIGHUP ignored) it stays ignored."""
+
+    word = "hung up (SIGHUP)"
+    exit_code = 129
 
 
 def _terminate(signum: int, frame: Any) -> None:
     raise Terminated()
+
+
+def _hang_up(signum: int, frame: Any) -> None:
+    _leave_the_dead_terminal()
+    raise HungUp()
+
+
+def _leave_the_dead_terminal() -> None:
+    """Point stdin, stdout and stderr that were on the hung-up terminal at /dev/null: every write
+    there fails (EIO), and the way out (trials marked interrupted, the lock released, the live view
+    closed, the last line) must not stop at the first one."""
+    import errno
+    import os
+    import termios
+
+    devnull = None
+    for fd in (0, 1, 2):
+        try:
+            termios.tcgetattr(fd)
+            continue  # a live terminal
+        except termios.error as exc:
+            if exc.args[0] != errno.EIO:  # not a terminal at all: a pipe, a file
+                continue
+        except (OSError, ValueError):
+            continue
+        if devnull is None:
+            devnull = os.open(os.devnull, os.O_RDWR)
+        os.dup2(devnull, fd)
+    if devnull is not None:
+        os.close(devnull)
+
+
+def _handle(signum: int, handler: Any) -> Any:
+    """Install ``handler`` for ``signum`` unless the signal is ignored (``nohup``); returns the previous one."""
+    previous = signal.getsignal(signum)
+    if previous != signal.SIG_IGN:
+        signal.signal(signum, handler)
+    return previous
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -44,7 +94,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from maou.strict import ConfigError
     from maou.sweep.run.lock import LostLock
 
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    hangup = getattr(signal, "SIGHUP", None)  # POSIX only
+    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, _terminate)}
+    if hangup is not None:
+        previous[hangup] = _handle(hangup, _hang_up)
     try:
         return int(args.handler(args) or 0)
     except (UserError, ConfigError) as exc:
@@ -59,11 +112,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return LostLock.exit_code
     except KeyboardInterrupt as exc:
         hint = getattr(args, "resume_hint", "")
-        print(f"\nsweep {name}: {'terminated' if isinstance(exc, Terminated) else 'interrupted'}"
-              f"{'; ' + hint if hint else ''}", file=sys.stderr)
-        return 143 if isinstance(exc, Terminated) else 130
+        word = exc.word if isinstance(exc, Terminated) else "interrupted"
+        try:
+            print(f"\nsweep {name}: {word}{'; ' + hint if hint else ''}", file=sys.stderr)
+        except OSError:  # nowhere left to say it
+            pass
+        return exc.exit_code if isinstance(exc, Terminated) else 130
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            if handler is not None:
+                signal.signal(signum, handler)
 
 
 if __name__ == "__main__":

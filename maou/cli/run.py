@@ -134,10 +134,13 @@ class PlanView:
 def _plan_of(spec: Any, url: str | None = None, measure: bool = True, build: bool = True,
              progress: bool = False) -> Any:
     from maou.sweep.results.plan import plan_sweep
-    from maou.sweep.storage import open_storage, storage_exists
+    from maou.sweep.storage import NoStorage, open_storage
 
     url = url or spec.storage_url
-    storage = open_storage(url, create=False) if storage_exists(url) else None
+    try:
+        storage = open_storage(url, create=False)
+    except NoStorage:  # not run yet: nothing is done
+        storage = None
     return plan_sweep(spec, storage, measure=measure, build=build, progress=progress)
 
 
@@ -164,28 +167,28 @@ def plan_command(args: argparse.Namespace) -> int:
     for link in chain:
         needed = _plan_of(link.spec, measure=args.measure, build=args.build, progress=True)
         console.print(f"needs the winner of {link.spec.name} ({link.state}): {cost_text(needed)}"
-                      + ("" if link.done else f"; run `sweep run {command_name(link.spec)}` first"), soft_wrap=True)
+                      + ("" if link.done else f"; run `sweep run {command_name(link.spec)}` first"))
     plan = _plan_of(spec, args.storage, measure=args.measure, build=args.build, progress=True)
     console.print(PlanView(plan))
-    console.print(f"training rows: {plan.rows[1]}", soft_wrap=True)
+    console.print(f"training rows: {plan.rows[1]}")
     if plan.complete:
         console.print(f"nothing left to run: every step of sweep {spec.name} decided "
-                      f"(`sweep export {command_name(spec)}` writes the winner)", soft_wrap=True)
+                      f"(`sweep export {command_name(spec)}` writes the winner)")
         return 0
     total = cost_text(plan)
     if plan.seconds_per_training:
         total += f" one at a time ({_duration(plan.seconds_per_training)} each: {plan.cost_source})"
     else:
         total += f" (cost: {plan.cost_source})"
-    console.print(total, soft_wrap=True)
+    console.print(total)
     if (share := plan.racing_share()) is not None:
         console.print(f"with racing (on): {share[0]:.0%}-{share[1]:.0%} of that: a challenger significantly worse "
                       f"than the carried configuration stops from {spec.racing.start_fraction:.0%} of the budget, "
-                      f"its later seeds unstarted (racing: {{enabled: false}} runs every training)", soft_wrap=True)
+                      f"its later seeds unstarted (racing: {{enabled: false}} runs every training)")
     if (warning := plan.too_long_here()) is not None:
-        console.print(f"[yellow]{warning}[/]", soft_wrap=True)
+        console.print(f"[yellow]{warning}[/]")
     if any(not link.done for link in chain):
-        console.print(f"`sweep run {command_name(spec)} --with-deps` runs the missing ones first", soft_wrap=True)
+        console.print(f"`sweep run {command_name(spec)} --with-deps` runs the missing ones first")
     if len(spec.seed_list) < 2:
         console.print("[yellow]one seed: the noise of a gain is not measured[/]")
     return 0
@@ -229,7 +232,7 @@ def _run_one(args: argparse.Namespace, spec: Any, url: str, name: str, console: 
     from maou.cli.view import SweepView
     from maou.sweep.locate import project_root
     from maou.sweep.results.notes import DashboardNotes
-    from maou.sweep.run.protocol import run_sweep
+    from maou.sweep.run.protocol import check_steps_are_ours, run_sweep
     from maou.sweep.storage import mask_url, open_storage, refuse_storage_typo
 
     if not args.new_storage:  # a typo in the storage URL would run the whole sweep again elsewhere
@@ -241,6 +244,7 @@ def _run_one(args: argparse.Namespace, spec: Any, url: str, name: str, console: 
         console.print(f"[yellow]warning: one seed cannot measure the noise: a step adopts any gain above "
                       f"selection.min_margin ({spec.selection.min_margin:g}); give seeds: 3 to test gains[/]")
     storage = open_storage(url)
+    check_steps_are_ours(spec, storage)  # before anything reads the steps: another tool's study is refused
     plan = _run_plan(spec, storage, measure=console.is_terminal)
     bounds = [s.trainings[1] for s in plan.steps]  # each step's trainings left, at most
     started = time.perf_counter()

@@ -22,6 +22,10 @@ import json
 import math
 import os
 import shutil
+import signal
+import sys
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -106,9 +110,72 @@ class Games:
         return int(np.count_nonzero(self.side == SPLITS.index(split)))
 
 
+#: ``prctl`` option: the signal this process gets when its parent dies (Linux).
+_PR_SET_PDEATHSIG = 1
+#: Seconds between a worker's looks at the build's process.
+WATCH_S = 0.5
+
+
+def _parent_death_signal(signum: int) -> None:
+    """Ask the kernel for ``signum`` when this process's parent dies (Linux; elsewhere nothing)."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+
+
+def _started(pid: int) -> str | None:
+    """When process ``pid`` started (/proc, in clock ticks since boot: with the pid, an identity no
+    later process shares), or None where it cannot be read; "Z" for a process that has ended."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return "Z" if fields[0] in ("Z", "X") else fields[19]
+
+
+def _alive(pid: int, started: str | None) -> bool:
+    if started is not None:
+        return _started(pid) == started
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        pass
+    return True
+
+
+def _watch_the_build(build: int, started: str | None) -> None:
+    while _alive(build, started):
+        time.sleep(WATCH_S)
+    os._exit(1)
+
+
+def _exit_with_the_build(build: int, started: str | None) -> None:
+    """Every worker's initializer: the worker exits when the build's process dies, ``kill -9``
+    included (nothing shuts the pool down then, and a worker would wait on its task queue for ever,
+    holding its memory).
+
+    * A forked worker's parent is the build's process: the kernel kills it at once when that dies
+      (``PR_SET_PDEATHSIG`` with SIGKILL, which no Python handler inherited from the CLI turns into an
+      exception the worker's loop would catch).
+    * A fork server's worker's parent is the fork server, which outlives the build: every worker
+      holds the end of the pipe whose closing would stop it. So each worker also watches the build's
+      process itself (its pid and start time, so a reused pid is not mistaken for it) from a daemon
+      thread and exits within :data:`WATCH_S` of its death; with its last worker gone, the fork
+      server sees the pipe close and exits too, as does the resource tracker."""
+    _parent_death_signal(signal.SIGKILL)
+    threading.Thread(target=_watch_the_build, args=(build, started), name="maou-watch-build", daemon=True).start()
+
+
 @contextlib.contextmanager
 def worker_pool(workers: int) -> Iterator[Executor | None]:
-    """``workers`` processes, started now (None for one: the build runs in this process).
+    """``workers`` processes, started now (None for one: the build runs in this process); each one
+    exits when the build's process dies, however it dies (:func:`_exit_with_the_build`).
 
     A process with a single thread forks them (fast, and nothing is imported again); otherwise
     (a progress bar's thread, a Ray worker) they come from a fork server, which imports the main
@@ -123,7 +190,8 @@ def worker_pool(workers: int) -> Iterator[Executor | None]:
     context = multiprocessing.get_context("fork" if single else "forkserver")
     if not single:
         context.set_forkserver_preload(["maou.data.shards", "maou.data.partitions"])
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_exit_with_the_build,
+                               initargs=(os.getpid(), _started(os.getpid())))
     try:
         for started in [pool.submit(os.getpid) for _ in range(workers)]:  # every worker, before any thread
             started.result()

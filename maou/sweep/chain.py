@@ -94,11 +94,12 @@ class Link:
 def state_of(spec: SweepSpec) -> Link:
     """How far ``spec``'s sweep got in its storage (read only: nothing is created)."""
     from maou.sweep.records import read_sweep
-    from maou.sweep.storage import storage_exists
+    from maou.sweep.storage import NoStorage
 
-    if not storage_exists(spec.storage_url):
+    try:
+        record = read_sweep(spec)
+    except NoStorage:  # not run yet
         return Link(spec, NOT_RUN, 0)
-    record = read_sweep(spec)
     ran = len(record.ran)
     if record.final is not None:
         return Link(spec, DONE, ran)

@@ -40,6 +40,12 @@ INTERRUPTED = "interrupted"
 class RecordError(UserError):
     """A study holds a trial the sweep did not record (no configuration key or seed)."""
 
+    def __init__(self, study: str, detail: str) -> None:
+        #: What is wrong, without the study's name (``trial #3 (COMPLETE) has no config_key``).
+        self.study, self.detail = study, detail
+        super().__init__(f"study {study!r}: {detail}: not a trial this sweep recorded "
+                         f"(is the study another tool's, under a step's name?)")
+
 
 @dataclass(frozen=True)
 class TrialRecord:
@@ -93,8 +99,7 @@ class TrialRecord:
             missing = " and ".join(n for n, ok in (("config_key", isinstance(text, str)),
                                                   ("seed", isinstance(seed, int) and not isinstance(seed, bool)))
                                    if not ok)
-            raise RecordError(f"study {study_name!r}: trial #{trial.number} ({trial.state.name}) has no {missing}: "
-                              f"not a trial this sweep recorded (is the study another tool's, under a step's name?)")
+            raise RecordError(study_name, f"trial #{trial.number} ({trial.state.name}) has no {missing}")
         return cls(
             number=trial.number, trial_id=trial._trial_id, study=study_name, state=trial.state,
             key=ConfigKey.parse(text), seed=seed, value=trial.value, config=dict(attrs.get("config") or {}),

@@ -15,6 +15,13 @@ A URL that cannot work as written (``postgres://``, ``sqlite:/x.db``, a driver t
 installed, an unknown scheme) is refused with the likely fix (:func:`url_typo`). A run about to
 create a new SQLite file while another storage in the project holds the same sweep's studies is
 refused as a likely typo (:func:`refuse_storage_typo`; ``sweep run --new-storage`` proceeds).
+
+A server that refuses the connection (a wrong password, a role or a
+database that does not exist) is not unreachable: that stops at once, with the server's words.
+
+Readers (``create=False``: status, export, report, plan, dashboard) never create, stamp or migrate
+a storage: a missing file is "not run yet", a file or database without Optuna's tables is "not an
+Optuna storage", and a schema of another Optuna version is an error naming the upgrade command.
 """
 
 from __future__ import annotations
@@ -40,6 +47,16 @@ _SCHEMA_RACES = ("already exists", "UNIQUE constraint failed", "duplicate key va
 DEFAULT_RETRY_SECONDS = 60.0
 _PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@]*:)(?P<password>[^@/]*)@", re.IGNORECASE)
 _QUERY_PASSWORD = re.compile(r"(?P<head>[?&]password=)[^&]*", re.IGNORECASE)
+#: What a database server says when it refuses these credentials or this database (PostgreSQL's
+#: libpq, MySQL): no retry makes them right.
+_REFUSALS = re.compile(
+    r"password authentication failed|(?:peer|ident|ldap|radius|pam|cert|gss|sspi) authentication failed"
+    r"|role \"[^\"]*\" does not exist|database \"[^\"]*\" does not exist|no pg_hba\.conf entry"
+    r"|no password supplied|permission denied for database|access denied for user|unknown database",
+    re.IGNORECASE)
+#: Optuna's own tables; a readable storage has every one.
+_OPTUNA_TABLES = frozenset({"studies", "trials", "version_info", "alembic_version"})
+_SQLITE_HEADER = b"SQLite format 3\x00"
 
 
 def mask_url(url: str) -> str:
@@ -57,10 +74,13 @@ def _file_of(url: str) -> Path | None:
     return None
 
 
-def storage_exists(url: str) -> bool:
-    """False only when the URL names a local file that does not exist (never run there yet)."""
-    path = _file_of(url)
-    return path is None or path.exists()
+class NoStorage(UserError):
+    """Nothing at the URL yet (no file, or a database without a single table): the sweep has not
+    run there. ``sweep plan`` reads that as "nothing done"; the other readers refuse it."""
+
+
+class NotAStorage(UserError):
+    """Something at the URL that readers must not touch: not Optuna's, or another Optuna's schema."""
 
 
 #: The storage URLs maou-sweep supports, as an error message lists them.
@@ -112,8 +132,12 @@ def _unknown_scheme(url: str, exc: BaseException) -> str | None:
 
 
 def open_storage(url: str, create: bool = True) -> BaseStorage:
-    """The storage at ``url``, wrapped to retry transient errors. With ``create=False`` a local
-    storage file that does not exist is an error (``status`` and ``export`` never create one).
+    """The storage at ``url``, wrapped to retry transient errors.
+
+    ``create=False`` (every read command) opens only a storage that is already Optuna's, as it is:
+    a local file that does not exist is :class:`NoStorage`; an empty or non-SQLite file, a database
+    without Optuna's tables, or a schema of another Optuna version is :class:`NotAStorage`; and
+    nothing is created, stamped or migrated.
     A URL that cannot work as written (:func:`url_typo`) is refused with the likely fix."""
     if url == "memory:":
         return retrying(optuna.storages.InMemoryStorage(), url)
@@ -123,7 +147,7 @@ def open_storage(url: str, create: bool = True) -> BaseStorage:
     path = _file_of(url)
     if path is not None and not path.exists():
         if not create:
-            raise UserError(f"no storage at {mask_url(url)}: this sweep has not run yet")
+            raise NoStorage(f"no storage at {mask_url(url)}: this sweep has not run yet")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -135,9 +159,19 @@ def open_storage(url: str, create: bool = True) -> BaseStorage:
         return retrying(inner, url)
     engine = ({"connect_args": {"timeout": 60}} if url.startswith("sqlite")
               else {"pool_pre_ping": True})  # a connection dropped by a server restart is replaced
+    if not create:
+        if path is not None:
+            _check_sqlite_file(path)
+        try:
+            _retry(lambda: _check_schema(url, engine, path), url, "open")
+        except UserError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - SQLAlchemy raises many kinds; the user needs the URL
+            raise UserError(f"cannot open Optuna storage {mask_url(url)}: {_reason(exc)}") from None
     for attempt in range(3):
         try:
-            inner = _retry(lambda: optuna.storages.RDBStorage(url, engine_kwargs=engine), url, "open")
+            inner = _retry(lambda: optuna.storages.RDBStorage(url, engine_kwargs=engine,
+                                                              skip_table_creation=not create), url, "open")
             break
         except UserError:
             raise
@@ -153,6 +187,77 @@ def open_storage(url: str, create: bool = True) -> BaseStorage:
     return retrying(inner, url)
 
 
+def _check_sqlite_file(path: Path) -> None:
+    """A reader's SQLite file must be an SQLite database (SQLite would take an empty file for a new one)."""
+    try:
+        with path.open("rb") as file:
+            header = file.read(len(_SQLITE_HEADER))
+    except OSError as exc:
+        raise UserError(f"cannot read the storage {path}: {exc.strerror}") from None
+    if not header:
+        raise NotAStorage(f"not an Optuna storage: {path} (an empty file; read commands never create one)")
+    if header != _SQLITE_HEADER:
+        raise NotAStorage(f"not an Optuna storage: {path} (not an SQLite database)")
+
+
+def _optuna_schemas() -> tuple[str, set[str]] | None:
+    """(head, every known) revision of Optuna's storage schema, as its own migrations name them."""
+    try:
+        from alembic.script import ScriptDirectory
+        from optuna.storages import _rdb
+
+        script = ScriptDirectory(str(Path(_rdb.__file__).parent / "alembic"))
+        head = script.get_current_head()
+        return (head, {r.revision for r in script.walk_revisions()}) if head else None
+    except Exception:  # noqa: BLE001 - Optuna moved its migrations: its own check still refuses a stale schema
+        return None
+
+
+def _check_schema(url: str, engine_kwargs: dict[str, Any], path: Path | None) -> None:
+    """Refuse, before Optuna opens it (and would create its tables or stamp a version), a database a
+    reader must not touch: without Optuna's tables, or with another Optuna version's schema."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url, **engine_kwargs)
+    try:
+        with engine.connect() as connection:
+            tables = set(sqlalchemy.inspect(connection).get_table_names())
+            revision = (connection.execute(sqlalchemy.text("SELECT version_num FROM alembic_version")).scalar()
+                        if "alembic_version" in tables else None)
+    finally:
+        engine.dispose()
+    where = str(path) if path is not None else mask_url(url)
+    if not tables and path is None:
+        raise NoStorage(f"no Optuna storage at {where} (the database has no tables): this sweep has not run yet")
+    if not _OPTUNA_TABLES <= tables:
+        raise NotAStorage(f"not an Optuna storage: {where} (no Optuna tables)")
+    schemas = _optuna_schemas()
+    if schemas is None or revision == schemas[0]:
+        return
+    head, known = schemas
+    if revision is None or revision in known:
+        raise NotAStorage(f"{where} holds an older Optuna schema ({revision or 'unversioned'}; Optuna "
+                          f"{optuna.__version__} reads {head}): read commands never migrate a storage; upgrade it with "
+                          f"`optuna storage upgrade --storage {mask_url(url)}`")
+    raise NotAStorage(f"{where} holds an Optuna schema this Optuna ({optuna.__version__}) does not know "
+                      f"({revision}): a newer Optuna wrote it; upgrade optuna to read it")
+
+
+def refusal(exc: BaseException) -> str | None:
+    """The server's words when it refused the connection itself (credentials, role, database): an
+    error to report at once, never one to retry. None for any other error."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        text = str(seen)
+        match = _REFUSALS.search(text)
+        if match is not None:
+            line = next(line for line in text.splitlines() if match.group(0) in line)
+            line = line.split("FATAL:", 1)[-1]
+            return mask_url(" ".join(line.split()))[:300]
+        seen = seen.__cause__
+    return None
+
+
 def _reason(exc: BaseException) -> str:
     """The root cause of a storage error in one line, credentials masked."""
     while exc.__cause__ is not None and isinstance(exc, optuna.exceptions.StorageInternalError):
@@ -165,6 +270,8 @@ def is_transient(exc: BaseException) -> bool:
     """A storage error worth retrying: the database was unreachable, not the request invalid."""
     import sqlalchemy.exc
 
+    if refusal(exc) is not None:  # libpq reports a refused login as an OperationalError too
+        return False
     seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
@@ -182,6 +289,10 @@ def _retry(call: Callable[[], Any], url: str, what: str) -> Any:
         try:
             return call()
         except Exception as exc:
+            refused = refusal(exc)
+            if refused is not None:
+                raise UserError(f"storage {mask_url(url)} refused the connection ({what}): {refused}; "
+                                f"not retried: check the user, password and database in the URL") from None
             if not is_transient(exc):
                 raise
             if time.monotonic() + delay > deadline:
@@ -297,5 +408,5 @@ def step_study_names(storage: BaseStorage, sweep_name: str) -> list[str]:
     return sorted(n for n in names if n.startswith(f"{sweep_name}/"))
 
 
-__all__ = ["SUPPORTED", "RetryingStorage", "is_transient", "mask_url", "open_storage", "other_storages_of",
-           "refuse_storage_typo", "retrying", "step_study_names", "storage_exists", "url_typo"]
+__all__ = ["SUPPORTED", "NoStorage", "NotAStorage", "RetryingStorage", "is_transient", "mask_url", "open_storage",
+           "other_storages_of", "refusal", "refuse_storage_typo", "retrying", "step_study_names", "url_typo"]

@@ -5,10 +5,13 @@ counted where a single reader finds them."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import cshogi
@@ -177,3 +180,109 @@ def test_an_empty_corpus_is_refused_before_anything_is_written(tmp_path):
         build_datasets([games], tmp_path / "out", progress=False, workers=2)
     assert not (tmp_path / "out" / "manifest.json").exists()
     assert not (tmp_path / "out" / pipeline.SCRATCH).exists()
+
+
+# --- workers die with the build ---------------------------------------------------------------------
+
+def _processes() -> dict[int, tuple[int, str, str]]:
+    """Every process: pid -> (parent pid, state, start time) from /proc."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue  # gone meanwhile
+            table[int(entry.name)] = (int(fields[1]), fields[0], fields[19])
+    return table
+
+
+def _descendants(root: int) -> dict[int, str]:
+    """pid -> start time of every process below ``root`` (its children, theirs, ...)."""
+    table, found, frontier = _processes(), {}, [root]
+    while frontier:
+        parent = frontier.pop()
+        for pid, (ppid, _, started) in table.items():
+            if ppid == parent and pid not in found:
+                found[pid] = started
+                frontier.append(pid)
+    return found
+
+
+def _workers(root: int) -> list[int]:
+    """The pool's workers below ``root``: its leaf processes but the resource tracker."""
+    below = _descendants(root)
+    table = _processes()
+    parents = {table[pid][0] for pid in below if pid in table}
+    workers = []
+    for pid in below:
+        try:
+            helper = b"resource_tracker" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if pid not in parents and not helper:
+            workers.append(pid)
+    return workers
+
+
+def _still_running(processes: dict[int, str]) -> list[int]:
+    """Those of ``processes`` (pid -> start time) that still run (a zombie has ended)."""
+    table = _processes()
+    return [pid for pid, started in processes.items()
+            if pid in table and table[pid][2] == started and table[pid][1] != "Z"]
+
+
+def _kill_and_expect_no_survivor(proc: subprocess.Popen) -> None:
+    below = _descendants(proc.pid)
+    assert below, "no worker to outlive the build"
+    proc.kill()
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 20
+    while _still_running(below) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    survivors = _still_running(below)
+    for pid in survivors:  # not left behind by a failing test
+        os.kill(pid, signal.SIGKILL)
+    assert not survivors, f"processes outlived the build: {survivors}"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_sigkill_of_sweep_data_build_leaves_no_worker_running(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    build = subprocess.Popen([str(Path(sys.executable).with_name("sweep")), "data", "build", "--games", str(BUNDLED),
+                              "--out", str(tmp_path / "out"), "--workers", "2"], cwd=tmp_path, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while len(_workers(build.pid)) < 2:
+            assert build.poll() is None and time.monotonic() < deadline, "the build's workers never started"
+            time.sleep(0.02)
+        _kill_and_expect_no_survivor(build)
+    finally:
+        if build.poll() is None:
+            build.kill()
+            build.wait()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("method", ["fork", "forkserver"])
+def test_workers_die_with_the_process_that_started_them(method):
+    """Forked workers, and a fork server's (whose parent, the fork server, would outlive the build):
+    with the build's process killed, no worker, fork server or resource tracker is left."""
+    code = ("import sys, threading, time\n"
+            "from maou.data import pipeline\n"
+            f"if {method == 'forkserver'}:  # a thread: the workers come from a fork server\n"
+            "    threading.Thread(target=time.sleep, args=(600,), daemon=True).start()\n"
+            "with pipeline.worker_pool(2) as pool:\n"
+            "    print(pool._mp_context.get_start_method(), flush=True)\n"
+            "    time.sleep(600)\n")
+    owner = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert owner.stdout is not None and owner.stdout.readline().strip() == method  # every worker started
+        assert len(_workers(owner.pid)) == 2
+        _kill_and_expect_no_survivor(owner)
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+            owner.wait()

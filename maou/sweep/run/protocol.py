@@ -22,7 +22,7 @@ from maou.errors import UserError
 from maou.strict import flatten, to_dict
 from maou.sweep.identity import ConfigKey
 from maou.sweep.locate import load_spec
-from maou.sweep.records import SweepRecord, deciding_trials, read_step, read_sweep
+from maou.sweep.records import RecordError, SweepRecord, deciding_trials, read_step, read_sweep
 from maou.sweep.run import faults
 from maou.sweep.run.decision import StepDecision, collect_stats, decide
 from maou.sweep.run.edges import extension, grid_edges, with_extensions
@@ -58,6 +58,68 @@ def check_fingerprint(study: optuna.Study, spec: SweepSpec, dataset_hash: str | 
     hint = " (the game records under data.games changed)" if "dataset_hash" in changed else ""
     raise UserError(f"study {study.study_name!r} was run with a different setup{hint} ({'; '.join(changes[:6])}); "
                     f"its trials would not be comparable. Rename the sweep or delete its storage.")
+
+
+#: The user attributes the sweep writes on a step's study; any other is another tool's.
+STEP_ATTRS = frozenset({"sweep", "step", "step_index", "description", "carried_in", "carried_out", "fingerprint",
+                        "decision", "grid_extensions", "winner_trials"})
+
+
+def foreign_reason(study: optuna.Study, spec: SweepSpec, index: int) -> str | None:
+    """Why the existing study under step ``index``'s name is not this sweep's step, or None (it is,
+    or this sweep created it and stopped before writing on it). Only reads."""
+    attrs = study.user_attrs
+    owner = attrs.get("sweep")
+    if owner is not None and owner != spec.name:
+        return f"its 'sweep' attribute names {owner!r}"
+    try:
+        read_step(study, index)  # the read model: every result trial has its config_key and seed
+    except RecordError as exc:
+        return exc.detail
+    if owner is not None:
+        return None  # this sweep's: its fingerprint says whether it is comparable
+    trials = len(study.get_trials(deepcopy=False))
+    if trials:
+        return f"it has {trials} trial{'s' if trials > 1 else ''} but no 'sweep' attribute"
+    others = sorted(set(attrs) - STEP_ATTRS)
+    if others:
+        return f"its user attributes {', '.join(others)} are not this sweep's"
+    directions = [d.name.lower() for d in study.directions]
+    direction = spec.step_objective(index).direction
+    if directions != [direction]:
+        return f"its direction is {' and '.join(directions)}, not the step's {direction}"
+    return None
+
+
+def _existing_study(spec: SweepSpec, index: int, storage: Any, **how: Any) -> optuna.Study | None:
+    """Step ``index``'s study loaded as it is (loading writes nothing), or None when it does not exist."""
+    name = spec.study_name(index)
+    try:
+        storage.get_study_id_from_name(name)
+    except KeyError:
+        return None
+    return optuna.load_study(study_name=name, storage=storage, **how)
+
+
+def _refuse_foreign(study: optuna.Study, spec: SweepSpec, index: int, storage: Any) -> None:
+    why = foreign_reason(study, spec, index)
+    if why is None:
+        return
+    from maou.sweep.storage import mask_url
+
+    url = getattr(storage, "url", None)
+    where = f" in {mask_url(url)}" if isinstance(url, str) else ""
+    raise UserError(f"study {study.study_name!r}{where} is not step {index + 1} of sweep {spec.name!r}: {why}; "
+                    f"nothing was written to it. Rename the sweep, or rename or delete that study.")
+
+
+def check_steps_are_ours(spec: SweepSpec, storage: Any) -> None:
+    """Refuse, before anything is written, a storage where a study under one of the spec's step
+    names is another tool's (:func:`foreign_reason`)."""
+    for index in range(len(spec.steps)):
+        study = _existing_study(spec, index, storage)
+        if study is not None:
+            _refuse_foreign(study, spec, index, storage)
 
 
 def resolve_winner_of(reference: str) -> str:
@@ -186,6 +248,7 @@ def run_sweep(spec: SweepSpec, storage_url: str | None = None, executor: Any = N
     require_prerequisites(spec)  # before anything trains or touches this sweep's storage
     url = storage_url or spec.storage_url
     storage = storage if storage is not None else open_storage(url)
+    check_steps_are_ours(spec, storage)  # a step's name taken by another tool: refused, nothing written
     with sweep_lock(storage, spec.name) as fenced:  # every write from here on: only while the lock is ours
         context = _prepare(spec)
         executor = executor if executor is not None else make_executor(spec.executor)
@@ -218,10 +281,14 @@ def _open_study(spec: SweepSpec, index: int, storage: Any, context: StepContext,
 
     step = spec.steps[index]
     objective = spec.step_objective(index)
-    study = optuna.create_study(
-        study_name=spec.study_name(index), storage=storage, direction=objective.direction,
-        load_if_exists=True, sampler=_sampler(spec, index),
-        pruner=build_optuna_pruner(spec.pruning.optuna) if spec.pruning.enabled else None)
+    sampler = _sampler(spec, index)
+    pruner = build_optuna_pruner(spec.pruning.optuna) if spec.pruning.enabled else None
+    study = _existing_study(spec, index, storage, sampler=sampler, pruner=pruner)
+    if study is not None:
+        _refuse_foreign(study, spec, index, storage)  # before the first write on it
+    else:
+        study = optuna.create_study(study_name=spec.study_name(index), storage=storage, direction=objective.direction,
+                                    load_if_exists=True, sampler=sampler, pruner=pruner)
     with warnings.catch_warnings():  # experimental in Optuna, and exactly what the dashboard reads
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names([objective.metric])  # the dashboard's axes say what is plotted
@@ -300,5 +367,5 @@ def _run_steps(spec: SweepSpec, storage: Any, context: StepContext, executor: An
     return SweepOutcome(decisions, carried, [s.study_name for s in studies])
 
 
-__all__ = ["StepFailed", "StepIncomplete", "SweepOutcome", "check_fingerprint", "fingerprint", "resolve_winner_of",
-           "run_sweep"]
+__all__ = ["STEP_ATTRS", "StepFailed", "StepIncomplete", "SweepOutcome", "check_fingerprint", "check_steps_are_ours",
+           "fingerprint", "foreign_reason", "resolve_winner_of", "run_sweep"]
