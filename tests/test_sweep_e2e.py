@@ -120,6 +120,54 @@ def test_export_writes_files_with_their_columns(smoke_run, tmp_path):
     assert (tmp_path / "retrain" / "metrics.json").is_file()
 
 
+def test_export_upstream_data_writes_the_dense_copy_that_best_args_names(smoke_run, bundled_data_dir, tmp_path):
+    """Without --upstream-data best-args.txt names the built file and says how to get upstream's dense
+    copy; with it the copy is written (its rows, upstream's columns) and best-args.txt names it; a
+    later plain export keeps naming the copy, and a second --upstream-data keeps it as it is."""
+    import pyarrow as pa
+
+    from maou.data.dense import size_text
+
+    spec, _, _ = smoke_run
+    out = tmp_path / "out"
+    built = bundled_data_dir.resolve() / "stage2" / "train.feather"
+    rows = json.loads((bundled_data_dir / "stage2" / "manifest.json").read_text())["rows"]["train"]
+
+    def data_path() -> tuple[str, str]:
+        command, *notes = (out / "best-args.txt").read_text().splitlines()
+        flags = command.split()
+        return flags[flags.index("--stage2-data-path") + 1], "\n".join(notes)
+
+    plain = run_cli("export", str(spec), "--out", str(out))
+    assert plain.returncode == 0, plain.stdout[-2000:] + plain.stderr[-2000:]
+    path, notes = data_path()
+    assert Path(path) == built
+    (need,) = [n for n in notes.splitlines() if "upstream needs the dense copy" in n]
+    assert "legalMovesLabel" in need and "legalMovesBits" in need
+    assert f"run `sweep export {spec} --out {out} --upstream-data` to write it" in need
+    assert f"({size_text(rows * (8 + 81 + 14 + 1496))} dense, less on disk: LZ4)" in need
+    assert not (out / "upstream-data").exists()
+
+    dense = run_cli("export", str(spec), "--out", str(out), "--upstream-data")
+    assert dense.returncode == 0, dense.stdout[-2000:] + dense.stderr[-2000:]
+    copy = out / "upstream-data" / "stage2" / "train.feather"
+    path, notes = data_path()
+    assert Path(path) == copy.resolve() and copy.is_file()
+    assert f"upstream's dense copy (legalMovesLabel) of the training split the winner trained on ({rows:,} rows)" \
+        in notes and str(built) in notes and "upstream needs the dense copy" not in notes
+    assert f"upstream's dense copy: {rows:,} rows, " in dense.stdout and "rows/s" in dense.stdout
+    assert "upstream_data: " + str(copy.resolve()) in " ".join(dense.stdout.split())
+    with pa.memory_map(str(copy)) as source:
+        table = pa.ipc.open_file(source).read_all()
+    assert table.num_rows == rows
+    assert table.column_names == ["id", "boardIdPositions", "piecesInHand", "legalMovesLabel"]
+
+    again = run_cli("export", str(spec), "--out", str(out))  # the copy is current: still the one named
+    assert again.returncode == 0 and Path(data_path()[0]) == copy.resolve()
+    kept = run_cli("export", str(spec), "--out", str(out), "--upstream-data")
+    assert kept.returncode == 0 and "kept (already a copy of the same built file)" in kept.stdout
+
+
 def test_dashboard_serves_every_step_and_optuna_cli_lists_them(smoke_run, tmp_path):
     spec, url, _ = smoke_run
     port = free_port()

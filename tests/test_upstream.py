@@ -15,6 +15,7 @@ import pytest
 import yaml
 from conftest import BUNDLED_GAMES, GOLDEN
 
+from maou.data.dense import size_text
 from maou.sweep.results.upstream import COMMAND, render, upstream_args
 from maou.trainer.config import train_config_from_dict
 
@@ -147,6 +148,42 @@ def test_stage3_data_path_and_epochs(built):
     assert any(f"7 steps x batch 16 / {rows:,} training rows" in n for n in notes)
 
 
+def test_a_compact_built_file_says_upstream_needs_its_dense_copy_and_its_size(built):
+    """Upstream reads legalMovesLabel / moveLabel, not the build's compact columns: the note names the
+    columns, the command that writes the dense copy and its dense size (rows x bytes a dense row)."""
+    for stage, columns, compact, row_bytes in (
+            (2, "legalMovesLabel", "legalMovesLabel as legalMovesBits (bitpacked)", 8 + 81 + 14 + 1496),
+            (3, "moveLabel, resultValue", "moveLabel as moveLabelSparse (sparse)", 8 + 81 + 14 + 1496 * 4 + 4)):
+        _, notes = check_against_upstream({"stage": stage, "data": built})
+        (need,) = [n for n in notes if "upstream needs the dense copy" in n]
+        assert f"upstream reads its dense columns ({columns}) and this file stores {compact}" in need
+        size = size_text(train_rows(built, stage) * row_bytes)
+        assert f"run `sweep export SPEC --upstream-data` to write it ({size} dense, less on disk: LZ4)" in need
+    _, notes = check_against_upstream({"stage": 1, "data": built})
+    assert not any("dense copy" in n for n in notes)  # Stage 1's file is upstream's dense form already
+
+
+def test_upstream_data_refuses_a_missing_or_damaged_built_file(built, tmp_path):
+    from maou.errors import UserError
+    from maou.sweep.results.export import DenseRequest, Export, _dense_data
+    from maou.sweep.results.upstream import UpstreamData, upstream_data
+
+    request = DenseRequest(write=True, command="sweep export x --upstream-data")
+    missing = UpstreamData(tmp_path / "never built" / "stage2" / "train.feather", None, "no manifest")
+    export = Export()
+    data = _dense_data(2, missing, tmp_path / "out", export, request)
+    assert data.path == missing.path and data.dense_of is None and export.upstream_copy is None
+    assert "is not on this machine, so neither is its dense copy" in (export.no_upstream_data or "")
+    copy = tmp_path / "build"
+    shutil.copytree(built["dir"], copy)
+    with open(copy / "stage2" / "train.feather", "r+b") as handle:
+        handle.truncate(1000)
+    damaged = upstream_data(train_config_from_dict({"stage": 2, "data": {**built, "dir": str(copy)}}))
+    with pytest.raises(UserError, match="does not match its manifest.*rebuild it with `sweep data build"):
+        _dense_data(2, damaged, tmp_path / "out", Export(), request)
+    assert not (tmp_path / "out" / "upstream-data" / "stage2" / "train.feather").exists()
+
+
 def test_stage1_data_path_is_the_built_synthetic_rows(built):
     flags, notes = check_against_upstream({"stage": 1, "data": built, "batch_size": 100,
                                            "budget": {"max_steps": 50}})
@@ -199,6 +236,10 @@ def test_sweep_export_prints_the_command_on_one_line_at_any_width(tmp_path):
     assert data == (tmp_path / "out" / "stage1" / "all.feather").resolve()
     with pa.memory_map(str(data)) as source:
         assert pa.ipc.open_file(source).read_all().num_rows == 1105
+    dense = run_cli("export", str(spec), "--out", str(tmp_path / "out"), "--upstream-data")
+    assert dense.returncode == 0, dense.stdout[-2000:] + dense.stderr[-2000:]
+    assert "Stage 1's data file is upstream's dense form already: no copy to write" in " ".join(dense.stdout.split())
+    assert not (tmp_path / "out" / "upstream-data").exists()
 
 
 def test_rich_console_at_60_columns_prints_the_command_whole():

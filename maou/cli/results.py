@@ -18,6 +18,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     export = commands.add_parser("export", help="write trials.csv, steps.csv, best.yaml, best-args.txt")
     add_spec_argument(export)
     export.add_argument("--out", default=None, metavar="DIR", help="default results/<sweep name>")
+    export.add_argument("--upstream-data", action="store_true",
+                        help="also write upstream's dense copy of a Stage 2/3 winner's training split "
+                             "(DIR/upstream-data/stageN/train.feather) and point best-args.txt at it")
     export.set_defaults(handler=export_command)
 
     report = commands.add_parser("report", help="write results/<sweep>/report.html (self-contained)")
@@ -92,18 +95,37 @@ def export_command(args: argparse.Namespace) -> int:
 
     from maou.sweep.results.export import export_sweep
 
-    export = export_sweep(spec_of(args), args.out, args.storage)
     console = Console()
+    export = export_sweep(spec_of(args), args.out, args.storage, upstream_data=args.upstream_data,
+                          progress=console.is_terminal)
     for name, path in export.paths.items():
         console.print(f"{name:>13}: {path}", markup=False, highlight=False, soft_wrap=True)
     if export.pruned:
         console.print("pruned trials by reason: " + ", ".join(f"{r}: {n}" for r, n in sorted(export.pruned.items())))
+    if export.upstream_copy is not None:
+        console.print(dense_copy_line(export.upstream_copy), markup=False, highlight=False, soft_wrap=True)
+    if export.upstream_note:
+        console.print(export.upstream_note, markup=False, highlight=False, soft_wrap=True)
     if "best_args" in export.paths:
         print_upstream(console, export.paths["best_args"].read_text())
     if export.no_winner:
         console.print(f"[red]no best.yaml or best-args.txt: {export.no_winner}[/]")
         return 1
+    if export.no_upstream_data:
+        console.print(f"no upstream data: {export.no_upstream_data}", style="red", markup=False, highlight=False,
+                      soft_wrap=True)
+        return 1
     return 0
+
+
+def dense_copy_line(copy: Any) -> str:
+    """What writing upstream's dense copy did: its rows and size, and how fast (or that it was kept)."""
+    from maou.data.dense import size_text
+
+    what = f"upstream's dense copy: {copy.rows:,} rows, {size_text(copy.bytes)}"
+    if not copy.written:
+        return f"{what}, kept (already a copy of the same built file)"
+    return f"{what}, written in {copy.seconds:.1f} s ({copy.rows_per_s:,.0f} rows/s)"
 
 
 def print_upstream(console: Any, best_args: str) -> None:

@@ -7,18 +7,27 @@
 ``results/<sweep>/best.yaml``    the winning resolved training config (runnable with ``sweep train``)
 ``results/<sweep>/best-args.txt`` the same as upstream ``maou learn-model`` flags (:mod:`maou.sweep.results.upstream`)
 ``results/<sweep>/stage1/all.feather`` a Stage 1 winner's data for upstream, when its build folder lacks it
+``results/<sweep>/upstream-data/stageN/train.feather`` (``--upstream-data``) a Stage 2/3 winner's training split
+                                 in upstream's dense columns (:mod:`maou.data.dense`), which best-args.txt then names
+
+Without ``--upstream-data`` a dense copy already there of the same built file (its metadata names
+the file's SHA-256) is still the one best-args.txt names; otherwise best-args.txt names the built
+file, with a note giving the command that writes the copy and its size.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import shlex
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from maou.data.dense import DenseCopy
 from maou.errors import UserError
 from maou.strict import flatten
+from maou.sweep.chain import command_name
 from maou.sweep.identity import ConfigKey
 from maou.sweep.records import StepRecord, SweepRecord, read_sweep
 from maou.sweep.results.upstream import UpstreamData, render, upstream_args, upstream_data
@@ -105,6 +114,10 @@ def reason_rows(step: StepRecord) -> list[dict[str, Any]]:
              "prune_reason": reason, "trials": n} for (state, reason), n in sorted(counts.items())]
 
 
+#: Beside best-args.txt: upstream's dense copies of the winner's training split, by stage.
+UPSTREAM_DATA = "upstream-data"
+
+
 @dataclass
 class Export:
     paths: dict[str, Path] = field(default_factory=dict)
@@ -112,9 +125,18 @@ class Export:
     pruned: Counter = field(default_factory=Counter)
     #: Why best.yaml and best-args.txt were not written (None when they were).
     no_winner: str | None = None
+    #: Upstream's dense copy of the winner's training split, when ``upstream_data`` asked for it.
+    upstream_copy: DenseCopy | None = None
+    #: What the export says about the upstream data (Stage 1's file is upstream's form already).
+    upstream_note: str | None = None
+    #: Why the dense copy asked for was not written (None when it was, or was not asked for).
+    no_upstream_data: str | None = None
 
 
-def export_sweep(spec: Any, out_dir: str | Path | None = None, storage_url: str | None = None) -> Export:
+def export_sweep(spec: Any, out_dir: str | Path | None = None, storage_url: str | None = None,
+                 upstream_data: bool = False, progress: bool = False) -> Export:
+    """Write the export files of ``spec``'s sweep; ``upstream_data``: also upstream's dense copy of a
+    Stage 2/3 winner's training split (a progress bar while it is written, with ``progress``)."""
     import pandas as pd
 
     record = read_sweep(spec, storage_url=storage_url)
@@ -140,11 +162,23 @@ def export_sweep(spec: Any, out_dir: str | Path | None = None, storage_url: str 
     for row in reasons:
         if row["state"] == "PRUNED":
             export.pruned[row["prune_reason"]] += row["trials"]
-    _export_winner(spec, record, out, export)
+    command = f"sweep export {shlex.quote(command_name(spec))}" + (f" --out {shlex.quote(str(out_dir))}"
+                                                                      if out_dir else "") + " --upstream-data"
+    _export_winner(spec, record, out, export, DenseRequest(upstream_data, progress, command))
     return export
 
 
-def _export_winner(spec: Any, record: SweepRecord, out: Path, export: Export) -> None:
+@dataclass(frozen=True)
+class DenseRequest:
+    """Whether to write upstream's dense copy, with a progress bar or not, and the command that does."""
+
+    write: bool = False
+    progress: bool = False
+    command: str = "sweep export SPEC --upstream-data"
+
+
+def _export_winner(spec: Any, record: SweepRecord, out: Path, export: Export,
+                   dense: DenseRequest = DenseRequest()) -> None:
     """best.yaml and best-args.txt from the spec's last step, or the reason there is no winner."""
     from maou.trainer.config import dump_train_config, train_config_from_dict
 
@@ -169,6 +203,7 @@ def _export_winner(spec: Any, record: SweepRecord, out: Path, export: Export) ->
                  + dump_train_config(train_config_from_dict(config)))
     winner = train_config_from_dict(config)
     data = _synthetic_data(winner.stage, upstream_data(winner), out, export)
+    data = _dense_data(winner.stage, data, out, export, dense)
     export.paths["best_args"] = out / "best-args.txt"
     write_atomic(export.paths["best_args"], render(upstream_args(winner, data)))
 
@@ -188,6 +223,45 @@ def _synthetic_data(stage_number: int, data: UpstreamData, out: Path, export: Ex
     return dataclasses.replace(data, path=(folder / data.path.name).absolute())
 
 
+def _dense_data(stage_number: int, data: UpstreamData, out: Path, export: Export,
+                dense: DenseRequest) -> UpstreamData:
+    """Upstream's dense copy of a Stage 2/3 winner's training split (``upstream-data/stageN/``): written
+    when asked (the built file verified against its manifest first), named when a current copy is
+    there; else the built file, whose note gives ``dense.command``."""
+    from maou.data.dense import is_current_copy, needs_dense_copy, write_dense_copy
+
+    if not needs_dense_copy(stage_number):
+        if dense.write:
+            export.upstream_note = (f"Stage {stage_number}'s data file is upstream's dense form already: "
+                                    "no copy to write")
+        return data
+    data = dataclasses.replace(data, dense_command=dense.command)
+    dest = (out / UPSTREAM_DATA / data.path.parent.name / data.path.name).absolute()
+    if dense.write:
+        if not data.path.is_file():
+            export.no_upstream_data = (f"{data.path} is not on this machine, so neither is its dense copy: "
+                                       "build it (best-args.txt says how), then export again")
+            return data
+        _verify_built(data.path, stage_number)
+        export.upstream_copy = write_dense_copy(data.path, dest, stage_number, data.sha256, dense.progress)
+    elif not is_current_copy(dest, stage_number, data.sha256):
+        return data
+    export.paths["upstream_data"] = dest
+    return dataclasses.replace(data, path=dest, dense_of=data.path)
+
+
+def _verify_built(path: Path, stage_number: int) -> None:
+    """The built file about to be converted, against its build's manifest (sizes and SHA-256, cached)."""
+    from maou.data.verify import MANIFEST, rebuild_command, verify_dataset
+
+    folder = path.parent.parent
+    if not (folder / MANIFEST).is_file():
+        return
+    mismatch = verify_dataset(folder, [stage_number], "full").mismatch
+    if mismatch is not None:
+        raise UserError(f"{mismatch.describe()}; rebuild it with `{rebuild_command(folder)}`, then export again")
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Write ``text`` to a temporary file beside ``path``, then rename: a reader (or a crash) never
     sees half a file."""
@@ -196,4 +270,5 @@ def write_atomic(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-__all__ = ["Export", "export_sweep", "reason_rows", "step_rows", "trial_rows", "write_atomic"]
+__all__ = ["DenseRequest", "Export", "UPSTREAM_DATA", "export_sweep", "reason_rows", "step_rows", "trial_rows",
+           "write_atomic"]

@@ -20,7 +20,11 @@ Upstream (the ``maou`` trainer) differs from this trainer in ways the flags must
   split ``stageN/train.feather`` of the winner's built datasets (``build_dir(config.data)``),
   whose validation games stay out of upstream's training too; for Stage 1, whose rows are
   synthetic, ``stage1/all.feather``, the same 1,105 rows (``sweep export`` writes them beside
-  best-args.txt when the build folder lacks them).
+  best-args.txt when the build folder lacks them). Upstream reads its own dense target columns
+  (``legalMovesLabel``, ``moveLabel``), not the compact ones a build stores (``legalMovesBits``,
+  ``moveLabelSparse``): the flag names upstream's dense copy of that file when ``sweep export
+  --upstream-data`` wrote it (:mod:`maou.data.dense`, ``upstream-data/stageN/train.feather``
+  beside best-args.txt), else the built file with a note giving that command and the copy's size.
 * A budget in steps: upstream trains whole epochs, so the epoch flag carries the equivalent
   ``steps x batch / training rows`` (the built manifest's count) rounded up, and a note says so;
   with the row count unknown (no manifest) no epoch flag is written and the note says why.
@@ -84,6 +88,13 @@ class UpstreamData:
     train_rows: int | None
     #: Where the count came from, or why it is unknown.
     source: str
+    #: The training file's SHA-256 from the manifest (None: unknown).
+    sha256: str | None = None
+    #: The built file that ``path`` is upstream's dense copy of (None: ``path`` is the built file).
+    dense_of: Path | None = None
+    #: The command that writes upstream's dense copy, for the note when ``path`` is a built file
+    #: whose compact columns upstream cannot read.
+    dense_command: str = "sweep export SPEC --upstream-data"
 
 
 def upstream_data(config: TrainConfig) -> UpstreamData:
@@ -98,12 +109,14 @@ def upstream_data(config: TrainConfig) -> UpstreamData:
         return UpstreamData(folder / "all.feather", STAGE1_ROWS_NUM, "the synthetic Stage 1 rows")
     manifest = folder / MANIFEST
     try:
-        rows = int(json.loads(manifest.read_text())["rows"]["train"])
+        entries = json.loads(manifest.read_text())
+        rows = int(entries["rows"]["train"])
     except FileNotFoundError:
         return UpstreamData(folder / "train.feather", None, f"no {manifest} on this machine")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return UpstreamData(folder / "train.feather", None, f"{manifest} unreadable: {type(exc).__name__}")
-    return UpstreamData(folder / "train.feather", rows, str(manifest))
+    sha256 = (entries.get("files") or {}).get("train", {}).get("sha256")
+    return UpstreamData(folder / "train.feather", rows, str(manifest), sha256 if isinstance(sha256, str) else None)
 
 
 def upstream_args(config: TrainConfig, data: UpstreamData | None = None) -> UpstreamArgs:
@@ -142,9 +155,34 @@ def _data_path(config: TrainConfig, data: UpstreamData, out: UpstreamArgs) -> No
     if stage_info(config.stage).data_source == "synthetic":
         out.note(f"{flag}: the {rows} of Stage {config.stage} the winner trained on, synthetic and the same for "
                  "every config (upstream reads them from a file; it does not generate them)")
-    else:
-        out.note(f"{flag}: the training split the winner trained on ({rows}; its held-out games are in "
-                 "val.feather beside it); the file, as upstream reads a folder whole, manifest.json included")
+        return
+    if data.dense_of is not None:
+        out.note(f"{flag}: upstream's dense copy ({_dense_columns(config.stage)}) of the training split the winner "
+                 f"trained on ({rows}), converted from {data.dense_of} (its held-out games are in val.feather beside "
+                 "that); the file, as upstream reads a folder whole")
+        return
+    out.note(f"{flag}: the training split the winner trained on ({rows}; its held-out games are in "
+             "val.feather beside it); the file, as upstream reads a folder whole, manifest.json included")
+    _dense_copy_note(config, data, out)
+
+
+def _dense_columns(stage_number: int) -> str:
+    return ", ".join(t.column for t in stage_info(stage_number).targets)
+
+
+def _dense_copy_note(config: TrainConfig, data: UpstreamData, out: UpstreamArgs) -> None:
+    """The note that upstream needs the dense copy of a built file that stores a target compactly."""
+    from maou.data.dense import dense_bytes, needs_dense_copy, size_text
+
+    if not needs_dense_copy(config.stage):
+        return
+    targets = stage_info(config.stage).targets
+    compact = ", ".join(f"{t.column} as {t.compact_column} ({t.storage})" for t in targets if t.compact_column)
+    size = (f"{size_text(dense_bytes(config.stage, data.train_rows))} dense, less on disk: LZ4"
+            if data.train_rows is not None else "its size unknown with the rows")
+    out.note(f"{stage_info(config.stage).upstream.data_path}: upstream reads its dense columns "
+             f"({_dense_columns(config.stage)}) and this file stores {compact}: upstream needs the dense copy; "
+             f"run `{data.dense_command}` to write it ({size}) and point this flag at it")
 
 
 def _budget_and_batch(config: TrainConfig, data: UpstreamData, out: UpstreamArgs) -> None:
