@@ -12,6 +12,32 @@ GOLDEN = REPO / "tests" / "golden"
 BUNDLED_GAMES = REPO / "data" / "games"
 
 
+#: Test folders live in memory when the machine has a tmpfs to spare: every SQLite commit of a test
+#: storage syncs to disk otherwise (8-15 ms each, thousands per run). Tests that need a disk-backed
+#: folder (the memory-limit test) make their own. ``--basetemp`` given explicitly wins.
+_SHM = Path("/dev/shm")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.option.basetemp or os.environ.get("MAOU_TEST_DISK_TMP") or hasattr(config, "workerinput"):
+        return
+    try:
+        stat = os.statvfs(_SHM)
+    except OSError:
+        return
+    if stat.f_bavail * stat.f_frsize >= 4 * 2**30 and os.access(_SHM, os.W_OK):
+        config.option.basetemp = str(_SHM / f"maou-pytest-{os.getpid()}")
+        config._maou_shm_basetemp = config.option.basetemp  # type: ignore[attr-defined]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    import shutil
+
+    folder = getattr(config, "_maou_shm_basetemp", None)
+    if folder:  # memory, not disk: give it back
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def golden_dir() -> Path:
     """Golden data of the upstream trainer (see tests/golden/README.md); part of the repository."""

@@ -112,6 +112,8 @@ class PlanView:
         # the values in their own column when it is wide enough; else on the lines below the header
         beside = room >= 36 or room >= 20 and all(len(entry) <= room for entries in tries for entry in entries)
         filled = [_fill(entries, room if beside else width - 3) for entries in tries]
+        if beside and max(len(line) for lines in filled for line in lines) > room:  # a value too long to fit
+            beside, filled = False, [_fill(entries, width - 3) for entries in tries]
         tries_w = max(len(line) for lines in filled for line in lines) if beside else 0
         for index, step in enumerate(plan.steps):
             head = Text(labels[index].ljust(label_w), style="bold")

@@ -83,8 +83,20 @@ def _child(folder: Path, mode: str) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def test_a_dataset_larger_than_the_memory_limit_trains_from_the_mapping(tmp_path):
-    folder = tmp_path / "big"
+@pytest.fixture
+def disk_folder():
+    """A folder on disk, not in memory (the suite's temporary folders may be a tmpfs, whose pages a
+    mapping of them would hold in memory)."""
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="maou-memory-limit-", dir="/var/tmp" if Path("/var/tmp").is_dir() else None))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_dataset_larger_than_the_memory_limit_trains_from_the_mapping(disk_folder):
+    folder = disk_folder / "big"
     _random_split(folder / "stage2" / "train.feather", ROWS, seed=0)
     _random_split(folder / "stage2" / "val.feather", 4096, seed=1)
     size = (folder / "stage2" / "train.feather").stat().st_size
