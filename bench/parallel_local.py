@@ -113,6 +113,9 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads of each trial at once")
     parser.add_argument("--seq-threads", type=int, default=None,
                         help="torch threads of one at a time, beside --threads (default: the spec's own)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="run the settings this many times, interleaved (a shared machine's load then "
+                             "weighs on each alike); the best of each is compared")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--tmp", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -138,21 +141,26 @@ def main() -> int:
               f"max_steps {first.budget.max_steps}, {len(os.sched_getaffinity(0))} cores; "
               f"datasets ready in {time.perf_counter() - started:.1f}s")
         results: dict[str, dict[str, Any]] = {}
-        for tag, k, threads in settings:
-            command = [sys.executable, __file__, "--one", tag, "--tmp", str(tmp), "--k", str(k),
-                       "--threads", str(threads), "--spec", args.spec, "--steps", str(args.steps)]
-            if args.max_steps:
-                command += ["--max-steps", str(args.max_steps)]
-            done = subprocess.run(command, capture_output=True, text=True, check=False)
-            if done.returncode != 0:
-                print(done.stdout[-2000:], done.stderr[-4000:])
-                return 1
-            results[tag] = json.loads(done.stdout.strip().splitlines()[-1])
-            r = results[tag]
-            workers = ", ".join(f"{kib / 1024:.0f}" for kib in r["workers_kib"]) or "-"
-            print(f"{tag:>8}: {k} at once, threads {threads}: {r['wall']:7.1f}s wall, {r['trainings']} trainings, "
-                  f"{r['trainings'] / r['wall']:.3f} trainings/s; peak RSS driver {r['driver_kib'] / 1024:.0f} MiB, "
-                  f"workers {workers} MiB", flush=True)
+        for repeat in range(args.repeats):
+            for tag, k, threads in settings:
+                run = f"{tag}-{repeat}"
+                command = [sys.executable, __file__, "--one", run, "--tmp", str(tmp), "--k", str(k),
+                           "--threads", str(threads), "--spec", args.spec, "--steps", str(args.steps)]
+                if args.max_steps:
+                    command += ["--max-steps", str(args.max_steps)]
+                load = os.getloadavg()[0]
+                done = subprocess.run(command, capture_output=True, text=True, check=False)
+                if done.returncode != 0:
+                    print(done.stdout[-2000:], done.stderr[-4000:])
+                    return 1
+                r = json.loads(done.stdout.strip().splitlines()[-1])
+                if tag not in results or r["wall"] < results[tag]["wall"]:
+                    results[tag] = r
+                workers = ", ".join(f"{kib / 1024:.0f}" for kib in r["workers_kib"]) or "-"
+                print(f"{tag:>8}: {k} at once, threads {threads}: {r['wall']:7.1f}s wall, {r['trainings']} trainings, "
+                      f"{r['trainings'] / r['wall']:.3f} trainings/s; peak RSS driver {r['driver_kib'] / 1024:.0f} "
+                      f"MiB, workers {workers} MiB; load average {load:.1f} before, {os.getloadavg()[0]:.1f} after",
+                      flush=True)
         pooled, same = results[pooled_tag], results[same_tag]
         rate = {tag: r["trainings"] / r["wall"] for tag, r in results.items()}
         fastest = max((tag for tag in results if tag.startswith("seq")), key=lambda tag: rate[tag])

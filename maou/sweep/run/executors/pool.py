@@ -289,6 +289,9 @@ class PoolExecutor:
         atexit.unregister(self.close)
 
     def _kill_all(self) -> None:
+        for worker in self.workers:  # every one signalled first, then each reaped
+            with contextlib.suppress(OSError, ValueError):
+                worker.process.kill()
         for worker in self.workers:
             worker.kill()
         self.workers.clear()
@@ -351,20 +354,26 @@ class PoolExecutor:
             self._lost(state, worker)
 
     def _heard(self, state: RemoteTrials, worker: _Worker) -> None:
-        """What a busy worker sent; its death when it died."""
-        try:
-            while worker.trial is not None and worker.conn.poll():
+        """What a busy worker sent; its death when it died. (Only the pipe's errors are the worker's:
+        whatever the recorder raises, the storage's errors and ``LostLock`` among them, goes up.)"""
+        gone = False
+        while worker.trial is not None:
+            try:
+                if not worker.conn.poll():
+                    break
                 _, trial_id, message = worker.conn.recv()
-                stop = state.message(trial_id, message)
-                if RECORD in message:
+            except (EOFError, OSError):  # the worker is gone, or going
+                gone = True
+                break
+            stop = state.message(trial_id, message)
+            if RECORD in message:
+                with contextlib.suppress(OSError):  # gone: its death is heard next
                     worker.conn.send(("answer", trial_id, state.stop_of(trial_id) if stop else None))
-                elif FINAL in message:
-                    worker.trial = worker.sent = None
-                    self._failures.pop(trial_id, None)
-                    state.complete(trial_id, error=False)
-        except (EOFError, OSError):
-            pass
-        if worker.trial is not None and not worker.process.is_alive():
+            elif FINAL in message:
+                worker.trial = worker.sent = None
+                self._failures.pop(trial_id, None)
+                state.complete(trial_id, error=False)
+        if worker.trial is not None and (gone or not worker.process.is_alive()):
             self._lost(state, worker)
 
     def _lost(self, state: RemoteTrials, worker: _Worker) -> None:
