@@ -72,15 +72,48 @@ def lr_batch_score(config):
     return score
 
 
+def slow_lr_is_worse(config):
+    """lr 0.0001 far below the base (Optuna's median pruner cuts it at its first evaluation), lr
+    0.01 well above it."""
+    return {0.0001: 0.5, 0.01: 0.95}.get(config.optim.lr, 0.9)
+
+
+class DiesOnce(FakeTrainer):
+    """A fake trainer whose worker process dies (SIGKILL) in the first training of seed 0, once per
+    ``marker`` file: the executor's retry trains it in a new worker."""
+
+    def __init__(self, marker, **kwargs):
+        super().__init__(lr_batch_score, **kwargs)
+        self.marker = str(marker)
+
+    def __call__(self, config, report, checkpoint_dir):
+        import os
+        import signal
+
+        if config.seed == 0 and not os.path.exists(self.marker):
+            open(self.marker, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().__call__(config, report, checkpoint_dir)
+
+
 def main(argv: list[str]) -> int:
-    """``fakes.py SPEC.yaml [DELAY_S]``: ``sweep run`` with the fake trainer (exit codes as the CLI's)."""
+    """``fakes.py SPEC.yaml [DELAY_S]``: ``sweep run`` with the fake trainer (exit codes as the CLI's).
+    The spec's executor, whatever it says, is the local one with the fake trainer: in this process,
+    or ``executor.max_concurrent`` trials at once in worker processes."""
     from maou import cli
     from maou.sweep.run import executors
     from maou.sweep.run.executors.local import LocalExecutor
+    from maou.sweep.run.executors.pool import PoolExecutor
 
     delay = float(argv[1]) if len(argv) > 1 else 0.0
-    # the spec's executor, whatever it says, is the local one with the fake trainer
-    executors.make_executor = lambda config: LocalExecutor(FakeTrainer(lr_batch_score, delay_s=delay))
+
+    def make_executor(config, threads=1):
+        trainer = FakeTrainer(lr_batch_score, delay_s=delay)
+        if (config.max_concurrent or 1) > 1:
+            return PoolExecutor(config.max_concurrent, train=trainer, max_retries=config.max_retries)
+        return LocalExecutor(trainer)
+
+    executors.make_executor = make_executor
     return cli.main(["run", argv[0]])
 
 

@@ -1,4 +1,5 @@
-"""The ``auto`` executor: in process on CPU-only and single-GPU machines, Ray across GPUs."""
+"""The ``auto`` executor: local on CPU-only and single-GPU machines, Ray across GPUs (how many trials
+at once a local executor runs: tests/test_pool.py)."""
 
 from __future__ import annotations
 
@@ -10,23 +11,23 @@ from maou.sweep.run.executors.local import LocalExecutor
 from maou.sweep.spec import ExecutorSection, SweepSpec
 
 
-@pytest.mark.parametrize(("gpus", "gpus_per_trial", "kind", "resolved_gpus"), [
-    (0, 0.0, "local", 0.0),     # CPU only: in this process
-    (1, 0.0, "local", 0.0),     # one GPU, one trial at a time: no Ray needed
-    (1, 1.0, "local", 1.0),
-    (2, 0.0, "ray", 1.0),       # several GPUs: one trial per GPU
-    (8, 0.0, "ray", 1.0),
-    (8, 2.0, "ray", 2.0),       # four trials of two GPUs
-    (2, 2.0, "local", 2.0),     # one trial's worth of GPUs
-    (1, 0.25, "ray", 0.25),     # fractions pack four small trials onto one GPU
-    (1, 0.5, "ray", 0.5),
-    (1, 0.6, "local", 0.6),
+@pytest.mark.parametrize(("gpus", "gpus_per_trial", "kind", "resolved_gpus", "at_once"), [
+    (0, 0.0, "local", 0.0, 2),     # CPU only: as many at once as the cores hold (2 here, threads 1)
+    (1, 0.0, "local", 0.0, None),  # one GPU: no Ray needed; trials at once measured on it
+    (1, 1.0, "local", 1.0, 1),     # a trial takes the GPU: one at a time
+    (2, 0.0, "ray", 1.0, None),    # several GPUs: one trial per GPU
+    (8, 0.0, "ray", 1.0, None),
+    (8, 2.0, "ray", 2.0, None),    # four trials of two GPUs
+    (2, 2.0, "local", 2.0, 1),     # one trial's worth of GPUs
+    (1, 0.25, "ray", 0.25, None),  # fractions pack four small trials onto one GPU
+    (1, 0.5, "ray", 0.5, None),
+    (1, 0.6, "local", 0.6, 1),
 ])
-def test_auto_picks_in_process_or_ray_by_the_visible_gpus(gpus, gpus_per_trial, kind, resolved_gpus, monkeypatch):
+def test_auto_picks_local_or_ray_by_the_visible_gpus(gpus, gpus_per_trial, kind, resolved_gpus, at_once, monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    resolved = resolve_auto(ExecutorSection(gpus_per_trial=gpus_per_trial), gpus=gpus)
+    resolved = resolve_auto(ExecutorSection(gpus_per_trial=gpus_per_trial), gpus=gpus, cpu_cores=2)
     assert (resolved.kind, resolved.gpus_per_trial) == (kind, resolved_gpus)
-    assert resolved.cpus_per_trial == 1.0 and resolved.max_concurrent is None  # Ray fills every GPU
+    assert resolved.cpus_per_trial == 1.0 and resolved.max_concurrent == at_once  # Ray fills every GPU
 
 
 def test_auto_joins_a_cluster_it_is_pointed_at(monkeypatch):
@@ -41,14 +42,21 @@ def test_explicit_kinds_are_kept():
         assert resolve_auto(executor, gpus=8) == executor
 
 
-def test_auto_is_the_default_and_runs_in_process_on_this_cpu_machine(monkeypatch):
+def test_auto_is_the_default_and_runs_locally_on_this_cpu_machine(monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     spec = from_dict(SweepSpec, {"name": "x", "stage": 1, "steps": [{"name": "b"}]})
     assert spec.executor == ExecutorSection() and spec.executor.kind == "auto"
     import torch
 
-    if torch.cuda.device_count() < 2:
-        assert isinstance(make_executor(spec.executor), LocalExecutor)
+    from maou.sweep.run.executors import cores
+    from maou.sweep.run.executors.pool import PoolExecutor
+
+    if torch.cuda.device_count() == 0:
+        executor = make_executor(spec.executor, threads=cores())  # every core to one trial: in process
+        assert isinstance(executor, LocalExecutor)
+        executor = make_executor(spec.executor, threads=1)
+        assert isinstance(executor, PoolExecutor if cores() > 1 else LocalExecutor)
+        getattr(executor, "close", lambda: None)()
     with pytest.raises(Exception, match="max_concurrent"):
         from_dict(SweepSpec, {"name": "x", "stage": 1, "steps": [{"name": "b"}], "executor": {"max_concurrent": 0}})
 
@@ -66,3 +74,6 @@ def test_the_registry_names_every_kind_the_spec_and_the_cli_accept():
     for name, kind in EXECUTORS.items():
         if kind.factory is not None:  # every concrete kind builds from the spec's section
             assert hasattr(make_executor(ExecutorSection(kind=name)), "run")
+    pool = make_executor(ExecutorSection(kind="local", max_concurrent=2))
+    assert hasattr(pool, "run")
+    pool.close()

@@ -242,6 +242,9 @@ def _run_one(args: argparse.Namespace, spec: Any, url: str, name: str, console: 
     args.resume_hint = f"trials in progress were marked interrupted; run `sweep run {name}` again to resume"
     console.print(f"[bold]sweep {spec.name}[/]: stage {spec.stage}, {len(spec.steps)} steps, "
                   f"seeds {list(spec.seed_list)}, executor {spec.executor.kind}, storage {mask_url(url)}")
+    from maou.sweep.run.executors import choose
+
+    console.print(choose(spec.executor, threads=spec.base_config().threads).line, soft_wrap=True)
     if len(spec.seed_list) < 2:
         console.print(f"[yellow]warning: one seed cannot measure the noise: a step adopts any gain above "
                       f"selection.min_margin ({spec.selection.min_margin:g}); give seeds: 3 to test gains[/]")

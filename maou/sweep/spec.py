@@ -83,14 +83,16 @@ class Selection:
 class ExecutorSection:
     """The spec's ``executor`` section: which executor runs the trials, and their resources."""
 
-    #: ``auto``: in this process on a CPU-only or single-GPU machine, Ray with one trial per GPU
-    #: (or ``gpus_per_trial`` of one) when several fit; see :func:`maou.sweep.run.executors.resolve_auto`.
+    #: ``auto``: local on a CPU-only or single-GPU machine (trials at once for its cores, or measured
+    #: on the GPU), Ray with one trial per GPU (or ``gpus_per_trial`` of one) when several fit; see
+    #: :func:`maou.sweep.run.executors.choose`.
     kind: Literal["auto", "local", "ray"] = "auto"
     #: Ray cluster address: null starts a local Ray, ``auto`` or HOST:6379 joins a running cluster.
     address: str | None = None
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
-    #: Trials running at once under Ray; null: as many as the cluster's CPUs and GPUs hold.
+    #: Trials running at once: local (null: one, in this process; ``auto`` picks it), Ray (null: as
+    #: many as the cluster's CPUs and GPUs hold).
     max_concurrent: int | None = None
     #: Re-run a trial whose worker process died this many times.
     max_retries: int = 1

@@ -251,8 +251,15 @@ def run_sweep(spec: SweepSpec, storage_url: str | None = None, executor: Any = N
     check_steps_are_ours(spec, storage)  # a step's name taken by another tool: refused, nothing written
     with sweep_lock(storage, spec.name) as fenced:  # every write from here on: only while the lock is ours
         context = _prepare(spec)
-        executor = executor if executor is not None else make_executor(spec.executor)
-        return _run_steps(spec, fenced, context, executor, Observers(view, *observers))
+        if executor is not None:  # the caller's, to close
+            return _run_steps(spec, fenced, context, executor, Observers(view, *observers))
+        made = make_executor(spec.executor, threads=context.base.threads)
+        try:
+            return _run_steps(spec, fenced, context, made, Observers(view, *observers))
+        finally:
+            close = getattr(made, "close", None)  # worker processes of a local pool
+            if close is not None:
+                close()
 
 
 def _prepare(spec: SweepSpec) -> StepContext:

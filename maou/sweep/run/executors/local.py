@@ -1,14 +1,18 @@
-"""Run a step's trials one after another in this process."""
+"""Run a step's trials one after another in this process (``max_concurrent`` above one: at once in
+worker processes, :mod:`~maou.sweep.run.executors.pool`)."""
 
 from __future__ import annotations
 
 import traceback
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from maou.sweep.run.job import TrainFn, run_job
 from maou.sweep.run.recorder import TrialHandle
 from maou.sweep.run.step import StepRun
 from maou.trainer.result import Stop
+
+if TYPE_CHECKING:
+    from maou.sweep.run.executors.pool import PoolExecutor
 
 
 class LocalExecutor:
@@ -17,7 +21,12 @@ class LocalExecutor:
         self.train = train
 
     @classmethod
-    def from_section(cls, config: Any) -> LocalExecutor:
+    def from_section(cls, config: Any) -> LocalExecutor | PoolExecutor:
+        """In this process; ``max_concurrent`` above one: that many at once in worker processes."""
+        if (config.max_concurrent or 1) > 1:
+            from maou.sweep.run.executors.pool import PoolExecutor
+
+            return PoolExecutor.from_section(config)
         return cls()
 
     def run(self, step: StepRun) -> None:

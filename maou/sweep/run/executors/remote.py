@@ -9,9 +9,14 @@ The worker (:func:`work`) runs :func:`~maou.sweep.run.job.run_job` and sends mes
 * ``FINAL``: once, at the end: ``{"result": TrainResult.to_plain()}`` or ``{"error": traceback}``
   (a Python error is a result, not a reason to retry), plus the placement.
 
+A transport that can carry the driver's answer back (the local pool) passes ``answer``: after each
+evaluation the worker waits for it, and a :class:`~maou.trainer.result.Stop` there ends the run at
+that very evaluation, as in process (Ray ends the worker from the outside instead).
+
 The driver keeps one :class:`RemoteTrials` per step: it starts trials (``suggest``: the job a worker
 trains, by the executor's own id of the trial), feeds every message to the trial recorder
-(``message``: evaluations, progress, the final record; True when Optuna's pruner stops the trial),
+(``message``: evaluations, progress, the final record; True when the trial must stop: Optuna's
+pruner, or any stop the recorder answers, then :meth:`RemoteTrials.stop_of` is that stop),
 and records how each ended (``complete``), a worker's death (``error``: a retry starts from
 scratch) or an interruption. The recorder stays the only writer of trials.
 """
@@ -34,7 +39,7 @@ from maou.sweep.run.job import Job, TrainFn, run_job
 from maou.sweep.run.recorder import TrialHandle
 from maou.sweep.run.step import StepRun
 from maou.trainer.config import TrainConfig
-from maou.trainer.result import TrainResult
+from maou.trainer.result import Stop, TrainResult
 
 JOB = "maou"  # the Job a worker trains
 RECORD = "maou_record"  # JSON: {"step", "metrics", "node_id", "cuda_visible_devices"}
@@ -45,6 +50,8 @@ DATASET = "maou_dataset"  # the DatasetOffer of a multi-node run (executors/ship
 #: ``emit(message, metrics)``: send one message to the driver (``metrics``: the flat metrics of an
 #: evaluation, for transports that log them).
 Emit = Callable[[dict[str, Any], "dict[str, float] | None"], None]
+#: ``answer()``: the driver's answer to the evaluation just sent: the stop that ends the run, or None.
+Answer = Callable[[], "Stop | None"]
 
 
 def placement() -> dict[str, Any]:
@@ -53,8 +60,9 @@ def placement() -> dict[str, Any]:
 
 
 def work(job: Job, emit: Emit, train: TrainFn | None = None, placed: dict[str, Any] | None = None,
-         offer: Any = None) -> None:
-    """One trial in a worker: train, sending every evaluation and progress, then one final message."""
+         offer: Any = None, answer: Answer | None = None) -> None:
+    """One trial in a worker: train, sending every evaluation and progress, then one final message;
+    ``answer``: waits for the driver's answer to each evaluation (a stop ends the run there)."""
     placed = dict(placed if placed is not None else placement())
     if offer is not None:  # another node's dataset: this node's copy of it
         from maou.data.resolve import provide_dataset
@@ -63,9 +71,10 @@ def work(job: Job, emit: Emit, train: TrainFn | None = None, placed: dict[str, A
         placed["dataset_dir"] = local_dataset(offer)
         provide_dataset(job.config.data, placed["dataset_dir"])
 
-    def report(step: int, metrics: dict[str, float]) -> None:
+    def report(step: int, metrics: dict[str, float]) -> Stop | None:
         emit({"step": int(step), RECORD: json.dumps({"step": int(step), "metrics": metrics, **placed})}, metrics)
-        return None  # Optuna's pruner stops a trial from the driver: the executor ends this worker
+        # without an answer, the driver stops a trial from the outside: the executor ends this worker
+        return answer() if answer is not None else None
 
     def progress(step: int, total: int) -> None:  # twice a second at most (run_job throttles)
         emit({PROGRESS: json.dumps({"step": int(step), "total": int(total)})}, None)
@@ -81,8 +90,9 @@ class RemoteTrials:
     """The driver's bookkeeping of one step whose trials run in workers: the executor's trial id ->
     the live trial and what its worker sent."""
 
-    def __init__(self, step: StepRun, kind: str, threads: int, on_gpu: bool, offer: Any = None,
+    def __init__(self, step: StepRun, kind: str, threads: int | None, on_gpu: bool, offer: Any = None,
                  id_attr: str | None = None) -> None:
+        """``threads``: each worker's torch threads (None: the config's own ``threads``)."""
         self.step, self.recorder, self.kind, self.offer = step, step.recorder, kind, offer
         self.threads, self.on_gpu, self.id_attr = threads, on_gpu, id_attr
         self.live: dict[str, tuple[TrialHandle, Job]] = {}  # trial id -> trial in flight
@@ -90,6 +100,8 @@ class RemoteTrials:
         self.errors: dict[str, str] = {}
         self.placed: set[str] = set()
         self.retried: set[str] = set()
+        #: trial id -> the stop the recorder answered (the worker is told, or ended)
+        self.stops: dict[str, Stop] = {}
         self.device: dict[str, str] = {}
         self.finished = 0
         self.interrupted = 0
@@ -116,16 +128,20 @@ class RemoteTrials:
         from maou.data.build import build_dir
 
         data = config.data
-        changes: dict[str, Any] = {"threads": self.threads,
-                                   "data.games": [str(Path(p).resolve()) for p in data.games],
+        changes: dict[str, Any] = {"data.games": [str(Path(p).resolve()) for p in data.games],
                                    "data.dir": str(build_dir(data).resolve())}
+        if self.threads is not None:
+            changes["threads"] = self.threads
         if config.init_from:
             changes["init_from"] = str(Path(config.init_from).resolve())
         return with_overrides(config, changes, "executor")
 
     # -- messages
     def message(self, trial_id: str, message: dict[str, Any]) -> bool:
-        """One message from a worker; True when the trial must stop (Optuna's pruner)."""
+        """One message from a worker; True when the trial must stop (Optuna's pruner, or any stop the
+        recorder answers: :meth:`stop_of`). An evaluation of a trial already told to stop is not
+        recorded (a worker that ran on before the stop reached it): the trial stopped where the
+        stop was answered, as in process."""
         started = self.live.get(trial_id)
         if started is None:
             return False
@@ -141,13 +157,22 @@ class RemoteTrials:
             return False
         if RECORD not in message:
             return False
+        if trial_id in self.stops:
+            return True
         record = json.loads(message[RECORD])
         self._place(trial_id, handle, record)
         with warnings.catch_warnings():
             if trial_id in self.retried:  # a retry reports the steps of the dead attempt again
                 warnings.filterwarnings("ignore", message=".*is already reported")
             stop = self.recorder.report(handle, record["step"], record["metrics"])
-        return stop is not None
+        if stop is None:
+            return False
+        self.stops[trial_id] = stop
+        return True
+
+    def stop_of(self, trial_id: str) -> Stop | None:
+        """The stop the recorder answered for the trial (None: it runs on)."""
+        return self.stops.get(trial_id)
 
     def _place(self, trial_id: str, handle: TrialHandle, record: dict[str, Any]) -> None:
         if trial_id in self.placed:
@@ -168,6 +193,7 @@ class RemoteTrials:
             return
         handle, job = started
         self.finished += 1
+        self.stops.pop(trial_id, None)
         final = self.final.pop(trial_id, None)
         if error:
             self.recorder.finish(handle, None, error=self.errors.pop(trial_id, f"the {self.kind} trial failed"))
@@ -212,6 +238,7 @@ class RemoteTrials:
         self.errors[trial_id] = text
         handle.history.clear()
         handle.stop = None
+        self.stops.pop(trial_id, None)
         self.final.pop(trial_id, None)
         self.placed.discard(trial_id)
         self.retried.add(trial_id)
@@ -222,4 +249,4 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
-__all__ = ["DATASET", "FINAL", "JOB", "PROGRESS", "RECORD", "Emit", "RemoteTrials", "placement", "work"]
+__all__ = ["DATASET", "FINAL", "JOB", "PROGRESS", "RECORD", "Answer", "Emit", "RemoteTrials", "placement", "work"]
