@@ -98,7 +98,8 @@ class DataConfig:
 class LoaderConfig:
     """How training batches reach the model (never what they hold)."""
 
-    #: Training batches prepared ahead in a background thread (memory-mapped datasets).
+    #: Training batches prepared ahead in a background thread (memory-mapped datasets, on CUDA; on
+    #: CPU the training thread gathers each batch itself: a thread would compete with torch's).
     prefetch_batches: int = 4
     #: Row order of each epoch: ``full`` (a seeded permutation of every row), ``block`` (blocks of
     #: 4096 consecutive rows in seeded order, shuffled within windows of 16 blocks: mostly

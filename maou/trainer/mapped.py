@@ -3,9 +3,10 @@
 Opening maps the file and takes numpy views of its columns (:mod:`maou.trainer.columns`); no row
 is read. A batch is gathered on the host (board ids, hand counts, each target in its stored form:
 a few hundred bytes a row), copied to the training device (pinned, asynchronous on CUDA) and
-decoded there (bit-unpacking, sparse scatter). :meth:`MappedSplit.stream` gathers and copies the
-next batches in a background thread (:class:`~maou.trainer.prefetch.Prefetcher`), which decodes
-them too on CUDA. The tensors it yields equal, bit for bit, those of the in-memory
+decoded there (bit-unpacking, sparse scatter). On CUDA :meth:`MappedSplit.stream` gathers, copies
+and decodes the next batches in a background thread (:class:`~maou.trainer.prefetch.Prefetcher`);
+on CPU the training thread gathers and decodes each batch itself (a second thread would only
+compete with torch's CPU threads). The tensors it yields equal, bit for bit, those of the in-memory
 :class:`~maou.trainer.split.Split` of the same file (:meth:`MappedSplit.materialize`).
 
 Concurrent trials on one machine map the same files: the operating system's page cache holds
@@ -15,7 +16,7 @@ them once, whatever the number of trials.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -97,17 +98,20 @@ class MappedSplit:
         return self._decode(self._load(index))
 
     def stream(self, indices: Iterator[torch.Tensor], depth: int = PREFETCH_BATCHES) -> Any:
-        """Batches of each of ``indices``, prepared ``depth`` ahead in a thread (``close()`` it).
+        """Batches of each of ``indices`` (``close()`` it).
 
-        The thread gathers (numpy) and copies to the device; it decodes too on CUDA (GPU kernels, on
-        its own stream). On CPU the training thread decodes: torch's CPU kernels run on one thread
-        pool, and a second thread entering it would oversubscribe the cores."""
+        On CUDA they are prepared ``depth`` ahead in a thread (:class:`Prefetcher`): it gathers
+        (numpy), copies to the device and decodes there (GPU kernels, on its own stream), while the
+        training thread queues the step. On CPU there is nothing to overlap: gathering a batch is a
+        few hundred bytes a row of numpy, and the step is torch's CPU kernels on torch's thread
+        pool, which a second Python thread (its GIL, its numpy work, its wake-ups) only slows down.
+        So the training thread gathers and decodes each batch when it asks for it."""
         if self.device.type == "cuda":
             return Prefetcher(self.batch, indices, depth, self.device)
-        return Prefetcher(self._load, indices, depth, self.device, finish=self._decode)
+        return _InPlace(self.batch, indices)
 
     def iter_batches(self, batch_size: int) -> Iterator[Batch]:
-        """Every row in order, ``batch_size`` at a time (prefetched)."""
+        """Every row in order, ``batch_size`` at a time (prefetched on CUDA)."""
         stream = self.stream(iter(torch.arange(len(self)).split(batch_size)))
         try:
             yield from stream
@@ -129,6 +133,23 @@ class MappedSplit:
             torch.zeros(0, dtype=torch.long))]
         return Split(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]),
                      {name: torch.cat([p[2][name] for p in parts]) for name in self.columns})
+
+
+class _InPlace:
+    """``MappedSplit.stream`` on CPU: each batch gathered and decoded in the calling thread when
+    asked for; closeable like the prefetching one."""
+
+    def __init__(self, produce: Callable[[torch.Tensor], Batch], indices: Iterator[torch.Tensor]) -> None:
+        self.produce, self.indices = produce, indices
+
+    def __iter__(self) -> _InPlace:
+        return self
+
+    def __next__(self) -> Batch:
+        return self.produce(next(self.indices))
+
+    def close(self) -> None:
+        pass
 
 
 def open_split(path: Path, targets: tuple[Target, ...], max_rows: int | None = None) -> MappedSplit:

@@ -28,6 +28,7 @@ import math
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
 import torch
 
 
@@ -74,19 +75,104 @@ F1_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))
 def f1_at_thresholds(logits: torch.Tensor, actual: torch.Tensor,
                      thresholds: tuple[float, ...] = F1_THRESHOLDS) -> torch.Tensor:
     """(B, T) per-row F1 with positives predicted where ``sigmoid(logit) > threshold``."""
-    probs = torch.sigmoid(logits.float())
-    return torch.stack([f1_precision_recall(probs > t, actual)[0] for t in thresholds], dim=1)
+    return ranking_metrics(logits, actual, thresholds)[1]
 
 
 def average_precision(logits: torch.Tensor, actual: torch.Tensor) -> torch.Tensor:
     """Per row: average precision of the labels ranked by logit (threshold-free); NaN for a row
     without positives."""
-    order = logits.float().argsort(dim=1, descending=True)
-    hits = actual.bool().gather(1, order).float()
+    return ranking_metrics(logits, actual, ())[0]
+
+
+def ranking_metrics(logits: torch.Tensor, actual: torch.Tensor,
+                    thresholds: tuple[float, ...] = F1_THRESHOLDS) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row, from one sort of the row's logits: the average precision (B,) of the labels ranked
+    by logit (NaN for a row without positives) and the F1 (B, T) with positives predicted where
+    ``sigmoid(logit) > threshold`` for each of ``thresholds``.
+
+    The labels are ranked once (:func:`_ranked`). Average precision is the precision at each
+    positive's rank, summed over the same (B, N) layout of ranks as a full ``argsort`` gives. The
+    labels above a threshold are a prefix of the ranking, so each row's predicted positives at
+    every threshold are one binary search of the sorted probabilities (each threshold taken as the
+    float32 that ``probs > t`` compares with), and its true positives the hits counted up to there:
+    the same integers as one comparison per threshold, so the same F1 bit for bit."""
+    logits, actual = logits.float(), actual.bool()
+    order, hits = _ranked(logits, actual)
     ranks = torch.arange(1, hits.shape[1] + 1, device=hits.device, dtype=torch.float32)
-    precision_at_hit = hits.cumsum(dim=1) / ranks * hits
-    positives = hits.sum(dim=1)
-    return torch.where(positives > 0, precision_at_hit.sum(dim=1) / positives.clamp_min(1), torch.nan)
+    found = hits.float()
+    precision_at_hit = found.cumsum(dim=1) / ranks * found
+    positives = found.sum(dim=1)
+    ap = torch.where(positives > 0, precision_at_hit.sum(dim=1) / positives.clamp_min(1), torch.nan)
+    if not thresholds:
+        return ap, torch.zeros((logits.shape[0], 0), device=logits.device)
+    rows = logits.shape[0]
+    probs = torch.sigmoid(logits.gather(1, order))  # non-increasing along a row, NaN first
+    nan = probs.isnan()
+    unordered = nan.sum(dim=1, keepdim=True)
+    falling = probs.masked_fill(nan, math.inf).neg_()  # non-decreasing
+    edges = torch.tensor(thresholds, dtype=torch.float32, device=logits.device).neg_().expand(rows, -1)
+    above = torch.searchsorted(falling, edges.contiguous())  # elements with -p < -t, NaN counted
+    counted = torch.nn.functional.pad(hits.long().cumsum(dim=1), (1, 0))  # hits among the first k
+    n_pred = (above - unordered).float()
+    tp = (counted.gather(1, above) - counted.gather(1, unordered)).float()
+    n_true = positives.unsqueeze(1)
+    both_empty = (n_pred == 0) & (n_true == 0)
+    return ap, _ratio(2 * tp, n_pred + n_true, both_empty)
+
+
+def _ranked(logits: torch.Tensor, actual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, N) the label index ranked k-th by descending logit, and whether it is positive, as
+    ``argsort(descending=True)`` ranks them.
+
+    Sorts unique integer keys (:func:`_descending_keys`: no ties to break). The order of tied
+    logits changes nothing unless a positive and a negative of a row tie; those rows are ranked
+    again by ``argsort(descending=True)`` itself, so their hits are its hits."""
+    keys, shift = _sorted_keys(logits)
+    order = keys & ((1 << shift) - 1)
+    hits = actual.gather(1, order)
+    value = keys >> shift
+    mixed_ties = ((value[:, 1:] == value[:, :-1]) & (hits[:, 1:] != hits[:, :-1])).any(dim=1)
+    if bool(mixed_ties.any()):
+        rows = mixed_ties.nonzero().squeeze(1)
+        order[rows] = logits[rows].argsort(dim=1, descending=True)
+        hits[rows] = actual[rows].gather(1, order[rows])
+    return order, hits
+
+
+#: Float32 bits -> signed integers of the same order: flip the magnitude bits of negative floats.
+_MAGNITUDE = 0x7FFFFFFF
+
+
+def _sorted_keys(logits: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Each row's keys (:func:`_descending_keys`) sorted ascending, and the index bits; numpy's
+    vectorised sort on the host (several times torch's), torch's on other devices."""
+    if logits.device.type != "cpu":
+        keys, shift = _descending_keys(logits)
+        return keys.sort(dim=1).values, shift
+    values = logits.detach().numpy() + np.float32(0.0)  # -0.0 + 0.0 is 0.0: the two zeros tie
+    values[np.isnan(values)] = np.nan  # one NaN, whatever its sign and payload
+    bits = values.view(np.int32)
+    shift = _index_bits(values.shape[1])
+    host = np.int64(_MAGNITUDE) - (bits ^ ((bits >> 31) & _MAGNITUDE))
+    host <<= shift
+    host |= np.arange(values.shape[1], dtype=np.int64)
+    host.sort(axis=1)
+    return torch.from_numpy(host), shift
+
+
+def _descending_keys(logits: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Per element an int64 key whose ascending order is the logits' descending order, ties in
+    index order (the index in the low ``shift`` bits), so every key of a row differs. NaN (any
+    sign) ranks first, as in ``argsort(descending=True)``; -0.0 ties with 0.0."""
+    values = torch.where(logits.isnan(), torch.nan, logits + 0.0)
+    bits = values.view(torch.int32)
+    shift = _index_bits(values.shape[1])
+    keys = _MAGNITUDE - (bits ^ ((bits >> 31) & _MAGNITUDE)).long()  # in [0, 2**32)
+    return (keys << shift) | torch.arange(values.shape[1], device=logits.device), shift
+
+
+def _index_bits(width: int) -> int:
+    return max(1, (width - 1).bit_length())
 
 
 def all_positive_f1(targets: torch.Tensor) -> torch.Tensor:

@@ -30,11 +30,10 @@ from maou.trainer.metrics import (
     F1_THRESHOLDS,
     Reference,
     all_positive_f1,
-    average_precision,
     constant_bce,
     element_accuracy,
-    f1_at_thresholds,
     f1_precision_recall,
+    ranking_metrics,
     skill,
     top1_hits,
     top_move_hits,
@@ -121,12 +120,12 @@ class LegalMoves(Task):
         logits, actual = outputs["legal_moves"].float(), targets["legal_moves"].float() > 0.5
         predicted = logits > 0
         f1, precision, recall = f1_precision_recall(predicted, actual)
-        ap = average_precision(logits, actual)  # NaN for a row without a legal move
+        ap, by_threshold = ranking_metrics(logits, actual, F1_THRESHOLDS)  # one sort; AP NaN without a legal move
         counted = ~ap.isnan()
         return {"f1": f1, "precision": precision, "recall": recall,
                 "pred_pos_rate": predicted.float().mean(dim=1), "label_pos_rate": actual.float().mean(dim=1),
                 "f1_all_positive": all_positive_f1(actual), "average_precision": torch.where(counted, ap, 0.0),
-                "rows_with_moves": counted.float(), "f1_at_thresholds": f1_at_thresholds(logits, actual)}
+                "rows_with_moves": counted.float(), "f1_at_thresholds": by_threshold}
 
     def summarize(self, means: Tensors) -> dict[str, float]:
         by_threshold = means["f1_at_thresholds"]

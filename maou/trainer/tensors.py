@@ -4,7 +4,7 @@ Two kinds of split give the trainer the same tensors:
 
 * :class:`~maou.trainer.mapped.MappedSplit` (the default for datasets built from games): the
   dataset file memory-mapped, each batch gathered from the mapping in its compact stored form and
-  decoded on the training device, prefetched in a background thread. A few hundred bytes a row
+  decoded on the training device (prefetched in a background thread on CUDA). A few hundred bytes a row
   stay resident, shared by every trial on the machine.
 * :class:`~maou.trainer.split.Split`: whole tensors in memory (Stage 1's synthetic rows, ``storage="memory"``); the
   trainer moves them to the device once and takes a batch with one index gather per tensor.

@@ -205,3 +205,19 @@ def test_an_error_in_the_prefetch_thread_is_raised_in_the_training_thread():
         next(stream)
     stream.close()
     assert threading.active_count() >= 1 and not stream.thread.is_alive()
+
+
+def test_on_cpu_the_training_thread_gathers_each_batch_itself(chunked_dir):
+    """No prefetch thread competes with torch's CPU threads: the batches of a mapped split's stream
+    are gathered and decoded when asked for, and equal the in-memory split's."""
+    mapped = load_stage_data(2, chunked_dir).train
+    memory = load_stage_data(2, chunked_dir, storage="memory").train
+    indices = list(batch_indices(len(mapped), 64, 30, torch.Generator().manual_seed(1)))
+    before = threading.active_count()
+    stream = mapped.stream(iter(indices), depth=4)
+    assert threading.active_count() == before and not isinstance(stream, Prefetcher)
+    for index in indices:
+        assert_same(next(stream), memory.batch(index))
+    with pytest.raises(StopIteration):
+        next(stream)
+    stream.close()

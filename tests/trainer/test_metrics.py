@@ -235,3 +235,108 @@ def test_batched_evaluation_equals_the_whole_set_at_once(stage_number):
     if stage_number == 3:
         assert batched["val_value_std"] == pytest.approx(float(torch.sigmoid(outputs["value"]).std(unbiased=False)))
         assert batched["val_value_label_std"] == pytest.approx(float(targets["value"].std(unbiased=False)))
+
+
+# ---- the ranking metrics against the implementations they replaced, exactly ---------------------
+
+def _reference_f1_at_thresholds(logits, actual, thresholds=F1_THRESHOLDS):
+    """Thresholded F1 as it was computed before: one comparison and one F1 per threshold."""
+    probs = torch.sigmoid(logits.float())
+    return torch.stack([f1_precision_recall(probs > t, actual)[0] for t in thresholds], dim=1)
+
+
+def _reference_average_precision(logits, actual):
+    """Average precision as it was computed before: a full argsort of every row."""
+    order = logits.float().argsort(dim=1, descending=True)
+    hits = actual.bool().gather(1, order).float()
+    ranks = torch.arange(1, hits.shape[1] + 1, device=hits.device, dtype=torch.float32)
+    precision_at_hit = hits.cumsum(dim=1) / ranks * hits
+    positives = hits.sum(dim=1)
+    return torch.where(positives > 0, precision_at_hit.sum(dim=1) / positives.clamp_min(1), torch.nan)
+
+
+def _assert_bits_equal(new: torch.Tensor, old: torch.Tensor) -> None:
+    """Equal values, NaN where NaN, the same float32 bits (0.0 and -0.0 differ)."""
+    assert new.dtype == old.dtype == torch.float32 and new.shape == old.shape
+    assert torch.equal(new.view(torch.int32), old.view(torch.int32)) or torch.equal(
+        torch.where(new.isnan(), 0, new.view(torch.int32)), torch.where(old.isnan(), 0, old.view(torch.int32)))
+
+
+def _ranking_cases():
+    g = torch.Generator().manual_seed(11)
+    nan, inf = math.nan, math.inf
+    logit_at = torch.logit(torch.tensor(F1_THRESHOLDS, dtype=torch.float64)).float()  # probabilities on the grid
+    cases = {}
+    for rows, width, density in ((64, 1496, 0.075), (300, 97, 0.3), (5, 17, 0.5), (1, 1, 0.5), (40, 3, 0.9)):
+        logits = torch.randn(rows, width, generator=g) * 3 - 1
+        cases[f"random {rows}x{width}"] = (logits, torch.rand(rows, width, generator=g) < density)
+    # ties: few distinct logits, positives and negatives sharing them (the argsort rows), and ties of
+    # one kind only
+    coarse = torch.randint(-3, 4, (50, 200), generator=g).float()
+    cases["ties"] = (coarse, torch.rand(50, 200, generator=g) < 0.3)
+    cases["ties among positives only"] = (torch.where(coarse > 0, 2.0, torch.randn(50, 200, generator=g)), coarse > 0)
+    cases["all tied"] = (torch.zeros(4, 30), torch.rand(4, 30, generator=g) < 0.5)
+    # probabilities exactly on and next to the thresholds, saturated sigmoids
+    on_grid = logit_at.repeat(6, 2)
+    on_grid[1] = torch.nextafter(on_grid[1], torch.tensor(inf))
+    on_grid[2] = torch.nextafter(on_grid[2], torch.tensor(-inf))
+    on_grid[3] = torch.linspace(-40, 40, on_grid.shape[1])
+    on_grid[4, ::2] = 1e-9
+    cases["on the thresholds"] = (on_grid, torch.rand(*on_grid.shape, generator=g) < 0.5)
+    # rows without positives, all positive, empty predictions, non-finite logits, signed zeros
+    special = torch.randn(8, 40, generator=g)
+    special[0, 3], special[0, 9], special[1, :5] = nan, -nan, nan
+    special[2, 0], special[2, 1], special[3, :] = inf, -inf, -BIG
+    special[4, ::2], special[4, 1::2] = 0.0, -0.0
+    special[5, :] = nan
+    actual = torch.rand(8, 40, generator=g) < 0.4
+    actual[6] = False  # all negative
+    actual[7] = True   # all positive
+    actual[0, 3] = actual[1, 0] = actual[4, 0] = True
+    actual[0, 9] = actual[1, 1] = actual[4, 1] = False
+    cases["special values"] = (special, actual)
+    cases["no rows"] = (torch.zeros(0, 1496), torch.zeros(0, 1496, dtype=torch.bool))
+    cases["no labels"] = (torch.zeros(3, 0), torch.zeros(3, 0, dtype=torch.bool))
+    cases["bfloat16 logits"] = (torch.randn(30, 200, generator=g).bfloat16(), torch.rand(30, 200, generator=g) < 0.2)
+    return cases
+
+
+@pytest.mark.parametrize("case", sorted(_ranking_cases()))
+def test_ranking_metrics_equal_the_previous_implementations_bit_for_bit(case):
+    from maou.trainer.metrics import average_precision, f1_at_thresholds, ranking_metrics
+
+    logits, actual = _ranking_cases()[case]
+    ap, by_threshold = ranking_metrics(logits, actual)
+    _assert_bits_equal(ap, _reference_average_precision(logits, actual))
+    _assert_bits_equal(by_threshold, _reference_f1_at_thresholds(logits, actual))
+    _assert_bits_equal(average_precision(logits, actual), ap)
+    _assert_bits_equal(f1_at_thresholds(logits, actual), by_threshold)
+    uneven = (0.9, 0.1, 0.5, 0.5, 0.0, 1.0, 0.33)  # any thresholds, in any order, repeated
+    _assert_bits_equal(f1_at_thresholds(logits, actual, uneven), _reference_f1_at_thresholds(logits, actual, uneven))
+
+
+def test_the_device_keys_sort_as_the_host_keys():
+    """Off the host the ranking sorts with torch (:func:`_descending_keys`): the same keys, run here."""
+    from maou.trainer.metrics import _descending_keys, _sorted_keys
+
+    for logits, _ in _ranking_cases().values():
+        if logits.dtype != torch.float32:
+            continue
+        keys, shift = _descending_keys(logits)
+        host, host_shift = _sorted_keys(logits)
+        assert shift == host_shift and torch.equal(keys.sort(dim=1).values, host)
+
+
+def test_stage2_row_stats_equal_the_previous_metrics():
+    """The task's per-row statistics, from one ranking, equal those of the separate functions."""
+    g = torch.Generator().manual_seed(5)
+    logits = torch.randn(200, 1496, generator=g) * 2 - 2
+    logits[:20] = logits[:20].round()  # ties
+    targets = (torch.rand(200, 1496, generator=g) < 0.075).to(torch.uint8)
+    targets[3] = 0
+    stats = task(2).row_stats({"legal_moves": logits}, {"legal_moves": targets}, Reference())
+    actual = targets > 0
+    old_ap = _reference_average_precision(logits, actual)
+    _assert_bits_equal(stats["average_precision"], torch.where(old_ap.isnan(), 0.0, old_ap))
+    _assert_bits_equal(stats["rows_with_moves"], (~old_ap.isnan()).float())
+    _assert_bits_equal(stats["f1_at_thresholds"], _reference_f1_at_thresholds(logits, actual))
