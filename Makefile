@@ -14,11 +14,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# everything: unit tests, real sweeps through the CLI, Ray sessions (a few minutes on 2 cores)
+# everything: unit tests, real sweeps through the CLI, Ray sessions, real servers
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q
 
-# unit tests only (no real sweeps, no Ray): under a minute
+# unit tests only (no real sweeps through the CLI, no Ray)
 test-fast: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -m "not slow and not ray"
 
