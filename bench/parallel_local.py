@@ -99,8 +99,10 @@ def one(args: argparse.Namespace) -> int:
     for index in range(len(spec.steps)):
         study = optuna.load_study(study_name=spec.study_name(index), storage=spec.storage_url)
         reused += sum(1 for t in study.get_trials() if t.user_attrs.get("reused_from"))
+    me, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     print(json.dumps({"wall": wall, "trainings": trainings - reused, "outcome": result,
-                      "driver_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "workers_kib": workers}))
+                      "driver_kib": me.ru_maxrss, "workers_kib": workers, "driver_cpu": me.ru_utime + me.ru_stime,
+                      "workers_cpu": children.ru_utime + children.ru_stime}))
     return 0
 
 
@@ -157,10 +159,11 @@ def main() -> int:
                 if tag not in results or r["wall"] < results[tag]["wall"]:
                     results[tag] = r
                 workers = ", ".join(f"{kib / 1024:.0f}" for kib in r["workers_kib"]) or "-"
+                cpu = (r["driver_cpu"] + r["workers_cpu"]) / r["trainings"]
                 print(f"{tag:>8}: {k} at once, threads {threads}: {r['wall']:7.1f}s wall, {r['trainings']} trainings, "
                       f"{r['trainings'] / r['wall']:.3f} trainings/s; peak RSS driver {r['driver_kib'] / 1024:.0f} "
-                      f"MiB, workers {workers} MiB; load average {load:.1f} before, {os.getloadavg()[0]:.1f} after",
-                      flush=True)
+                      f"MiB, workers {workers} MiB; CPU s a training {cpu:.1f} (driver {r['driver_cpu']:.0f} s); "
+                      f"load average {load:.1f} before, {os.getloadavg()[0]:.1f} after", flush=True)
         pooled, same = results[pooled_tag], results[same_tag]
         rate = {tag: r["trainings"] / r["wall"] for tag, r in results.items()}
         fastest = max((tag for tag in results if tag.startswith("seq")), key=lambda tag: rate[tag])
