@@ -327,10 +327,16 @@ def _retrying(name: str) -> Callable[..., Any]:
     return method
 
 
-for _name, _ in inspect.getmembers(BaseStorage, inspect.isfunction):  # every storage operation
-    if not _name.startswith("_"):
-        setattr(RetryingStorage, _name, _retrying(_name))
-RetryingStorage.__abstractmethods__ = frozenset()
+def wrap_operations(cls: type, make: Callable[[str], Callable[..., Any]]) -> None:
+    """Give ``cls`` (a wrapper around another storage) every public operation of Optuna's
+    ``BaseStorage``, each ``make(name)``; the one place that lists a storage's operations."""
+    for name, _ in inspect.getmembers(BaseStorage, inspect.isfunction):
+        if not name.startswith("_"):
+            setattr(cls, name, make(name))
+    cls.__abstractmethods__ = frozenset()  # type: ignore[attr-defined]
+
+
+wrap_operations(RetryingStorage, _retrying)
 
 
 def retrying(inner: BaseStorage, url: str) -> BaseStorage:
@@ -409,4 +415,5 @@ def step_study_names(storage: BaseStorage, sweep_name: str) -> list[str]:
 
 
 __all__ = ["SUPPORTED", "NoStorage", "NotAStorage", "RetryingStorage", "is_transient", "mask_url", "open_storage",
-           "other_storages_of", "refusal", "refuse_storage_typo", "retrying", "step_study_names", "url_typo"]
+           "other_storages_of", "refusal", "refuse_storage_typo", "retrying", "step_study_names", "url_typo",
+           "wrap_operations"]

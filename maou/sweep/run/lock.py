@@ -42,6 +42,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from maou.errors import UserError
+from maou.sweep.storage import wrap_operations
 
 HEARTBEAT_S = 10.0
 #: A lock whose heartbeat is older than this is the lock of a dead (or frozen) driver.
@@ -243,10 +244,7 @@ def _fenced(name: str, write: bool) -> Callable[..., Any]:
     return method
 
 
-for _name in dir(BaseStorage):
-    if not _name.startswith("_") and callable(getattr(BaseStorage, _name)):
-        setattr(FencedStorage, _name, _fenced(_name, _name in WRITES))
-FencedStorage.__abstractmethods__ = frozenset()
+wrap_operations(FencedStorage, lambda name: _fenced(name, name in WRITES))
 
 
 @contextmanager

@@ -26,8 +26,8 @@ from maou.sweep.records import RecordError, SweepRecord, deciding_trials, read_s
 from maou.sweep.run import faults
 from maou.sweep.run.decision import StepDecision, collect_stats, decide
 from maou.sweep.run.edges import extension, grid_edges, with_extensions
+from maou.sweep.run.racing import worse
 from maou.sweep.run.recorder import Observer, Observers, TrialRecorder
-from maou.sweep.run.stats import alpha_of
 from maou.sweep.run.step import StepContext, open_step
 from maou.sweep.spec import WINNER_OF, SweepSpec
 
@@ -203,9 +203,7 @@ def _more_seeds(spec: SweepSpec, decision: StepDecision,
     limit = spec.racing.max_seeds
     if limit is None or len(seeds) >= limit or decision.adopted:
         return None
-    alpha = alpha_of(spec.racing.sigmas)
-    undecided = [c.key for c in decision.comparisons
-                 if not c.significant and not (c.test.p is not None and c.test.se is not None and 1 - c.test.p < alpha)]
+    undecided = [c.key for c in decision.comparisons if not c.significant and not worse(c.test, spec.racing.sigmas)]
     if not undecided:
         return None
     seed = max(seeds) + 1

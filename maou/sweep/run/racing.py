@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from maou.sweep.identity import ConfigKey
 from maou.sweep.records import TrialRecord
-from maou.sweep.run.stats import alpha_of, paired
+from maou.sweep.run.stats import Paired, alpha_of, paired
 from maou.sweep.spec import Racing
 from maou.trainer.result import Stop
 
@@ -50,17 +50,23 @@ class RaceVerdict:
                 f"gain {self.gain:.4g} +- {self.se:.2g} over {self.n} seeds, p {self.p_worse:.3g}")
 
 
+def worse(test: Paired, sigmas: float) -> bool:
+    """A paired comparison says the challenger is significantly worse (one-sided t at ``sigmas``);
+    one seed measures no noise and is never worse. Racing stops on it; adaptive seeds rule out on it."""
+    if test.n < 2 or test.p is None or test.se is None or not math.isfinite(test.gain):
+        return False
+    return 1.0 - test.p < alpha_of(sigmas)
+
+
 def race(challenger: dict[int, float], carried: dict[int, float], sign: float, sigmas: float,
          fraction: float) -> RaceVerdict | None:
     """The verdict when ``challenger`` is significantly worse than ``carried`` on their common seeds
-    (one-sided paired t at ``sigmas``; ``sign`` +1 to maximize), else None (one seed: never)."""
+    (:func:`worse`; ``sign`` +1 to maximize), else None."""
     test = paired(challenger, carried, sign)
-    if test.n < 2 or test.p is None or test.se is None or not math.isfinite(test.gain):
+    if not worse(test, sigmas):
         return None
-    p_worse = 1.0 - test.p
-    if p_worse < alpha_of(sigmas):
-        return RaceVerdict(test.gain, test.se, test.n, p_worse, fraction)
-    return None
+    assert test.p is not None and test.se is not None
+    return RaceVerdict(test.gain, test.se, test.n, 1.0 - test.p, fraction)
 
 
 def value_at(curve: Curve, fraction: float) -> float | None:
@@ -145,4 +151,4 @@ class Racer:
         return f"not started: {self.raced[key]}"
 
 
-__all__ = ["RACING", "RaceVerdict", "Racer", "race", "value_at"]
+__all__ = ["RACING", "RaceVerdict", "Racer", "race", "value_at", "worse"]
