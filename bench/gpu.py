@@ -97,7 +97,7 @@ class Sizes:
 FULL = Sizes(model=(10, 128), batch=1024, rows=65_536, steps=150, repeats=2, mfu_batches=(256, 1024), mfu_steps=30,
              demo_steps=None, demo_eval_rows=None, demo_spec_steps=None,
              concurrent=(("2x32", 2, 32, 256, 150), ("10x128", 10, 128, 1024, 40)))
-SMALL = Sizes(model=(2, 32), batch=64, rows=2048, steps=20, repeats=1, mfu_batches=(4, 16), mfu_steps=2,
+SMALL = Sizes(model=(2, 32), batch=64, rows=2048, steps=12, repeats=2, mfu_batches=(4, 16), mfu_steps=2,
               demo_steps=6, demo_eval_rows=128, demo_spec_steps=1,
               concurrent=(("2x32", 2, 32, 32, 8), ("10x128", 10, 128, 4, 2)))
 
@@ -307,6 +307,21 @@ def _worker(rank: int, tasks: Any, results: Any, barriers: dict[tuple[str, int],
         results.put((rank, out))
 
 
+def _result(results: Any, workers: list[Any], timeout_s: float = 600) -> dict[str, Any]:
+    """The next result a worker sends; an error when a worker died (killed: out of memory) or none came."""
+    import queue
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            return results.get(timeout=2)[1]
+        except queue.Empty:
+            dead = [w for w in workers if not w.is_alive()]
+            if dead:
+                raise RuntimeError(f"a trial process died (exit code {dead[0].exitcode})") from None
+    raise RuntimeError(f"no trial process answered in {timeout_s:.0f} s")
+
+
 def concurrent_trials(device: torch.device, sizes: Sizes) -> list[Row]:
     context = mp.get_context("spawn")
     cores = os.cpu_count() or 1
@@ -326,7 +341,7 @@ def concurrent_trials(device: torch.device, sizes: Sizes) -> list[Row]:
                         "batch": batch, "steps": steps, "threads": threads}
                 for rank in range(k):
                     queues[rank].put(task)
-                outs = [results.get(timeout=900)[1] for _ in range(k)]
+                outs = [_result(results, workers) for _ in range(k)]
                 errors = [o["error"] for o in outs if "error" in o]
                 if errors:
                     rows.append(Row(f"{k} concurrent {name}", None, "samples/s", f"failed: {errors[0]}"))
@@ -334,7 +349,7 @@ def concurrent_trials(device: torch.device, sizes: Sizes) -> list[Row]:
                 total = sum(o["samples_per_s"] for o in outs)
                 rss = max(o["peak_rss"] for o in outs) / 2**20
                 memory = (f"peak device memory per process {max(o['peak_device'] for o in outs) / 2**20:,.0f} MiB"
-                          if device.type == "cuda" else f"{threads} threads each")
+                          if device.type == "cuda" else f"{threads} thread{'s' if threads > 1 else ''} each")
                 rows.append(Row(f"{k} concurrent {name}", total, "samples/s",
                                 f"batch {batch}, {steps} steps each; {memory}; peak RSS per process {rss:,.0f} MiB; "
                                 f"per process {', '.join(_fmt(o['samples_per_s']) for o in outs)}"))
