@@ -14,13 +14,19 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Test processes (pytest-xdist): the suite is sized for a 2-core machine. The tests of a file run in
+# one process (--dist loadfile), so a module's fixtures (a real sweep its tests read, a Ray session)
+# run once. TEST_WORKERS=0 runs every test in this one.
+TEST_WORKERS ?= 2
+XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+
 # everything: unit tests, real sweeps through the CLI, Ray sessions, real servers
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q $(XDIST)
 
 # unit tests only (no real sweeps through the CLI, no Ray)
 test-fast: $(STAMP)
-	$(VENV)/bin/python -m pytest -q -m "not slow and not ray"
+	$(VENV)/bin/python -m pytest -q $(XDIST) -m "not slow and not ray"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check maou tests bench

@@ -15,7 +15,8 @@ with ``--out``):
   sparse) against the same rows as in-memory tensors.
 * ``demo sweep``: ``sweeps/demo.yaml`` run in this process on the device, on a temporary storage
   (its dataset built first, outside the time).
-* ``k concurrent MODEL``: k training processes (multiprocessing spawn) on the same device, each a
+* ``k concurrent MODEL``: k training processes (forked from a fork server that imported torch once)
+  on the same device, k = 1, 2, 4, 8 (1, 2 with ``--quick`` or on CPU), each a
   fixed number of steps on synthetic rows, started together: their samples/s summed, and each
   process's peak device memory (``torch.cuda.max_memory_allocated``) and peak RSS. On CPU each
   process gets ``cores // k`` threads (at least 1).
@@ -69,7 +70,8 @@ PEAK_BF16_TFLOPS = (
     ("L40S", 362.0),
     ("L4", 121.0),
 )
-#: Concurrent trials per device.
+#: Concurrent trials per device (full sizes; the small ones try 1 and 2: on a 2-core CPU more are
+#: only slower, and each is another process to start).
 CONCURRENCY = (1, 2, 4, 8)
 
 
@@ -92,6 +94,8 @@ class Sizes:
     demo_spec_steps: int | None
     #: concurrent trials: (name, blocks, channels, batch, steps) per model
     concurrent: tuple[tuple[str, int, int, int, int], ...]
+    #: the trials at once tried
+    concurrency: tuple[int, ...] = CONCURRENCY
 
 
 FULL = Sizes(model=(10, 128), batch=1024, rows=65_536, steps=150, repeats=2, mfu_batches=(256, 1024), mfu_steps=30,
@@ -99,7 +103,7 @@ FULL = Sizes(model=(10, 128), batch=1024, rows=65_536, steps=150, repeats=2, mfu
              concurrent=(("2x32", 2, 32, 256, 150), ("10x128", 10, 128, 1024, 40)))
 SMALL = Sizes(model=(2, 32), batch=64, rows=2048, steps=12, repeats=2, mfu_batches=(4, 16), mfu_steps=2,
               demo_steps=6, demo_eval_rows=128, demo_spec_steps=1,
-              concurrent=(("2x32", 2, 32, 32, 8), ("10x128", 10, 128, 4, 2)))
+              concurrent=(("2x32", 2, 32, 32, 8), ("10x128", 10, 128, 4, 2)), concurrency=(1, 2))
 
 
 @dataclasses.dataclass
@@ -323,19 +327,23 @@ def _result(results: Any, workers: list[Any], timeout_s: float = 600) -> dict[st
 
 
 def concurrent_trials(device: torch.device, sizes: Sizes) -> list[Row]:
-    context = mp.get_context("spawn")
+    # A fork server that imported torch and the trainer once forks every trial process: no process
+    # re-imports them (8 spawned interpreters cost about 20 s of CPU on 2 cores), and none inherits
+    # this process's threads or CUDA context (the fork server starts fresh and never touches the GPU).
+    context = mp.get_context("forkserver")
+    context.set_forkserver_preload(["__main__", "torch", "maou.trainer.loop"])
     cores = os.cpu_count() or 1
-    barriers = {(name, k): context.Barrier(k) for name, *_ in sizes.concurrent for k in CONCURRENCY}
+    barriers = {(name, k): context.Barrier(k) for name, *_ in sizes.concurrent for k in sizes.concurrency}
     results = context.Queue()
-    queues = [context.Queue() for _ in range(max(CONCURRENCY))]
+    queues = [context.Queue() for _ in range(max(sizes.concurrency))]
     workers = [context.Process(target=_worker, args=(rank, queues[rank], results, barriers), daemon=True)
-               for rank in range(max(CONCURRENCY))]
+               for rank in range(max(sizes.concurrency))]
     for worker in workers:
         worker.start()
     rows = []
     try:
         for name, blocks, channels, batch, steps in sizes.concurrent:
-            for k in CONCURRENCY:
+            for k in sizes.concurrency:
                 threads = max(1, cores // k) if device.type == "cpu" else 2
                 task = {"name": name, "k": k, "device": str(device), "blocks": blocks, "channels": channels,
                         "batch": batch, "steps": steps, "threads": threads}
@@ -369,7 +377,7 @@ def expected_checks(sizes: Sizes) -> list[str]:
     """Every row's name, in order (the test holds the table to it)."""
     return (["train_stage / bare loop"] + [f"MFU 10x128 batch {b}" for b in sizes.mfu_batches]
             + [f"compact / dense, stage {s}" for s in (2, 3)] + ["demo sweep"]
-            + [f"{k} concurrent {name}" for name, *_ in sizes.concurrent for k in CONCURRENCY])
+            + [f"{k} concurrent {name}" for name, *_ in sizes.concurrent for k in sizes.concurrency])
 
 
 def _section(name: str, run: Callable[[], list[Row]], checks: list[str]) -> tuple[list[Row], float, bool]:

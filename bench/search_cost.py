@@ -6,11 +6,14 @@
 
 **Replay** (``--replay URL ...``): a storage recorded with racing off (every trial ran to its end, its
 objective recorded at every evaluation) is replayed step by step under the racing schedule with the
-real rule (:class:`maou.sweep.run.racing.Racer`): breadth-first by seed (every configuration's seed
-0, then seed 1, ...), the carried configuration first in each round; each challenger trial walks its
-recorded evaluations and stops where the racer stops it, its later seeds skipped; the carried
-configuration never stops; trials the step copied from an earlier one are known before anything
-trains and cost nothing, as live. Per step: the compute fraction (samples trained under racing /
+real rule (:class:`maou.sweep.run.racing.Racer`), in the plan's order (the carried configuration,
+then each challenger): by default a configuration's seeds side by side (as trials at once train
+them: their evaluations in order of their share of the budget; once raced, every seed stops at its
+next evaluation), with ``--one-at-a-time`` one trial after another (a challenger's trial walks its
+recorded evaluations and stops where the racer stops it, its later seeds skipped); a recorded
+prune (collapse) puts its configuration out as live; the carried configuration never stops; trials
+the step copied from an earlier one are known before anything trains and cost nothing, as live.
+Per step: the compute fraction (samples trained under racing /
 samples trained exhaustively, ``steps_done x batch_size`` per trial: a stopped trial trains up to
 its stop, a skipped one nothing), and the decision under racing (:func:`decide` on the stats where
 raced configurations are pruned, so at p = 1 in Holm's count) against the recorded exhaustive one
@@ -32,9 +35,11 @@ exhaustive grid, for far less compute"): the same decisions; at most 50 % of the
 samples and 85 % of the demo's trial-steps; the adaptive run decides where the fixed-seed one cannot,
 for no more samples than the exhaustive fixed-seed run. Exit status 1 when a target is missed.
 
-With ``s`` seeds and racing from ``f`` of the budget, a challenger's first seed always runs whole (one
-seed measures no noise) and its second runs at least to ``f``: a step trains at least
-``1/s + (1 - 1/s) f`` of its challengers' samples (2 seeds, f = 1/3: 67 %); the table prints it.
+With ``s`` seeds and racing from ``f`` of the budget, one at a time a challenger's first seed always
+runs whole (one seed measures no noise) and its second runs at least to ``f``: a step trains at
+least ``1/s + (1 - 1/s) f`` of its challengers' samples (2 seeds, f = 1/3: 67 %); side by side,
+every seed to ``f`` at least. The table prints that floor. The live runs' replay uses the schedule
+their executor ran (side by side when it runs at least as many trials at once as seeds).
 """
 
 from __future__ import annotations
@@ -178,11 +183,51 @@ def _first_chance(t: TrialRecord, racing: Racing) -> int:
     return min(min(chances, default=steps), steps)
 
 
+def _walk_together(racer: Racer, trials: list[TrialRecord]) -> dict[tuple[ConfigKey, int], int | None]:
+    """Feed the racer the recorded evaluations of one configuration's seeds trained side by side
+    (trials at once, ``k >= seeds``): every evaluation in the order of its share of the budget. Once
+    the configuration is raced, each other seed stops at its next evaluation (the racer's answer to
+    its next report). Per trial: the step it stops at, or None when it runs to its end."""
+    events = sorted((step / t.max_steps, t.seed, step, t) for t in trials if t.max_steps
+                    for step in t.intermediate_values if step > 0)
+    stopped: dict[tuple[ConfigKey, int], int | None] = {t.pair: None for t in trials}
+    for t in trials:  # pruned before its first evaluation
+        if not any(step > 0 for step in t.intermediate_values):
+            _ended(racer, t)
+    raced = any(t.key in racer.raced for t in trials)
+    done: set[tuple[ConfigKey, int]] = set()
+    for _, _, step, t in events:
+        if t.pair in done:
+            continue
+        if not raced:
+            racer.observe(t.key, t.seed, step, t.max_steps or 0, t.intermediate_values[step])
+            raced = racer.check(t.key, step, t.max_steps or 0) is not None
+            if not raced:
+                if step == max(t.intermediate_values):  # its recorded end: pruned, the others stop
+                    _ended(racer, t)
+                    raced = t.key in racer.raced
+                continue
+        if step < (t.steps_done or 0):
+            stopped[t.pair] = step
+        done.add(t.pair)
+    return stopped
+
+
+def _ended(racer: Racer, t: TrialRecord) -> None:
+    """``t`` ran to its recorded end: pruned there (collapsed, NaN loss), its configuration is out,
+    as the recorder tells the racer live."""
+    if t.state == TrialState.PRUNED and t.prune_reason != RACING:
+        racer.pruned(t.key, t.seed, t.prune_reason or "pruned", t.prune_step)
+
+
 def replay_race(trials: Iterable[TrialRecord], carried: ConfigKey, rule: Rule, racing: Racing,
-                copies: Iterable[tuple[ConfigKey, int]] = ()) -> Race:
+                copies: Iterable[tuple[ConfigKey, int]] = (), together: bool = True) -> Race:
     """The step of exhaustive ``trials`` as racing would have run it with ``carried`` as the carried
     configuration. ``copies``: (configuration, seed) pairs copied from an earlier step (known before
-    anything trains, never raced, no compute)."""
+    anything trains, never raced, no compute). ``together``: each configuration's seeds train side by
+    side (trials at once, at least as many as the seeds); else one trial at a time, in the plan's
+    order (each configuration's seeds in turn: a seed not started when its configuration is raced
+    is skipped)."""
     objective = rule.objective
     sign = 1.0 if objective.direction == "maximize" else -1.0
     deciding = deciding_trials(trials)
@@ -196,29 +241,35 @@ def replay_race(trials: Iterable[TrialRecord], carried: ConfigKey, rule: Rule, r
     race = Race(carried, decide({}, carried, objective, rule.selection), decide({}, carried, objective, rule.selection))
     floor_samples = challenger_samples = 0
     ineligible: set[ConfigKey] = set()
-    for rank, seed in enumerate(seeds):  # breadth-first: every configuration's seed, then the next seed
-        for key in order:
-            t = by_pair.get((key, seed))
-            if t is None:
-                continue
+    for key in order:  # the plan's order: the carried configuration, then each challenger's seeds
+        group = [t for seed in seeds if (t := by_pair.get((key, seed))) is not None]
+        for t in group:
             if t.pair in copied:
                 replayed.append(t)
-                continue
+        group = [t for t in group if t.pair not in copied]
+        stops = _walk_together(racer, group) if together else {}
+        for rank, t in enumerate(group):
+            seed = t.seed
             batch, steps = _batch(t), t.steps_done or 0
             race.trainings_exhaustive += 1
             race.steps_exhaustive += steps
             race.samples_exhaustive += steps * batch
             if key != carried:
                 challenger_samples += steps * batch
-                floor_samples += steps * batch if rank == 0 else (_first_chance(t, racing) * batch if rank == 1 else 0)
-            skip = racer.skip_detail(key)
+                if together:  # every seed to the first chance (one seed alone measures no noise: whole)
+                    floor_samples += (_first_chance(t, racing) if len(group) > 1 else steps) * batch
+                else:  # the first seed whole, the second to its first chance, the later ones not started
+                    floor_samples += (steps if rank == 0 else _first_chance(t, racing) if rank == 1 else 0) * batch
+            skip = racer.skip_detail(key) if not together else None
             if skip is not None:
                 race.skipped.append(t.pair)
                 replayed.append(dataclasses.replace(t, state=TrialState.PRUNED, value=None, prune_reason=RACING,
                                                    prune_detail=skip, prune_step=0, steps_done=0))
                 continue
             race.trainings_racing += 1
-            stop = _walk(racer, t)
+            stop = stops.get(t.pair) if together else _walk(racer, t)
+            if stop is None and not together:
+                _ended(racer, t)
             trained = steps if stop is None else stop
             if key in ineligible:
                 race.after_pruned[0] += 1
@@ -279,7 +330,7 @@ class StepReplay:
 
 
 def replay_step(step: StepRecord, racing: Racing, storage: str = "", sweep: str = "",
-                what_ifs: bool = True) -> StepReplay:
+                what_ifs: bool = True, together: bool = True) -> StepReplay:
     """Replay one recorded step (see the module docstring)."""
     out = StepReplay(storage, sweep, step.study_name, step.index, step.name, recorded=step.decision)
     deciding = deciding_trials(step.trials)
@@ -300,7 +351,7 @@ def replay_step(step: StepRecord, racing: Racing, storage: str = "", sweep: str 
         return out
     carried = step.decision.carried_key
     copies = {t.pair for t in deciding if t.reused}
-    out.main = replay_race(deciding, carried, rule, racing, copies)
+    out.main = replay_race(deciding, carried, rule, racing, copies, together)
     if not out.reproduced:
         out.note = (f"the recorded decision ({_describe(step.decision)}) is not what its trials give "
                     f"({_describe(out.main.exhaustive)})" + (f"; {out.note}" if out.note else ""))
@@ -314,7 +365,7 @@ def replay_step(step: StepRecord, racing: Racing, storage: str = "", sweep: str 
                 continue
             # with another carried configuration, the recorded carried one's copies train like any challenger
             others = {p for p in copies if p[0] != carried}
-            out.whatifs.append(replay_race(deciding, key, rule, racing, others))
+            out.whatifs.append(replay_race(deciding, key, rule, racing, others, together))
     return out
 
 
@@ -331,7 +382,7 @@ def sweeps_in(storage: Any) -> dict[str, list[tuple[int, str, str]]]:
 
 
 def replay_storage(url: str, racing: Racing | None = None, storage: Any = None,
-                   what_ifs: bool = True) -> list[StepReplay]:
+                   what_ifs: bool = True, together: bool = True) -> list[StepReplay]:
     """Every step of every sweep recorded in the storage at ``url`` (or ``storage``), replayed."""
     import optuna
 
@@ -348,7 +399,7 @@ def replay_storage(url: str, racing: Racing | None = None, storage: Any = None,
             except RecordError as exc:  # another tool's study, or an older record
                 out.append(StepReplay(mask_url(url), sweep, study_name, index, name, note=f"not readable: {exc}"))
                 continue
-            out.append(replay_step(record, racing, mask_url(url), sweep, what_ifs))
+            out.append(replay_step(record, racing, mask_url(url), sweep, what_ifs, together))
     return out
 
 
@@ -596,6 +647,20 @@ def compare_adaptive(off: LiveRun, adaptive: LiveRun, racing: Racing, out: Any =
     return ok and more
 
 
+def executor_line(spec: Any) -> str:
+    from maou.sweep.run.executors import choose
+
+    return choose(spec.executor, spec.base_config().threads).line
+
+
+def side_by_side(spec: Any) -> bool:
+    """The live runs train each configuration's seeds side by side: as many trials at once as seeds."""
+    from maou.sweep.run.executors import choose
+
+    k = choose(spec.executor, spec.base_config().threads).section.max_concurrent or 1
+    return k >= len(spec.seed_list)
+
+
 def prebuild(spec: Any) -> None:
     """Build (and prove) the spec's datasets once, outside the timed runs."""
     from maou.data.resolve import dataset_of
@@ -636,7 +701,10 @@ def live(which: str, workdir: Path, racing: Racing, max_seeds: int, quick: bool 
             print(f"  target: at most {target:.0%} of the {what}: {got:.1%}, {verdict}")
             if got > target:
                 missed.append(f"{name}: {got:.1%} of the exhaustive {what} (target {target:.0%})")
-        replays = replay_storage(f"sqlite:///{root}/off.db", racing)
+        together = side_by_side(spec)
+        replays = replay_storage(f"sqlite:///{root}/off.db", racing, together=together)
+        schedule = "each configuration's seeds side by side" if together else "one trial at a time"
+        print(f"  replayed with {schedule} (the live runs' {executor_line(spec)})")
         print_replay(replays, racing)
         predicted = sum(r.main.samples_racing for r in replays if r.main)
         print(f"  the replay of the exhaustive run predicts {predicted:,} samples under racing; "
@@ -668,12 +736,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=None,
                         help="where live runs keep their storages and datasets (default results/search-cost; "
                              "--quick: a temporary folder)")
-    parser.add_argument("--max-seeds", type=int, default=4,
+    parser.add_argument("--max-seeds", type=int, default=6,
                         help="racing.max_seeds of the adaptive run (Stage 3 grid; 0: no adaptive run)")
     parser.add_argument("--seeds", type=int, default=None, help="live runs: this many seeds instead of the spec's")
     parser.add_argument("--start-fraction", type=float, default=Racing.start_fraction,
                         help="racing.start_fraction (default: racing's own)")
     parser.add_argument("--sigmas", type=float, default=Racing.sigmas, help="racing.sigmas (default: racing's own)")
+    parser.add_argument("--one-at-a-time", action="store_true",
+                        help="replay one trial at a time (default: each configuration's seeds side by side, "
+                             "as trials at once train them)")
     parser.add_argument("--no-what-ifs", action="store_true",
                         help="replay with the recorded carried configuration only")
     args = parser.parse_args(argv)
@@ -684,7 +755,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         status = 0
         for url in args.replay:
             try:
-                print_replay(replay_storage(url, racing, what_ifs=not args.no_what_ifs), racing)
+                print_replay(replay_storage(url, racing, what_ifs=not args.no_what_ifs,
+                                            together=not args.one_at_a_time), racing)
             except UserError as exc:  # a missing storage, a bad URL: one line, the others still replayed
                 print(f"\nreplay of {url}: {exc}")
                 status = 2

@@ -162,7 +162,8 @@ def tiny_stage1(project: Path, name: str = "tiny", **changes) -> Path:
     spec = project / "sweeps" / f"{name}.yaml"
     spec.write_text(yaml.safe_dump({"name": name, "stage": 1, "seeds": 1, "steps": [{"name": "baseline"}],
                                     "base": {"model": {"blocks": 1, "channels": 8}, "threads": 1},
-                                    "budget": {"max_steps": 10, "eval_every": 5}, **changes}))
+                                    "budget": {"max_steps": 10, "eval_every": 5},
+                                    "executor": {"kind": "local"}, **changes}))  # in process: one training
     return spec
 
 
@@ -178,6 +179,7 @@ def test_storage_url_typos_through_sweep_run(tmp_path, url, fragments):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_a_new_storage_beside_the_sweeps_own_is_refused_until_asked_for(tmp_path):
     spec = tiny_stage1(tmp_path)
     first = run_cli("run", "tiny", cwd=tmp_path)  # the default storage: studies/tiny.db

@@ -103,6 +103,7 @@ def replica_project(tmp_path: Path, data_dir: Path) -> Path:
         data = yaml.safe_load(path.read_text())
         if "data" in data:
             data["data"] = {**data["data"], "games": [str(REPO / "data" / "games")], "dir": str(data_dir)}
+        data["executor"] = {"kind": "local"}  # in process: trials at once are tests/test_pool.py's
         (tmp_path / "sweeps" / "cpu" / path.name).write_text(yaml.safe_dump(data, sort_keys=False))
     return tmp_path
 

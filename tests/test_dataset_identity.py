@@ -54,7 +54,8 @@ def tiny_spec(folder: Path, name: str, games: Path) -> Path:
             "data": {"games": [str(games)]},  # the default data.dir: data/build/<key> under the cwd
             "base": {"model": {"blocks": 1, "channels": 8}, "threads": 1, "eval_rows": 64, "batch_size": 32},
             "budget": {"max_steps": 10, "eval_every": 5},
-            "storage": f"sqlite:///{folder}/{name}.db", "runs_dir": str(folder / "runs" / name)}
+            "storage": f"sqlite:///{folder}/{name}.db", "runs_dir": str(folder / "runs" / name),
+            "executor": {"kind": "local"}}  # in process: one training, no worker to start
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data))
     return path

@@ -16,6 +16,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
+from fakes import GATE
 from optuna.trial import TrialState
 from sweep_helpers import REPO, SWEEP
 from test_locks import FAKES, outcome_of, running_trials, solo_outcome, wait_for, write_spec
@@ -28,9 +29,10 @@ from maou.sweep.storage import open_storage
 FAST_LOCK = {"MAOU_LOCK_HEARTBEAT_S": "0.3", "MAOU_LOCK_STALE_S": "3"}
 
 
-def driver(spec: Path, delay_s: float, prefix: tuple[str, ...] = ()) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", **FAST_LOCK}
-    return subprocess.Popen([*prefix, sys.executable, FAKES, str(spec), str(delay_s)], cwd=REPO, env=env,
+def driver(spec: Path, gate: Path | None = None, prefix: tuple[str, ...] = ()) -> subprocess.Popen:
+    """A driver process (the CLI with the fake trainer); with ``gate``, its evaluations wait for that file."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **FAST_LOCK, **({GATE: str(gate)} if gate is not None else {})}
+    return subprocess.Popen([*prefix, sys.executable, FAKES, str(spec)], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
@@ -89,19 +91,21 @@ def test_a_driver_that_cannot_beat_stops_itself_before_anyone_may_take_over():
 def test_a_frozen_owner_is_taken_over_after_the_stale_time_and_wakes_to_write_nothing(tmp_path):
     url = f"sqlite:///{tmp_path}/studies.db"
     spec = write_spec(tmp_path, "frozen", url)
-    first = driver(spec, delay_s=0.3)
+    gate = tmp_path / "gate"  # the first driver's trial stays running until the test is done with it
+    first = driver(spec, gate=gate)
     try:
         wait_for(lambda: running_trials(url, "frozen") > 0)
         os.killpg(first.pid, signal.SIGSTOP)  # Ctrl-Z, or a debugger: the whole driver freezes
-        early = driver(spec, delay_s=0.0)  # a live process with a fresh heartbeat: not taken over
+        early = driver(spec)  # a live process with a fresh heartbeat: not taken over
         out, err = early.communicate(timeout=120)
         assert early.returncode == 2 and "is already running" in err, out[-2000:] + err[-2000:]
         wait_for(lambda: time.time() - _heartbeat(url, "frozen") > 3.0)  # the stale time, silent
-        second = driver(spec, delay_s=0.05)
+        second = driver(spec)
         out, err = second.communicate(timeout=300)
         assert second.returncode == 0, out[-2000:] + err[-2000:]  # took the frozen driver's lock over
     finally:
         os.killpg(first.pid, signal.SIGCONT)
+        gate.touch()  # it wakes, and goes on to write
     out, err = first.communicate(timeout=120)
     assert first.returncode == 3, out[-2000:] + err[-2000:]
     lines = [line for line in err.splitlines() if line.strip()]
@@ -121,11 +125,13 @@ def test_a_driver_in_another_pid_namespace_never_takes_over_a_live_owner(tmp_pat
         pytest.skip("unshare (a new pid namespace) is not available here")
     url = f"sqlite:///{tmp_path}/studies.db"
     spec = write_spec(tmp_path, "ns", url)
-    first = driver(spec, delay_s=0.3)
+    gate = tmp_path / "gate"
+    first = driver(spec, gate=gate)
     wait_for(lambda: running_trials(url, "ns") > 0)
-    second = driver(spec, delay_s=0.0, prefix=("unshare", "-p", "-f", "--mount-proc"))
+    second = driver(spec, prefix=("unshare", "-p", "-f", "--mount-proc"))
     out, err = second.communicate(timeout=120)
     assert second.returncode == 2 and "is already running" in err, out[-2000:] + err[-2000:]
+    gate.touch()
     out, err = first.communicate(timeout=300)
     assert first.returncode == 0, out[-2000:] + err[-2000:]
     assert outcome_of(url, "ns") == solo_outcome(tmp_path, "ns")
@@ -141,7 +147,7 @@ def _mount_tmpfs(path: Path, size: str) -> bool:
 def _disk_spec(folder: Path, name: str, runs: Path) -> Path:
     data = {"name": name, "stage": 1, "seeds": 2, "storage": f"sqlite:///{folder}/{name}.db", "runs_dir": str(runs),
             "base": {"model": {"blocks": 1, "channels": 8}, "threads": 1, "device": "cpu"},
-            "budget": {"max_steps": 6, "eval_every": 3},
+            "budget": {"max_steps": 6, "eval_every": 3}, "executor": {"kind": "local"},
             "steps": [{"name": "baseline"}, {"name": "lr", "grid": {"optim.lr": [0.01, 0.0003]}}]}
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data))

@@ -17,7 +17,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from fakes import FakeTrainer, lr_batch_score
+from fakes import GATE, GATE_AFTER, FakeTrainer, lr_batch_score
 from optuna.trial import TrialState
 from sweep_helpers import REPO, SWEEP, free_port
 
@@ -110,10 +110,16 @@ def write_spec(tmp_path: Path, name: str, url: str, **changes) -> Path:
     return path
 
 
-def start_driver(spec: Path, delay_s: float) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, FAKES, str(spec), str(delay_s)], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+def start_driver(spec: Path, delay_s: float = 0.0, gate: Path | None = None, gate_after: int = 0,
+                 **popen) -> subprocess.Popen:
+    """``sweep run`` with the fake trainer in a process of its own; with ``gate``, each of its
+    evaluations (after ``gate_after`` trainings) waits until that file exists: its trial stays
+    RUNNING until the test opens it."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           **({GATE: str(gate), GATE_AFTER: str(gate_after)} if gate is not None else {})}
+    streams = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **popen}
+    return subprocess.Popen([sys.executable, FAKES, str(spec), str(delay_s)], cwd=REPO, env=env, text=True,
+                            start_new_session=True, **streams)
 
 
 def wait_for(predicate, timeout: float = 60.0) -> None:
@@ -156,12 +162,12 @@ def outcome_of(url: str, sweep: str) -> dict:
     return {"trials": table, "decisions": decisions}
 
 
-def solo_outcome(tmp_path: Path, name: str) -> dict:
+def solo_outcome(tmp_path: Path, name: str, **changes) -> dict:
     """The same spec run alone, in this process, on a storage of its own."""
     folder = tmp_path / "solo"
     folder.mkdir(exist_ok=True)
     url = f"sqlite:///{folder}/{name}.db"
-    spec = from_dict(SweepSpec, yaml.safe_load(write_spec(folder, name, url).read_text()))
+    spec = from_dict(SweepSpec, yaml.safe_load(write_spec(folder, name, url, **changes).read_text()))
     run_sweep(spec, executor=LocalExecutor(FakeTrainer(lr_batch_score)))
     return outcome_of(url, name)
 
@@ -169,12 +175,14 @@ def solo_outcome(tmp_path: Path, name: str) -> dict:
 @pytest.mark.slow
 def test_the_same_spec_twice_at_once_is_refused_and_the_first_is_unharmed(tmp_path, storage_url):
     spec = write_spec(tmp_path, "twice", storage_url)
-    first = start_driver(spec, delay_s=0.3)
+    gate = tmp_path / "gate"
+    first = start_driver(spec, gate=gate)
     wait_for(lambda: running_trials(storage_url, "twice") > 0)
     assert first.poll() is None
     second = subprocess.run([sys.executable, FAKES, str(spec)], cwd=REPO, capture_output=True, text=True,
                             timeout=120)
     assert second.returncode == 2 and "already running" in second.stderr, second.stderr
+    gate.touch()
     out, err = first.communicate(timeout=300)
     assert first.returncode == 0, out[-2000:] + err[-2000:]
     assert outcome_of(storage_url, "twice") == solo_outcome(tmp_path, "twice")
@@ -182,7 +190,10 @@ def test_the_same_spec_twice_at_once_is_refused_and_the_first_is_unharmed(tmp_pa
 
 @pytest.mark.slow
 def test_two_specs_on_one_storage_at_once_both_finish_as_alone(tmp_path, storage_url):
-    drivers = [start_driver(write_spec(tmp_path, name, storage_url), delay_s=0.1) for name in ("one", "two")]
+    gate = tmp_path / "gate"  # both hold a running trial before either goes on
+    drivers = [start_driver(write_spec(tmp_path, name, storage_url), gate=gate) for name in ("one", "two")]
+    wait_for(lambda: running_trials(storage_url, "one") > 0 and running_trials(storage_url, "two") > 0)
+    gate.touch()
     for driver in drivers:
         out, err = driver.communicate(timeout=300)
         assert driver.returncode == 0, out[-2000:] + err[-2000:]
@@ -194,7 +205,7 @@ def test_two_specs_on_one_storage_at_once_both_finish_as_alone(tmp_path, storage
 def test_sigterm_marks_trials_interrupted_and_the_sweep_resumes(tmp_path):
     url = f"sqlite:///{tmp_path}/studies.db"
     spec = write_spec(tmp_path, "term", url)
-    driver = start_driver(spec, delay_s=0.5)
+    driver = start_driver(spec, gate=tmp_path / "never")
     wait_for(lambda: running_trials(url, "term") > 0)
     driver.send_signal(signal.SIGTERM)
     out, err = driver.communicate(timeout=60)
@@ -228,7 +239,7 @@ def assert_left_clean(url: str, sweep: str) -> None:
 def test_sighup_is_handled_as_sigterm(tmp_path):
     url = f"sqlite:///{tmp_path}/studies.db"
     spec = write_spec(tmp_path, "hup", url)
-    driver = start_driver(spec, delay_s=0.5)
+    driver = start_driver(spec, gate=tmp_path / "never")
     wait_for(lambda: running_trials(url, "hup") > 0)
     driver.send_signal(signal.SIGHUP)
     out, err = driver.communicate(timeout=60)
@@ -256,8 +267,8 @@ def test_a_dropped_terminal_leaves_no_trial_running_and_no_lock_held(tmp_path):
     url = f"sqlite:///{tmp_path}/studies.db"
     spec = write_spec(tmp_path, "drop", url)
     controller, terminal = pty.openpty()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TERM": "xterm", "COLUMNS": "120"}
-    driver = subprocess.Popen([sys.executable, FAKES, str(spec), "0.5"], cwd=REPO, env=env, stdin=terminal,
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TERM": "xterm", "COLUMNS": "120", GATE: str(tmp_path / "never")}
+    driver = subprocess.Popen([sys.executable, FAKES, str(spec)], cwd=REPO, env=env, stdin=terminal,
                               stdout=terminal, stderr=terminal, start_new_session=True,
                               preexec_fn=_controlling_terminal)
     os.close(terminal)

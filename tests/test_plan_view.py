@@ -100,3 +100,17 @@ def test_sweep_plan_in_a_narrow_terminal(columns):
     assert "14-20 trainings (cost: not measured)" in lines
     assert any(line.startswith("2. gamma-neg ") and "gamma_neg 1,2,3,4" in line for line in lines) or (
         "   gamma_neg 1,2,3,4" in lines)
+
+
+def test_racings_best_case_is_lower_when_a_configurations_seeds_train_side_by_side():
+    """The demo's 18 trainings, 2 of them the baseline's: with every challenger worse, one at a time
+    each challenger trains its first seed whole and its second to 1/3 of the budget; two at a time
+    both seeds stop at 1/3."""
+    plan = plan_sweep(load_spec(REPO / "sweeps" / "demo.yaml"), None, measure=False)
+    total = plan.trainings[1]
+    one = plan.racing_share(1)
+    two = plan.racing_share(2)
+    carried = sum(min(2, s.trainings[1]) for s in plan.steps)
+    assert one is not None and two is not None and one[1] == two[1] == 1.0
+    assert one[0] == pytest.approx((carried + (total - carried) * (1 + 1 / 3) / 2) / total)
+    assert two[0] == pytest.approx((carried + (total - carried) / 3) / total) and two[0] < one[0]

@@ -28,7 +28,14 @@ from maou.sweep.spec import ExecutorSection, SweepSpec
 GIB = 2**30
 
 
+#: Trial by trial the same as one at a time: racing off. Racing decides as results arrive, so trials
+#: at once (a configuration's seeds side by side) stop other trials than one at a time does; its
+#: decisions are compared in tests/test_racing.py.
+EXHAUSTIVE = {"racing": {"enabled": False}}
+
+
 def spec_at(tmp_path: Path, name: str, **changes) -> SweepSpec:
+    changes = {**EXHAUSTIVE, **changes}
     tmp_path.mkdir(parents=True, exist_ok=True)
     url = f"sqlite:///{tmp_path}/{name}.db"
     return from_dict(SweepSpec, yaml.safe_load(write_spec(tmp_path, name, url, **changes).read_text()))
@@ -150,8 +157,8 @@ def workers_of(pid: int) -> set[int]:
 @pytest.mark.slow
 def test_sigterm_with_two_at_once_leaves_no_running_trial_nor_worker_and_resumes(tmp_path):
     url = f"sqlite:///{tmp_path}/studies.db"
-    spec = write_spec(tmp_path, "term", url, executor={"max_concurrent": 2})
-    driver = start_driver(spec, delay_s=0.5)
+    spec = write_spec(tmp_path, "term", url, executor={"max_concurrent": 2}, **EXHAUSTIVE)
+    driver = start_driver(spec, gate=tmp_path / "never")  # both trials stay running
     wait_for(lambda: running_trials(url, "term") == 2)
     wait_for(lambda: len(workers_of(driver.pid)) == 2)
     workers = workers_of(driver.pid)
@@ -166,17 +173,17 @@ def test_sigterm_with_two_at_once_leaves_no_running_trial_nor_worker_and_resumes
               for t in optuna.load_study(study_name=s.study_name, storage=url).get_trials()
               if t.state == TrialState.FAIL]
     assert len(failed) == 2 and all(t.user_attrs["fail_reason"] == "interrupted" for t in failed)
-    resumed = start_driver(spec, delay_s=0.0)
+    resumed = start_driver(spec)
     out, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err[-2000:]
-    assert outcome_of(url, "term") == solo_outcome(tmp_path, "term")
+    assert outcome_of(url, "term") == solo_outcome(tmp_path, "term", **EXHAUSTIVE)
 
 
 @pytest.mark.slow
 def test_sigkill_of_the_driver_takes_its_workers_with_it(tmp_path):
     url = f"sqlite:///{tmp_path}/studies.db"
-    spec = write_spec(tmp_path, "killed", url, executor={"max_concurrent": 2})
-    driver = start_driver(spec, delay_s=1.0)
+    spec = write_spec(tmp_path, "killed", url, executor={"max_concurrent": 2}, **EXHAUSTIVE)
+    driver = start_driver(spec, gate=tmp_path / "never")
     wait_for(lambda: running_trials(url, "killed") == 2)
     wait_for(lambda: len(workers_of(driver.pid)) == 2)
     workers = workers_of(driver.pid)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 from sweep_helpers import REPO, SWEEP, run_cli
@@ -28,14 +27,18 @@ def test_mask_url():
 def test_a_database_outage_is_retried_and_the_sweep_finishes(tmp_path, postgres):
     url = postgres.new_database()
     spec = write_spec(tmp_path, "outage", url)
-    driver = start_driver(spec, delay_s=0.3)
+    gate, log = tmp_path / "gate", tmp_path / "driver.err"
+    with log.open("w") as stderr:
+        driver = start_driver(spec, gate=gate, stderr=stderr)
     wait_for(lambda: running_trials(url, "outage") > 0)
     postgres.stop()
     try:
-        time.sleep(8.0)
+        gate.touch()  # the trial reports its evaluation into a storage that is down
+        wait_for(lambda: "retrying" in log.read_text())
     finally:
         postgres.start()
-    out, err = driver.communicate(timeout=300)
+    out, _ = driver.communicate(timeout=300)
+    err = log.read_text()
     assert driver.returncode == 0, out[-2000:] + err[-2000:]
     assert "unreachable" in err and "retrying" in err and PASSWORD not in err + out
     assert outcome_of(url, "outage") == solo_outcome(tmp_path, "outage")

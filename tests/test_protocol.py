@@ -83,7 +83,9 @@ def test_a_pruned_configuration_never_wins():
     decision = outcome.decisions[1]
     assert not decision.adopted and decision.winner.overrides == {}
     pruned = next(s for s in decision.stats if s.overrides == {"optim.lr": 0.01})
-    assert pruned.pruned == 3 and set(pruned.prune_reasons) <= {"non_finite", "nan_loss"}
+    # the first seed went NaN; a configuration with a pruned seed cannot win, so racing cuts the others
+    assert pruned.pruned == 3 and pruned.prune_reasons[0] in {"non_finite", "nan_loss"}
+    assert set(pruned.prune_reasons) <= {"non_finite", "nan_loss", "racing"}
 
 
 def test_optuna_pruner_ignores_the_untrained_step_0():

@@ -73,7 +73,7 @@ def test_a_raced_challenger_stops_its_unstarted_seeds_are_not_run_and_the_decisi
     exhaustive, _, full = run(spec_of(False))
     assert raced.carried == exhaustive.carried == {"optim.lr": 0.01}
     worse = step.trials_of(WORSE)
-    assert [t.state.name for t in worse] == ["COMPLETE", "PRUNED", "PRUNED"]  # breadth-first: seed 0 ran whole
+    assert [t.state.name for t in worse] == ["COMPLETE", "PRUNED", "PRUNED"]  # one at a time: seed 0 ran whole
     stopped, skipped = worse[1], worse[2]
     assert stopped.prune_reason == skipped.prune_reason == RACING
     assert stopped.prune_step == 20 and "at 50% of the budget" in stopped.prune_detail  # from 1/3 on
@@ -82,10 +82,33 @@ def test_a_raced_challenger_stops_its_unstarted_seeds_are_not_run_and_the_decisi
     close = step.trials_of(CLOSE)  # within the noise: never stopped
     assert [t.state.name for t in close] == ["COMPLETE"] * 3
     order = [(t.key, t.seed) for t in sorted(step.trials, key=lambda t: t.number) if not t.reused]
-    assert [seed for _, seed in order[:3]] == [0, 0, 0]  # every challenger's first seed before any second
+    keys = list(dict.fromkeys(k for k, _ in order))
+    assert order == [(k, seed) for k in keys for seed in (0, 1, 2) if (k, seed) in order]  # seeds side by side
     decision = raced.decisions[1].as_attrs()
     assert decision["holm_count"] == 3 and decision["holm_stopped_at_p1"] == [WORSE.overrides]
     assert next(e for e in decision["leaderboard"] if e["config"] == WORSE.overrides)["raced"] == 20
+
+
+def test_trials_at_once_race_a_configurations_seeds_side_by_side_so_none_runs_whole(tmp_path):
+    """Three trials at once (worker processes), three seeds: a challenger's seeds train together, so
+    the race compares them at every evaluation and stops them all; one at a time, its first seed
+    runs whole. The decision is the same."""
+    from fakes import Lockstep, one_lr_better_one_worse
+    from optuna.storages import InMemoryStorage
+
+    from maou.sweep.run.executors.pool import PoolExecutor
+
+    storage = InMemoryStorage()
+    with PoolExecutor(3, train=Lockstep(one_lr_better_one_worse, tmp_path, seeds=(0, 1, 2))) as pool:
+        outcome = run_sweep(spec_of(True), executor=pool, storage=storage)
+    step = read_step(optuna.load_study(study_name="race/02-lr", storage=storage), 1)
+    one_at_a_time, sequential, _ = run(spec_of(True))
+    assert outcome.carried == one_at_a_time.carried == {"optim.lr": 0.01}
+    worse = step.trials_of(WORSE)
+    assert [t.state.name for t in worse] == ["PRUNED"] * 3 and {t.prune_reason for t in worse} == {RACING}
+    assert all(0 < t.steps_done < 40 for t in worse)  # every seed stopped while training
+    assert [t.state.name for t in sequential.trials_of(WORSE)] == ["COMPLETE", "PRUNED", "PRUNED"]
+    assert [t.state.name for t in step.trials_of(CLOSE)] == ["COMPLETE"] * 3
 
 
 def test_a_stopped_challenger_counts_in_holm_at_p_one():
@@ -136,3 +159,28 @@ def test_adaptive_seeds_go_to_undecided_challengers_until_the_step_decides():
     assert added["seeds"][ConfigKey.of({"optim.lr": 0.01}).text] == 2 + len(added["rounds"])
     assert added["seeds"][WORSE.text] <= 2  # raced out or ruled out: no seed added
     assert len(adaptive_trainer.calls) <= len(fixed_trainer.calls) + 2 * len(added["rounds"])
+
+
+def test_a_challenger_with_a_pruned_seed_cannot_win_so_its_other_seeds_do_not_run():
+    """Seed 0 of lr 0.002 goes NaN (pruned): the configuration enters Holm's count at p = 1 whatever
+    its other seeds do, so with racing they are not started; with racing off they run."""
+    def nan_first_seed(config) -> bool:
+        return config.optim.lr == 0.002 and config.seed == 0
+
+    def run_with(racing: bool):
+        from optuna.storages import InMemoryStorage
+
+        storage = InMemoryStorage()
+        trainer = FakeTrainer(lambda c: score(c) + (0.05 if c.optim.lr == 0.01 else 0.0), nan_when=nan_first_seed)
+        outcome = run_sweep(spec_of(racing), executor=LocalExecutor(trainer), storage=storage)
+        return outcome, read_step(optuna.load_study(study_name="race/02-lr", storage=storage), 1), trainer
+
+    raced, step, trainer = run_with(True)
+    exhaustive, full_step, full = run_with(False)
+    close = step.trials_of(CLOSE)
+    assert close[0].state.name == "PRUNED" and close[0].prune_reason != RACING
+    assert [(t.prune_reason, t.steps_done) for t in close[1:]] == [(RACING, 0), (RACING, 0)]
+    assert all("out of the race: seed 0 was pruned" in t.prune_detail for t in close[1:])
+    assert [t.state.name for t in full_step.trials_of(CLOSE)] == ["PRUNED", "COMPLETE", "COMPLETE"]
+    assert raced.carried == exhaustive.carried == {"optim.lr": 0.01}
+    assert len(trainer.calls) == len(full.calls) - 2 - 1  # CLOSE's two seeds, WORSE's last seed

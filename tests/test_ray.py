@@ -17,8 +17,10 @@ import optuna
 import pytest
 import ray_fakes
 import yaml
+from fakes import GATE, GATE_SEED
 from optuna.trial import TrialState
-from sweep_helpers import REPO, SWEEP, step_studies
+from sweep_helpers import REPO, step_studies
+from test_locks import FAKES
 
 from maou.strict import from_dict
 from maou.sweep.identity import ConfigKey
@@ -69,8 +71,9 @@ def both_runs(ray_session, tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("compare")
     steps = [{"name": "baseline"}, {"name": "lr", "configs": [{"optim.lr": 0.01}, EXPLODES]}]
-    local = from_dict(SweepSpec, tiny_spec(tmp / "local", "cmp", steps))
-    remote = from_dict(SweepSpec, tiny_spec(tmp / "ray", "cmp", steps))
+    exhaustive = {"racing": {"enabled": False}}  # trial for trial: racing decides as results arrive
+    local = from_dict(SweepSpec, tiny_spec(tmp / "local", "cmp", steps, **exhaustive))
+    remote = from_dict(SweepSpec, tiny_spec(tmp / "ray", "cmp", steps, **exhaustive))
     local_outcome = run_sweep(local, executor=LocalExecutor())
     started = time.perf_counter()
     ray_outcome = run_sweep(remote, executor=RayExecutor(remote.executor))
@@ -184,21 +187,26 @@ def ray_processes_of(pid: int) -> list[str]:
 
 @pytest.mark.ray
 def test_a_killed_driver_resumes_without_lost_or_duplicated_trials(tmp_path):
+    """SIGKILL of a Ray driver's process group with one trial finished and one running, then the
+    sweep run again. What is tested is what the sweep records and what Ray leaves behind, so the
+    trainer is the fake one (``tests/fakes.py``, shipped to Ray's workers by value): seed 1 holds at
+    a gate, so the kill lands while it runs."""
     steps = [{"name": "baseline"}, {"name": "lr", "grid": {"optim.lr": [0.01]}}]
-    data = tiny_spec(tmp_path, "resume", steps, max_steps=300, eval_every=50)
+    data = tiny_spec(tmp_path, "resume", steps, max_steps=40, eval_every=10)
     spec = tmp_path / "resume.yaml"
     spec.write_text(yaml.safe_dump(data))
     db = tmp_path / "resume.db"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_AUTH_MODE": "disabled"}
-    proc = subprocess.Popen([SWEEP, "run", str(spec)], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+    held = {**env, GATE: str(tmp_path / "never"), GATE_SEED: "1"}
+    proc = subprocess.Popen([sys.executable, FAKES, str(spec)], cwd=REPO, env=held, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         states = count_states(db)
         if states["COMPLETE"] >= 1 and states["RUNNING"] >= 1:
             break
-        time.sleep(0.1)
-    assert proc.poll() is None, "the sweep finished before it could be killed; make it longer"
+        time.sleep(0.05)
+    assert proc.poll() is None, "the sweep ended before it could be killed"
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything in its session, Ray's included
     proc.wait()
     url = f"sqlite:///{db}"
@@ -208,10 +216,12 @@ def test_a_killed_driver_resumes_without_lost_or_duplicated_trials(tmp_path):
             if t.state == TrialState.COMPLETE:
                 before[(summary.study_name, t.number)] = t.value
     assert before and count_states(db)["RUNNING"] >= 1
-    time.sleep(1.0)
+    deadline = time.time() + 30
+    while ray_processes_of(proc.pid) and time.time() < deadline:
+        time.sleep(0.05)
     assert not ray_processes_of(proc.pid), "Ray processes outlived the killed driver"
 
-    result = subprocess.run([SWEEP, "run", str(spec)], cwd=REPO, env=env, capture_output=True, text=True,
+    result = subprocess.run([sys.executable, FAKES, str(spec)], cwd=REPO, env=env, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     states = Counter()
@@ -232,6 +242,7 @@ def test_a_killed_driver_resumes_without_lost_or_duplicated_trials(tmp_path):
     pairs = sorted((t.params["optim.lr"], t.user_attrs["seed"]) for t in lr.get_trials()
                    if t.state == TrialState.COMPLETE)
     assert pairs == [(0.003, 0), (0.003, 1), (0.01, 0), (0.01, 1)]
+    assert all(t.user_attrs["executor"] == "ray" for t in lr.get_trials() if not t.user_attrs.get("reused_from"))
 
 
 def test_local_runs_and_help_never_import_ray(tmp_path):

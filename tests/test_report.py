@@ -44,6 +44,7 @@ def diverged(tmp_path_factory):
     path = root / "sweeps" / "diverged.yaml"
     path.write_text(yaml.safe_dump({
         "name": "diverged", "stage": 1, "seeds": 3, "steps": STEPS, "description": "a sweep with a diverged run",
+        "racing": {"enabled": False},  # every seed of a pruned configuration runs: each is drawn
         "objective": {"metric": "val_loss"}, "base": {"model": {"blocks": 1, "channels": 8}, "threads": 1},
         "budget": {"max_steps": 40, "eval_every": 10}}))
     spec = load_spec(path)

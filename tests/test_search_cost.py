@@ -55,12 +55,12 @@ def recorded(tmp_path: Path, racing: bool = False, seeds: int = 3) -> InMemorySt
 
 def test_the_replay_stops_the_worse_challenger_keeps_the_decision_and_trains_less(tmp_path):
     bench = _bench()
-    baseline, lr = bench.replay_storage("memory:", Racing(), recorded(tmp_path))
+    baseline, lr = bench.replay_storage("memory:", Racing(), recorded(tmp_path), together=False)
     assert baseline.main.fraction == 1.0 and baseline.unchanged and baseline.configurations == 1
     assert lr.configurations == 4 and lr.reproduced and lr.unchanged and not lr.note
     race = lr.main
     assert race.racing.adopted and race.racing.winner_key == BETTER
-    # breadth-first: seed 0 runs whole, seed 1 stops at its first evaluation from 1/3 on, seed 2 never starts
+    # one at a time: seed 0 runs whole, seed 1 stops at its first evaluation from 1/3 on, seed 2 never starts
     assert [(k, seed, step) for k, seed, step, _ in race.stops] == [(WORSE, 1, 20)]
     assert race.skipped == [(WORSE, 2)]
     assert race.raced == [WORSE]
@@ -80,10 +80,25 @@ def test_the_replay_stops_the_worse_challenger_keeps_the_decision_and_trains_les
     assert "4 of 4" in table
 
 
+def test_seeds_side_by_side_stop_together_and_none_runs_whole(tmp_path):
+    """Trials at once train a configuration's seeds side by side: at the first evaluation from 1/3 on
+    where two seeds have reached it, the worse one is raced, and every seed stops at its next
+    evaluation; none of its seeds runs whole."""
+    _, lr = _bench().replay_storage("memory:", Racing(), recorded(tmp_path), together=True)
+    race = lr.main
+    assert lr.unchanged and race.racing.winner_key == BETTER and race.skipped == []
+    # seed 0 reported 50 % alone (one seed: no verdict), seed 1's 50 % raced it, seed 2 stops at its 50 %,
+    # seed 0 at its next evaluation (75 %)
+    assert [(k, seed, step) for k, seed, step, _ in race.stops] == [(WORSE, 0, 30), (WORSE, 1, 20), (WORSE, 2, 20)]
+    assert race.samples_racing == (9 * 40 - 3 * 40 + 30 + 20 + 20) * 64
+    assert race.floor == pytest.approx(20 / 40)  # every challenger's seeds to their first chance
+    assert all(w.unchanged for w in lr.whatifs)
+
+
 def test_the_replay_follows_the_racing_settings_and_skips_racing_runs(tmp_path):
     bench = _bench()
     storage = recorded(tmp_path, seeds=2)
-    _, lr = bench.replay_storage("memory:", Racing(start_fraction=1.0), storage)
+    _, lr = bench.replay_storage("memory:", Racing(start_fraction=1.0), storage, together=False)
     assert [(k, seed, step) for k, seed, step, _ in lr.main.stops] == [(WORSE, 1, 40)]  # only at the end
     assert lr.main.skipped == [] and lr.unchanged
     _, strict = bench.replay_storage("memory:", Racing(sigmas=50.0), storage)

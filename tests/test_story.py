@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import re
 import select
 import shutil
 import signal
@@ -173,7 +174,8 @@ def test_status_json_and_a_table_that_fits_80_columns(fake_sweep):
                             env={**os.environ, "COLUMNS": "80"}, timeout=120)
     assert narrow.returncode == 0, narrow.stderr
     assert max(len(line) for line in narrow.stdout.splitlines()) <= 80
-    assert "optim.lr=0.01" in narrow.stdout and "non_finite: 3" in narrow.stdout  # wrapped, not cut
+    # wrapped, not cut (lr 0.01's seeds after its first NaN one are out of the race: their count varies)
+    assert "optim.lr=0.01" in narrow.stdout and re.search(r"non_finite: [1-3]\b", narrow.stdout)
 
 
 def test_plan_counts_the_trainings_and_estimates_their_cost(tmp_path):

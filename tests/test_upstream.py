@@ -206,6 +206,7 @@ def test_without_a_build_the_data_path_says_how_and_no_epochs_are_guessed(tmp_pa
     assert f"--stage2-data-path '{tmp_path / 'never built'}/stage2/train.feather'" in line
 
 
+@pytest.mark.slow
 def test_sweep_export_prints_the_command_on_one_line_at_any_width(tmp_path):
     """A Stage 1 sweep, run and exported through the CLI in a 60-column terminal: the command printed is
     best-args.txt's first line, whole; Stage 1's data is written beside it (no build ran)."""

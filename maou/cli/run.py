@@ -183,10 +183,13 @@ def plan_command(args: argparse.Namespace) -> int:
     else:
         total += f" (cost: {plan.cost_source})"
     console.print(total)
-    if (share := plan.racing_share()) is not None:
+    at_once = _trials_at_once(spec)
+    if (share := plan.racing_share(at_once)) is not None:
+        how = ("its seeds side by side" if at_once >= len(spec.seed_list)
+               else "its later seeds raced or unstarted")
         console.print(f"with racing (on): {share[0]:.0%}-{share[1]:.0%} of that: a challenger significantly worse "
                       f"than the carried configuration stops from {spec.racing.start_fraction:.0%} of the budget, "
-                      f"its later seeds unstarted (racing: {{enabled: false}} runs every training)")
+                      f"{how} (racing: {{enabled: false}} runs every training)")
     if (warning := plan.too_long_here()) is not None:
         console.print(f"[yellow]{warning}[/]")
     if any(not link.done for link in chain):
@@ -194,6 +197,14 @@ def plan_command(args: argparse.Namespace) -> int:
     if len(spec.seed_list) < 2:
         console.print("[yellow]one seed: the noise of a gain is not measured[/]")
     return 0
+
+
+def _trials_at_once(spec: Any) -> int:
+    """The trials at once the spec's executor runs here (1 where that is measured on a GPU or left
+    to a Ray cluster: racing's best case is then the one-at-a-time one)."""
+    from maou.sweep.run.executors import choose
+
+    return choose(spec.executor, spec.base_config().threads).section.max_concurrent or 1
 
 
 def _run_plan(spec: Any, storage: Any, measure: bool) -> Any:

@@ -90,18 +90,24 @@ class SweepPlan:
         low, high = self.trainings
         return low * self.seconds_per_training, high * self.seconds_per_training
 
-    def racing_share(self) -> tuple[float, float] | None:
+    def racing_share(self, trials_at_once: int = 1) -> tuple[float, float] | None:
         """The share of the exhaustive trainings a raced run trains, at best and at worst (None:
-        racing is off or cannot stop anything: one seed). At best every challenger is worse: its first
-        seed runs whole, its second to ``racing.start_fraction`` of the budget, the others not at all."""
+        racing is off or cannot stop anything: one seed). At best every challenger is worse. With at
+        least as many trials at once as seeds, its seeds train side by side and all stop at
+        ``racing.start_fraction`` of the budget; one at a time, its first seed runs whole (one seed
+        measures no noise), its second to ``racing.start_fraction``, the others not at all."""
         racing, seeds = self.spec.racing, len(self.spec.seed_list)
         total = sum(s.trainings[1] for s in self.steps)
         if not racing.enabled or seeds < 2 or total == 0:
             return None
+        if trials_at_once >= seeds:
+            per_seed = racing.start_fraction
+        else:
+            per_seed = min(1.0 + racing.start_fraction, seeds) / seeds
         best = 0.0
         for s in self.steps:
             carried = min(seeds, s.trainings[1])
-            best += carried + (s.trainings[1] - carried) * min(1.0 + racing.start_fraction, seeds) / seeds
+            best += carried + (s.trainings[1] - carried) * per_seed
         return best / total, 1.0
 
     def too_long_here(self) -> str | None:

@@ -1,15 +1,19 @@
 """Racing: each challenger of a step runs against the carried configuration, and stops as soon as it
 is significantly worse, so a step decides like its exhaustive grid for far less compute.
 
-A step's trials run breadth-first (every configuration's first seed, then every second seed, ...),
-so the seeds of the carried configuration and of each challenger progress together. From
+A step's trials run in the plan's order: the carried configuration first, then each challenger with
+its seeds side by side, so that trials at once (the local executor's workers, Ray) train one
+configuration's seeds together and the race compares them at every evaluation; one trial at a time,
+a challenger's first seed runs whole (one seed measures no noise) and its later ones are raced. From
 ``racing.start_fraction`` of the budget on, at every evaluation of a challenger, :class:`Racer`
 takes the paired differences to the carried configuration at that point of training over the seeds
 that reached it (one-sided paired t, :func:`race`); significantly worse at ``racing.sigmas``, the
 challenger stops: its running trials end PRUNED with ``prune_reason: racing`` and the numbers in
 ``prune_detail``, and its seeds not started yet are recorded PRUNED without training. The carried
 configuration never stops. Curves are compared at the same share of the budget (a batch-size grid
-under an epochs budget has different step counts), the carried one interpolated linearly.
+under an epochs budget has different step counts), the carried one interpolated linearly. A
+challenger with a pruned seed (collapsed, NaN loss) cannot win either: its other seeds stop the same
+way (:meth:`Racer.pruned`).
 
 The rule is a pure function of recorded curves, so ``bench/search_cost.py`` replays it on any
 recorded storage exactly as a live run applies it.
@@ -21,6 +25,8 @@ import bisect
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+
+from optuna.trial import TrialState
 
 from maou.sweep.identity import ConfigKey
 from maou.sweep.records import TrialRecord
@@ -105,7 +111,19 @@ class Racer:
                     racer.observe(t.key, t.seed, step, t.max_steps, value)
             if t.prune_reason == RACING and t.key != carried:
                 racer.raced.setdefault(t.key, t.prune_detail or RACING)
+            elif t.state == TrialState.PRUNED:
+                racer.pruned(t.key, t.seed, t.prune_reason or "pruned", t.prune_step)
         return racer
+
+    def pruned(self, key: ConfigKey, seed: int, reason: str, step: int | None) -> None:
+        """A trial of ``key`` ended PRUNED (collapsed, NaN loss, Optuna's pruner): a configuration
+        with a pruned seed cannot win (it enters Holm's count at p = 1), so a challenger's other
+        seeds stop at their next evaluation and its seeds not started are not run."""
+        if not self.racing.enabled or key == self.carried or key in self.raced:
+            return
+        at = f" at step {step}" if step else ""
+        self.raced[key] = f"out of the race: seed {seed} was pruned ({reason}){at}; a configuration with a pruned " \
+                          "seed cannot win"
 
     def observe(self, key: ConfigKey, seed: int, step: int, max_steps: int, value: float) -> None:
         if step <= 0 or max_steps <= 0 or not math.isfinite(value):

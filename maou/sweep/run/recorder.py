@@ -27,7 +27,7 @@ from maou.sweep.identity import ConfigKey
 from maou.sweep.records import FINISHED, INTERRUPTED, TrialRecord
 from maou.sweep.run import faults
 from maou.sweep.run.planner import Training
-from maou.sweep.run.racing import Racer
+from maou.sweep.run.racing import RACING, Racer
 from maou.sweep.spec import Objective
 from maou.trainer.result import History, Stop, TrainResult
 
@@ -233,8 +233,6 @@ class TrialRecorder:
              distributions: dict[str, BaseDistribution]) -> None:
         """A training that need not run (its configuration was raced out): recorded PRUNED as it is,
         so the pair counts as decided, without training."""
-        from maou.sweep.run.racing import RACING
-
         faults.point("skip")
         attrs = {**attrs, "prune_reason": RACING, "prune_detail": detail, "prune_step": 0, "steps_done": 0,
                  "curves": {"step": []}}
@@ -289,6 +287,9 @@ class TrialRecorder:
                 reason = f"objective metric {self.objective.metric} missing or not finite"
                 trial.set_user_attr("fail_reason", reason)
                 state = TrialState.FAIL
+        if state == TrialState.PRUNED and self.racer is not None and reason != RACING and result is not None:
+            self.racer.pruned(handle.training.key, handle.training.seed, reason,
+                              result.stop.step if result.stop is not None else None)
         faults.point("tell")
         if state == TrialState.COMPLETE:
             self.study.tell(trial, value)

@@ -91,11 +91,10 @@ class StepRun:
         self.step = context.spec.steps[index]
         self.distributions = dists
         self.seeds = seeds if seeds is not None else context.spec.seed_list
-        trainings = list(plan.to_train)
-        if context.spec.racing.enabled:  # breadth-first: every configuration's first seed, then the next
-            rank = {seed: i for i, seed in enumerate(self.seeds)}
-            trainings.sort(key=lambda t: rank.get(t.seed, len(rank)))  # stable: the carried one first
-        self.queue: deque[Training] = deque(trainings)
+        # The plan's order: the carried configuration first, then each challenger with its seeds side
+        # by side, so that trials at once (k >= seeds) train one configuration's seeds together and the
+        # race compares them at every evaluation (racing needs two seeds at a point of training).
+        self.queue: deque[Training] = deque(plan.to_train)
         self.samples_to_draw = plan.samples_to_draw
 
     @property
@@ -120,13 +119,13 @@ class StepRun:
         if self.queue:
             training = self.queue.popleft()
         elif self.samples_to_draw > 0:
-            # The sampler proposes the configuration; its first seed runs now, the others queue.
+            # The sampler proposes the configuration; its first seed runs now, the others next.
             trial, values = self.recorder.propose(self.distributions)
             config = configuration(self.plan.carried, values, f"steps[{self.index}].search")
             key = ConfigKey.between(config, self.context.base)
             self.plan.candidates.setdefault(key, config)
             training, *others = (Training(key, configuration(config, {"seed": s}, "trial")) for s in self.seeds)
-            self.queue.extend(others)
+            self.queue.extendleft(reversed(others))  # its seeds side by side
             self.samples_to_draw -= 1
         else:
             return None
