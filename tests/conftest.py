@@ -38,6 +38,13 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The files with real sweeps or Ray sessions first: ``make test``'s two processes take files in
+    this order (``--dist loadfile``), so the long ones start early and the short ones fill the end."""
+    heavy = {item.path for item in items if item.get_closest_marker("slow") or item.get_closest_marker("ray")}
+    items.sort(key=lambda item: item.path not in heavy)  # stable: each file's own order is kept
+
+
 @pytest.fixture(scope="session")
 def golden_dir() -> Path:
     """Golden data of the upstream trainer (see tests/golden/README.md); part of the repository."""
