@@ -16,7 +16,7 @@ import argparse
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -29,10 +29,12 @@ from maou.trainer.metrics import F1_THRESHOLDS, Reference, f1_precision_recall, 
 from maou.trainer.tasks import LegalMoves
 
 
-def previous_f1_at_thresholds(logits: torch.Tensor, actual: torch.Tensor) -> torch.Tensor:
-    """Thresholded F1 as it was: one comparison and one F1 per threshold."""
+def previous_f1_at_thresholds(logits: torch.Tensor, actual: torch.Tensor,
+                              thresholds: Sequence[float] = F1_THRESHOLDS) -> torch.Tensor:
+    """Thresholded F1 as it was: one comparison and one F1 per threshold. (The tests hold the new
+    code to this and to :func:`previous_average_precision`, bit for bit.)"""
     probs = torch.sigmoid(logits.float())
-    return torch.stack([f1_precision_recall(probs > t, actual)[0] for t in F1_THRESHOLDS], dim=1)
+    return torch.stack([f1_precision_recall(probs > t, actual)[0] for t in thresholds], dim=1)
 
 
 def previous_average_precision(logits: torch.Tensor, actual: torch.Tensor) -> torch.Tensor:

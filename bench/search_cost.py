@@ -647,20 +647,6 @@ def compare_adaptive(off: LiveRun, adaptive: LiveRun, racing: Racing, out: Any =
     return ok and more
 
 
-def executor_line(spec: Any) -> str:
-    from maou.sweep.run.executors import choose
-
-    return choose(spec.executor, spec.base_config().threads).line
-
-
-def side_by_side(spec: Any) -> bool:
-    """The live runs train each configuration's seeds side by side: as many trials at once as seeds."""
-    from maou.sweep.run.executors import choose
-
-    k = choose(spec.executor, spec.base_config().threads).section.max_concurrent or 1
-    return k >= len(spec.seed_list)
-
-
 def prebuild(spec: Any) -> None:
     """Build (and prove) the spec's datasets once, outside the timed runs."""
     from maou.data.resolve import dataset_of
@@ -701,10 +687,13 @@ def live(which: str, workdir: Path, racing: Racing, max_seeds: int, quick: bool 
             print(f"  target: at most {target:.0%} of the {what}: {got:.1%}, {verdict}")
             if got > target:
                 missed.append(f"{name}: {got:.1%} of the exhaustive {what} (target {target:.0%})")
-        together = side_by_side(spec)
+        from maou.sweep.run.executors import choose
+
+        executor = choose(spec.executor, spec.base_config().threads)
+        together = executor.at_once >= len(spec.seed_list)  # each configuration's seeds side by side
         replays = replay_storage(f"sqlite:///{root}/off.db", racing, together=together)
         schedule = "each configuration's seeds side by side" if together else "one trial at a time"
-        print(f"  replayed with {schedule} (the live runs' {executor_line(spec)})")
+        print(f"  replayed with {schedule} (the live runs' {executor.line})")
         print_replay(replays, racing)
         predicted = sum(r.main.samples_racing for r in replays if r.main)
         print(f"  the replay of the exhaustive run predicts {predicted:,} samples under racing; "

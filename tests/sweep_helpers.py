@@ -29,6 +29,20 @@ def tmp_spec(spec_name: str, tmp_path: Path, data_dir: Path, **changes) -> Path:
     return path
 
 
+def bench_module(name: str):
+    """``bench/<name>.py`` as a module (bench/ is no package), loaded once."""
+    import importlib.util
+
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(module)
+    return module
+
+
 def step_studies(url) -> list:
     """Summaries of the step studies in storage ``url`` (not the sweeps' lock studies)."""
     import optuna

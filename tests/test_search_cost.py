@@ -3,7 +3,6 @@ keeps the recorded decision and trains less; ``--quick`` runs a tiny real sweep 
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import subprocess
 import sys
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 from fakes import FakeTrainer
 from optuna.storages import InMemoryStorage
+from sweep_helpers import bench_module
 
 from maou.strict import from_dict
 from maou.sweep.identity import ConfigKey
@@ -26,15 +26,7 @@ WORSE, BETTER, CLOSE = (ConfigKey.of({"optim.lr": v}) for v in (1e-5, 0.01, 0.00
 
 
 def _bench():
-    """bench/search_cost.py as a module (bench/ is no package)."""
-    if "search_cost" in sys.modules:
-        return sys.modules["search_cost"]
-    spec = importlib.util.spec_from_file_location("search_cost", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["search_cost"] = module  # dataclasses look their module up while the file runs
-    spec.loader.exec_module(module)
-    return module
+    return bench_module("search_cost")
 
 
 def score(config) -> float:

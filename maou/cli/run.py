@@ -183,7 +183,9 @@ def plan_command(args: argparse.Namespace) -> int:
     else:
         total += f" (cost: {plan.cost_source})"
     console.print(total)
-    at_once = _trials_at_once(spec)
+    from maou.sweep.run.executors import choose
+
+    at_once = choose(spec.executor, spec.base_config().threads).at_once  # one where measured or left to Ray
     if (share := plan.racing_share(at_once)) is not None:
         how = ("its seeds side by side" if at_once >= len(spec.seed_list)
                else "its later seeds raced or unstarted")
@@ -197,14 +199,6 @@ def plan_command(args: argparse.Namespace) -> int:
     if len(spec.seed_list) < 2:
         console.print("[yellow]one seed: the noise of a gain is not measured[/]")
     return 0
-
-
-def _trials_at_once(spec: Any) -> int:
-    """The trials at once the spec's executor runs here (1 where that is measured on a GPU or left
-    to a Ray cluster: racing's best case is then the one-at-a-time one)."""
-    from maou.sweep.run.executors import choose
-
-    return choose(spec.executor, spec.base_config().threads).section.max_concurrent or 1
 
 
 def _run_plan(spec: Any, storage: Any, measure: bool) -> Any:

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from sweep_helpers import bench_module
 from torch import nn
 
 from maou.stages import STAGES, stage
@@ -239,20 +240,10 @@ def test_batched_evaluation_equals_the_whole_set_at_once(stage_number):
 
 # ---- the ranking metrics against the implementations they replaced, exactly ---------------------
 
-def _reference_f1_at_thresholds(logits, actual, thresholds=F1_THRESHOLDS):
-    """Thresholded F1 as it was computed before: one comparison and one F1 per threshold."""
-    probs = torch.sigmoid(logits.float())
-    return torch.stack([f1_precision_recall(probs > t, actual)[0] for t in thresholds], dim=1)
-
-
-def _reference_average_precision(logits, actual):
-    """Average precision as it was computed before: a full argsort of every row."""
-    order = logits.float().argsort(dim=1, descending=True)
-    hits = actual.bool().gather(1, order).float()
-    ranks = torch.arange(1, hits.shape[1] + 1, device=hits.device, dtype=torch.float32)
-    precision_at_hit = hits.cumsum(dim=1) / ranks * hits
-    positives = hits.sum(dim=1)
-    return torch.where(positives > 0, precision_at_hit.sum(dim=1) / positives.clamp_min(1), torch.nan)
+#: The implementations the ranking metrics replaced, kept in the benchmark that times them.
+_previous = bench_module("metrics_speed")
+_reference_f1_at_thresholds = _previous.previous_f1_at_thresholds
+_reference_average_precision = _previous.previous_average_precision
 
 
 def _assert_bits_equal(new: torch.Tensor, old: torch.Tensor) -> None:

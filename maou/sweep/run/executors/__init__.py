@@ -81,6 +81,12 @@ class Choice:
     probe: bool = False
 
     @property
+    def at_once(self) -> int:
+        """The trials known to run at once (1 where the probe measures it on a GPU or a Ray cluster
+        holds as many as fit)."""
+        return self.section.max_concurrent or 1
+
+    @property
     def line(self) -> str:
         section = self.section
         if section.kind == "ray":
