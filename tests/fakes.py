@@ -158,7 +158,7 @@ class Lockstep(FakeTrainer):
 
 
 def main(argv: list[str]) -> int:
-    """``fakes.py SPEC.yaml [DELAY_S]``: ``sweep run`` with the fake trainer (exit codes as the CLI's).
+    """``fakes.py SPEC.yaml``: ``sweep run`` with the fake trainer (exit codes as the CLI's).
     The spec's executor runs the fake trainer: Ray's when the spec says ``ray``, else the local one,
     in this process or ``executor.max_concurrent`` trials at once in worker processes. With
     ``MAOU_FAKE_GATE`` set, every evaluation waits until that file exists (after
@@ -170,11 +170,9 @@ def main(argv: list[str]) -> int:
     from maou.sweep.run.executors.local import LocalExecutor
     from maou.sweep.run.executors.pool import PoolExecutor
 
-    delay = float(argv[1]) if len(argv) > 1 else 0.0
-
     def make_executor(config, threads=1):
         seed = os.environ.get(GATE_SEED)
-        trainer = FakeTrainer(lr_batch_score, delay_s=delay, gate=os.environ.get(GATE),
+        trainer = FakeTrainer(lr_batch_score, gate=os.environ.get(GATE),
                               gate_after=int(os.environ.get(GATE_AFTER, "0")),
                               gate_seed=int(seed) if seed is not None else None)
         if config.kind == "ray":  # the trainer travels by value (defined in __main__: cloudpickle's way)

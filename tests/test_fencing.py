@@ -9,17 +9,15 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import optuna
 import pytest
 import yaml
-from fakes import GATE
 from optuna.trial import TrialState
-from sweep_helpers import REPO, SWEEP
-from test_locks import FAKES, outcome_of, running_trials, solo_outcome, wait_for, write_spec
+from sweep_helpers import SWEEP
+from test_locks import outcome_of, running_trials, solo_outcome, start_driver, wait_for, write_spec
 
 from maou.sweep.run import lock as lock_module
 from maou.sweep.run.lock import Fence, LostLock, lock_study_name, sweep_lock
@@ -30,10 +28,9 @@ FAST_LOCK = {"MAOU_LOCK_HEARTBEAT_S": "0.3", "MAOU_LOCK_STALE_S": "3"}
 
 
 def driver(spec: Path, gate: Path | None = None, prefix: tuple[str, ...] = ()) -> subprocess.Popen:
-    """A driver process (the CLI with the fake trainer); with ``gate``, its evaluations wait for that file."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", **FAST_LOCK, **({GATE: str(gate)} if gate is not None else {})}
-    return subprocess.Popen([*prefix, sys.executable, FAKES, str(spec)], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    """A driver process (the CLI with the fake trainer) with the fast lock timing; with ``gate``, its
+    evaluations wait for that file."""
+    return start_driver(spec, gate=gate, env=FAST_LOCK, prefix=prefix)
 
 
 def _heartbeat(url: str, sweep: str) -> float:

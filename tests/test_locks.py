@@ -17,7 +17,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from fakes import GATE, GATE_AFTER, FakeTrainer, lr_batch_score
+from fakes import GATE, GATE_AFTER, GATE_SEED, FakeTrainer, lr_batch_score
 from optuna.trial import TrialState
 from sweep_helpers import REPO, SWEEP, free_port
 
@@ -110,15 +110,19 @@ def write_spec(tmp_path: Path, name: str, url: str, **changes) -> Path:
     return path
 
 
-def start_driver(spec: Path, delay_s: float = 0.0, gate: Path | None = None, gate_after: int = 0,
-                 **popen) -> subprocess.Popen:
-    """``sweep run`` with the fake trainer in a process of its own; with ``gate``, each of its
-    evaluations (after ``gate_after`` trainings) waits until that file exists: its trial stays
-    RUNNING until the test opens it."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           **({GATE: str(gate), GATE_AFTER: str(gate_after)} if gate is not None else {})}
+def start_driver(spec: Path, gate: Path | None = None, gate_after: int = 0, gate_seed: int | None = None,
+                 env: dict[str, str] | None = None, prefix: tuple[str, ...] = (), **popen) -> subprocess.Popen:
+    """``sweep run`` with the fake trainer in a process (and session) of its own, after ``prefix``
+    (``unshare ...``), with ``env`` added to the environment. With ``gate``, each of its evaluations
+    (after ``gate_after`` trainings; of seed ``gate_seed`` only, when given) waits until that file
+    exists: its trial stays RUNNING until the test opens it. ``popen``: Popen's own arguments
+    (the streams are pipes unless given)."""
+    held = {GATE: str(gate), GATE_AFTER: str(gate_after)} if gate is not None else {}
+    if gate is not None and gate_seed is not None:
+        held[GATE_SEED] = str(gate_seed)
     streams = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **popen}
-    return subprocess.Popen([sys.executable, FAKES, str(spec), str(delay_s)], cwd=REPO, env=env, text=True,
+    return subprocess.Popen([*prefix, sys.executable, FAKES, str(spec)], cwd=REPO, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", **held, **(env or {})},
                             start_new_session=True, **streams)
 
 
@@ -261,10 +265,8 @@ def test_a_dropped_terminal_leaves_no_trial_running_and_no_lock_held(tmp_path):
     url = f"sqlite:///{tmp_path}/studies.db"
     spec = write_spec(tmp_path, "drop", url)
     controller, terminal = pty.openpty()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TERM": "xterm", "COLUMNS": "120", GATE: str(tmp_path / "never")}
-    driver = subprocess.Popen([sys.executable, FAKES, str(spec)], cwd=REPO, env=env, stdin=terminal,
-                              stdout=terminal, stderr=terminal, start_new_session=True,
-                              preexec_fn=_controlling_terminal)
+    driver = start_driver(spec, gate=tmp_path / "never", env={"TERM": "xterm", "COLUMNS": "120"}, stdin=terminal,
+                          stdout=terminal, stderr=terminal, preexec_fn=_controlling_terminal)
     os.close(terminal)
     try:
         wait_for(lambda: running_trials(url, "drop") > 0)

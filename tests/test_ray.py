@@ -17,10 +17,9 @@ import optuna
 import pytest
 import ray_fakes
 import yaml
-from fakes import GATE, GATE_SEED
 from optuna.trial import TrialState
 from sweep_helpers import REPO, step_studies
-from test_locks import FAKES
+from test_locks import FAKES, start_driver
 
 from maou.strict import from_dict
 from maou.sweep.identity import ConfigKey
@@ -197,9 +196,8 @@ def test_a_killed_driver_resumes_without_lost_or_duplicated_trials(tmp_path):
     spec.write_text(yaml.safe_dump(data))
     db = tmp_path / "resume.db"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_AUTH_MODE": "disabled"}
-    held = {**env, GATE: str(tmp_path / "never"), GATE_SEED: "1"}
-    proc = subprocess.Popen([sys.executable, FAKES, str(spec)], cwd=REPO, env=held, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = start_driver(spec, gate=tmp_path / "never", gate_seed=1, env={"RAY_AUTH_MODE": "disabled"},
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         states = count_states(db)
