@@ -138,8 +138,8 @@ class Race:
     skipped: list[tuple[ConfigKey, int]] = field(default_factory=list)
     #: The least share of the exhaustive samples racing could train (every challenger stopped at its first chance).
     floor: float | None = None
-    #: (trainings, samples) racing ran for configurations that could no longer win: an earlier seed of
-    #: theirs was pruned (collapse) or failed, which racing does not look at.
+    #: (trainings, samples) racing ran, one at a time, for configurations that could no longer win: an
+    #: earlier seed of theirs failed (racing puts a configuration out on a pruned seed, not a failed one).
     after_pruned: list[int] = field(default_factory=lambda: [0, 0])
 
     @property
@@ -271,7 +271,7 @@ def replay_race(trials: Iterable[TrialRecord], carried: ConfigKey, rule: Rule, r
             if stop is None and not together:
                 _ended(racer, t)
             trained = steps if stop is None else stop
-            if key in ineligible:
+            if key in ineligible and not together:  # side by side, a sibling trains alongside, not after
                 race.after_pruned[0] += 1
                 race.after_pruned[1] += trained * batch
             if stop is None:
