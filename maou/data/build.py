@@ -11,11 +11,13 @@ memory-maps, one row per position; column types and byte layouts in :mod:`maou.d
   legal-move multi-hot, bit-packed into 187 bytes). Validation drops every position that also
   occurs in train (counted in the manifest).
 * ``stage3/{train,val}.feather``: positions aggregated by id within the split (games with a
-  result only): ``id``, ``hcp``, ``boardIdPositions``, ``piecesInHand``, ``moveLabelSparse`` (the
-  played labels with their float16 frequency, per-label play counts / count, sums to 1),
+  result only; validation drops the positions train has, as in Stage 2): ``id``, ``hcp``,
+  ``boardIdPositions``, ``piecesInHand``, ``moveLabelSparse`` (the played labels with their
+  float16 frequency, per-label play counts / count, sums to 1),
   ``resultValue`` float32 (wins / count for the side to move; win 1, loss 0, draw 0.5),
   ``count`` uint32.
-* ``split.json`` (the game ids of each split), ``manifest.json`` per stage folder and at ``OUT``
+* ``split.json`` (the game ids of each split; an HCPE game as its rows), ``manifest.json`` per
+  stage folder and at ``OUT``
   (written last: its presence marks a complete build; its ``content_hash`` names the data).
 * ``.verified.json``: the files as their build wrote (and hashed) them, or as a later full check
   found them (:mod:`maou.data.verify`).
@@ -28,7 +30,9 @@ they are there, and refused, naming the file and the command that rebuilds it, w
 The build runs on every core (:mod:`maou.data.pipeline`) in memory bounded by its shard and
 partition sizes, whatever the corpus; its output does not depend on the number of workers.
 The split is by game, seeded: no game has positions on both sides, and with two or more games
-each side gets at least one.
+each side gets at least one. A CSA or KIF record is a game; HCPE rows are gathered into games by
+their ``id``'s game part, or by file where they have none (:mod:`maou.data.records`). The manifest
+and the summary count games (``games_read``, ``train``, ``val``) and positions (HCPE: rows) apart.
 """
 
 from __future__ import annotations
@@ -57,7 +61,8 @@ from maou.stages import games_stages
 
 #: Bumped when the written layout changes; a dataset of another format version is rebuilt.
 #: 2: uncompressed, memory-mappable files; Stage 2 legal moves bit-packed, Stage 3 policy sparse.
-FORMAT_VERSION = 2
+#: 3: Stage 3 validation drops the positions train has (as Stage 2 always did); HCPE rows split by game.
+FORMAT_VERSION = 3
 MANIFEST = "manifest.json"
 
 
@@ -184,7 +189,7 @@ def _write_manifests(summary: BuildSummary, games: list, files: list, stages: di
         "positions": {**summary.positions, "total": sum(summary.positions.values())},
         "unique_positions": {**summary.unique_positions},
         "val_dropped_seen_in_train": summary.val_dropped_in_train,
-        "stage3_val_rows_also_in_train": stages["stage3"]["val_rows_also_in_train"],
+        "stage3_val_dropped_seen_in_train": stages["stage3"]["val_dropped_seen_in_train"],
         "rows": summary.rows,
         "positions_per_s": round(summary.positions_per_s, 1),
         "workers": summary.workers,

@@ -2,10 +2,12 @@
 
 Every occurrence of a position is in the same partition (:mod:`maou.data.shards`), so each
 partition deduplicates alone, exactly as one pass over the whole corpus would: per split (the
-game's side, from the build's game table), the unique positions in first-seen order; Stage 2
-rows are those (validation drops the ones also in train), Stage 3 rows their played occurrences
-with a result, aggregated (:func:`maou.data.positions.aggregate_played`). Rows are sorted by id
-(stable), and partitions are id ranges: written one after the other they are the sorted tables.
+side of the occurrence's game, from the build's table of records: the rows of an HCPE game share
+it), the unique positions in first-seen order; validation drops the ones also in train, at every
+stage (no position is in both splits). Stage 2 rows are the kept positions, Stage 3 rows their
+played occurrences with a result, aggregated
+(:func:`maou.data.positions.aggregate_played`). Rows are sorted by id (stable), and partitions are
+id ranges: written one after the other they are the sorted tables.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from maou.data.writers import SPLITS, stage2_table, stage3_table
 from maou.shogi.shapes import BOARD_SHAPE
 from maou.stages import games_stages, resolve_reference
 
-#: The build's game table in the scratch folder: per game, 0 train, 1 validation, -1 left out.
+#: The build's table of records in the scratch folder (a game, or an HCPE row): 0 train, 1 validation,
+#: -1 left out.
 GAMES_FILE = "games.npy"
 
 
@@ -46,7 +49,8 @@ class PartitionResult:
     rows: dict[str, dict[str, int]] = field(
         default_factory=lambda: {f"stage{s.number}": {} for s in games_stages()})
     val_dropped_seen_in_train: int = 0
-    val_rows_also_in_train: int = 0
+    #: Stage 3 positions of validation games left out because train has them.
+    stage3_val_dropped_seen_in_train: int = 0
     cpu_seconds: float = 0.0
 
 
@@ -151,12 +155,15 @@ def stage2_rows(part: PartitionSplit) -> Any:
 
 
 def stage3_rows(part: PartitionSplit) -> Any:
-    """Stage 3: the played occurrences with a result, aggregated per position, sorted by id."""
+    """Stage 3: the played occurrences with a result of the kept positions (validation drops those
+    seen in train), aggregated per position, sorted by id."""
     occ, positions = part.occurrences, part.positions
+    index = _index_in(part.keys, occ["key"])
     labelled = occ["label"] >= 0
-    agg = aggregate_played(_index_in(part.keys, occ["key"][labelled]), occ["label"][labelled].astype(np.int64),
-                           occ["value"][labelled], len(part.keys))
-    part.result.val_rows_also_in_train += int(np.count_nonzero(np.isin(part.keys[agg.rows], part.train_keys)))
+    part.result.stage3_val_dropped_seen_in_train += len(np.unique(index[labelled & ~part.keep[index]]))
+    labelled &= part.keep[index]
+    agg = aggregate_played(index[labelled], occ["label"][labelled].astype(np.int64), occ["value"][labelled],
+                           len(part.keys))
     rows = part.rows[agg.rows]
     order = np.argsort(positions.ids(rows), kind="stable")
     return stage3_table(*positions.take(rows[order]), agg.sparse_policy(order), agg.result_value()[order],

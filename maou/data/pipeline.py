@@ -2,15 +2,18 @@
 
 1. **Read** (:mod:`maou.data.shards`, one task per shard, on every core): records are read,
    validated and replayed; positions are spilled to partitions by id.
-2. **Split**: in the build's process, the games of all shards in file order: duplicates (same
+2. **Split**: in the build's process, the records of all shards in file order: duplicates (same
    start and moves as an earlier game) are left out and counted, exactly where a single reader
-   would have found them, then the seeded split by game (:func:`maou.data.sources.split_games`).
+   would have found them; HCPE rows are gathered into their games (equal game keys, whichever
+   files and shards hold them; a CSA or KIF record is a game of its own); then the seeded split
+   by game (:func:`maou.data.sources.split_games`), over the games in order of first appearance.
 3. **Aggregate** (:mod:`maou.data.partitions`, one task per partition, on every core).
 4. **Concatenate**: the partitions' tables, in id order, into each games-built stage's folder
    (``stage2/``, ``stage3/``: the stages whose registry entry declares a ``dataset``).
 
 Memory: a shard task holds one flush of positions, a partition task one partition (their number
-grows with the corpus, :func:`plan_build`), the build's own process a few bytes per game.
+grows with the corpus, :func:`plan_build`), the build's own process a few bytes per record (a
+game, or an HCPE row).
 Intermediate files live in ``OUT/.scratch`` and are removed at the end. The output does not
 depend on the number of workers, shards or partitions.
 """
@@ -96,18 +99,25 @@ def plan_build(files: Sequence[Path], out: Path, workers: int | None = None) -> 
 
 @dataclass
 class Games:
-    """Every valid game of the build in file order and its side: 0 train, 1 val, -1 left out."""
+    """Every valid record of the build in file order (a CSA or KIF game, or an HCPE row) and its
+    side: 0 train, 1 val, -1 left out; the rows of one HCPE game share their game's side."""
 
     stats: ReadStats
     file: np.ndarray
     record: np.ndarray
     side: np.ndarray
     base: tuple[int, ...]
+    #: Every game in order of first appearance: its first record, its side, and (HCPE games, by
+    #: first record) its name in ``split.json`` (a CSA or KIF game is ``file#index``).
+    game_first: np.ndarray
+    game_side: np.ndarray
+    game_names: dict[int, str]
     #: CPU time of the reading tasks.
     cpu_seconds: float = 0.0
 
     def count(self, split: str) -> int:
-        return int(np.count_nonzero(self.side == SPLITS.index(split)))
+        """The games of ``split``."""
+        return int(np.count_nonzero(self.game_side == SPLITS.index(split)))
 
 
 #: ``prctl`` option: the signal this process gets when its parent dies (Linux).
@@ -224,32 +234,55 @@ def _run(pool: Executor | None, fn: Callable[[Any], Any], tasks: Sequence[Any], 
     return results
 
 
+def _first_of_equal(keys: np.ndarray, members: np.ndarray) -> np.ndarray:
+    """For each of ``members`` (ascending record numbers), the first member with the same key."""
+    _, first, inverse = np.unique(keys[members], return_index=True, return_inverse=True)
+    return members[first[inverse.ravel()]]
+
+
 def _resolve_games(plan: BuildPlan, shards: list[ShardResult], val_fraction: float, split_seed: int) -> Games:
-    """Merge the shards' statistics, leave out duplicate games as one reader would, split by game."""
+    """Merge the shards' statistics, leave out duplicate games as one reader would, gather HCPE rows
+    into their games, split by game (the games in order of first appearance)."""
     stats = ReadStats()
     for result in shards:
         stats.merge(result.stats)
     g = [result.games for result in shards]
     file, record, moves, no_result = (np.concatenate([getattr(x, n) for x in g]) for n in
                                       ("file", "record", "moves", "no_result"))
-    digest, hashed = np.concatenate([x.digest for x in g]), np.concatenate([x.has_digest for x in g])
+    whole = np.concatenate([x.whole_game for x in g])
+    keys = np.ascontiguousarray(np.concatenate([x.digest for x in g])).view("V16").ravel()
     side = np.zeros(len(file), dtype=np.int8)
-    candidates = np.flatnonzero(hashed)
+    candidates = np.flatnonzero(whole)
     if len(candidates):
-        _, first, inverse = np.unique(np.ascontiguousarray(digest[candidates]).view("V16").ravel(),
-                                      return_index=True, return_inverse=True)
-        original = candidates[first[inverse.ravel()]]
+        original = _first_of_equal(keys, candidates)
         for game, earlier in zip(candidates[original != candidates], original[original != candidates]):
             stats.skip("duplicate game", f"{plan.files[file[game]]}#{record[game]}",
                        f"same moves as {plan.files[file[earlier]]}#{record[earlier]}")
-            stats.games -= 1
             stats.positions -= int(moves[game])
-            stats.no_result -= int(no_result[game])
             side[game] = -1
     kept = np.flatnonzero(side == 0)
-    side[kept] = split_games(len(kept), val_fraction, split_seed)
+    # each kept record's game, named by its first record: a CSA or KIF game its own, an HCPE row
+    # the first row of its game (the rows of a game can be in several files and shards)
+    first = kept.copy()
+    rows = ~whole[kept]
+    if rows.any():
+        first[rows] = _first_of_equal(keys, kept[rows])
+    games, number = np.unique(first, return_inverse=True)  # games in order of first appearance
+    number = number.ravel()
+    game_side = split_games(len(games), val_fraction, split_seed).astype(np.int8)
+    side[kept] = game_side[number]
+    names: dict[bytes, str] = {}
+    for x in g:  # the name first seen in the first shard that read the game: its first record's
+        for key, name in x.names.items():
+            names.setdefault(key, name)
+    game_names = {int(r): names[keys[r].tobytes()] for r in games[~whole[games]]}
+    with_result = np.zeros(len(games), dtype=bool)
+    with_result[number[~no_result[kept]]] = True
+    # games (not rows) for HCPE, each counted once whichever shards read its rows; as one reader counts
+    stats.games, stats.no_result = len(games), int(np.count_nonzero(~with_result))
     base = tuple(int(b) for b in np.cumsum([0] + [len(x) for x in g])[:-1])
-    return Games(stats, file, record, side, base, sum(result.cpu_seconds for result in shards))
+    return Games(stats, file, record, side, base, games, game_side, game_names,
+                 sum(result.cpu_seconds for result in shards))
 
 
 def read_games(plan: BuildPlan, pool: Executor | None, bar: Any, val_fraction: float, split_seed: int) -> Games:
@@ -263,16 +296,19 @@ def read_games(plan: BuildPlan, pool: Executor | None, bar: Any, val_fraction: f
 
 
 def write_split(path: Path, plan: BuildPlan, games: Games) -> None:
-    """``split.json``: the game ids of each split (``json.dumps(..., indent=0)``), streamed."""
+    """``split.json``: the games of each split (``json.dumps(..., indent=0)``), streamed, in order of
+    first appearance: a CSA or KIF game as ``file#index``, an HCPE game by its name
+    (:attr:`maou.data.records.HcpeGame.name`: ``file#game``, or ``file`` for rows without an id)."""
+    names = games.game_names
     with open(path, "w") as f:
         f.write("{\n")
         for code, name in enumerate(SPLITS):
-            members = np.flatnonzero(games.side == code)
+            members = games.game_first[games.game_side == code]
             f.write(f"{json.dumps(name)}: " + ("[\n" if len(members) else "[]"))
             for start in range(0, len(members), 10_000):
-                chunk = members[start:start + 10_000]
+                chunk = members[start:start + 10_000].tolist()
                 f.write((",\n" if start else "") + ",\n".join(
-                    json.dumps(f"{plan.files[games.file[g]]}#{games.record[g]}") for g in chunk))
+                    json.dumps(names.get(g) or f"{plan.files[games.file[g]]}#{games.record[g]}") for g in chunk))
             f.write(("\n]" if len(members) else "") + (",\n" if code + 1 < len(SPLITS) else "\n"))
         f.write("}\n")
 
@@ -328,7 +364,7 @@ def write_datasets(plan: BuildPlan, pool: Executor | None, bar: Any, games: Game
     legal = {split: sum(p.legal_moves[split] for p in parts) for split in SPLITS}
     stages["stage2"].update(val_dropped_seen_in_train=sum(p.val_dropped_seen_in_train for p in parts),
                             mean_legal_moves={s: legal[s] / unique[s] if unique[s] else 0.0 for s in SPLITS})
-    stages["stage3"].update(val_rows_also_in_train=sum(p.val_rows_also_in_train for p in parts))
+    stages["stage3"].update(val_dropped_seen_in_train=sum(p.stage3_val_dropped_seen_in_train for p in parts))
     return Written(stages, {split: sum(p.positions[split] for p in parts) for split in SPLITS}, unique,
                    games.cpu_seconds + sum(p.cpu_seconds for p in parts))
 

@@ -15,13 +15,20 @@ as a draw; here it is a win for the side that made the last move. Games without 
 give Stage 2 positions; Stage 3 (which needs a result) leaves them out.
 
 HCPE ``.feather`` files (upstream ``maou`` data: a 32-byte ``hcp`` column, optionally
-``bestMove16`` and ``gameResult``; ``eval``, ``id``, ``ratings`` and the like are not read) are a
+``bestMove16``, ``gameResult`` and ``id``; ``eval``, ``ratings`` and the like are not read) are a
 position source: each row becomes a one-position record (``moves`` holds ``bestMove16`` when
 present and one of the position's legal moves, else nothing; ``winner`` from ``gameResult``, which
 upstream's converter fills with cshogi's ``win``: 0 draw, 1 Black, 2 White) with ``fmt == "hcpe"``
 and ``index`` = the row. Every form upstream writes is read (:func:`read_hcpe_table`); a row whose
-``hcp`` is not 32 bytes is counted as malformed. Rows carry no game boundaries, so the by-game
-split treats each row as its own game.
+``hcp`` is not 32 bytes is counted as malformed.
+
+The rows of one game share a :attr:`GameRecord.hcpe_game` (:class:`HcpeGame`), so the by-game
+split keeps a game's positions on one side: upstream's ``id`` is ``<game>_<ply>``
+(``floodgate2025_toryo.hcpe_17``), and rows with the same game part (the id without its trailing
+``_<digits>``; an id without one is its own game part) are one game, in whichever file or files
+they are. A row without an id (no ``id`` column, a null or empty one) belongs to its file's game
+(upstream writes one file per game). :class:`ReadStats` counts HCPE games (``games``, and
+``no_result``: games none of whose rows has a result) and their rows (``positions``).
 """
 
 from __future__ import annotations
@@ -57,6 +64,15 @@ _CSHOGI_WINNERS: dict[int, Winner] = {cshogi.BLACK_WIN: "black", cshogi.WHITE_WI
 _COLOURS: tuple[Winner, Winner] = ("black", "white")
 
 
+class HcpeGame(NamedTuple):
+    """The game of HCPE rows: ``key``, 16 bytes naming it (:func:`hcpe_game_key`), and ``name``, as
+    ``split.json`` lists it: ``FILE#GAME`` (the file its rows were first read from, the game part
+    of their ids) or ``FILE`` (rows without an id)."""
+
+    key: bytes
+    name: str
+
+
 @dataclass(frozen=True)
 class GameRecord:
     """One validated game: every move in ``moves`` (cshogi 32-bit moves) is legal from ``sfen``."""
@@ -68,6 +84,9 @@ class GameRecord:
     winner: Winner | None
     ending: str
     fmt: Literal["csa", "kif", "hcpe"] = "csa"
+    #: HCPE rows: the row's game (:class:`HcpeGame`, its key equal for every row of that game, in
+    #: any file); None for a CSA or KIF record, a game of its own.
+    hcpe_game: HcpeGame | None = None
 
     @property
     def game_id(self) -> str:
@@ -340,6 +359,8 @@ class _Reader:
         self.stats = stats
         self.detect_duplicates = detect_duplicates
         self.seen_games: dict[tuple[str, tuple[int, ...]], str] = {}
+        #: The HCPE games read (their :attr:`HcpeGame.key`), and whether one of their rows had a result.
+        self.hcpe_games: dict[bytes, bool] = {}
 
     def game(self, source: str, index: int, sfen: str, moves: list[int], ending: str, win: int | None,
              fmt: str, kif_winner: Winner | None = None) -> GameRecord | None:
@@ -411,7 +432,10 @@ class _Reader:
         except Exception as exc:  # noqa: BLE001 - a bad file is counted, never fatal
             self.stats.skip("malformed", source, _short(exc))
             return
-        hcps, ok, move16, results = table
+        hcps, ok, move16, results, games, names = table
+        file_game = HcpeGame(hcpe_game_key(None, source), source)  # rows without an id (game -1)
+        of_name = [HcpeGame(hcpe_game_key(name), f"{source}#{name}") for name in names] + [file_game]
+        row_games = games.tolist() if games is not None else None
         board = cshogi.Board()
         for row in range(len(hcps)):
             where = f"{source}#{row}"
@@ -434,14 +458,27 @@ class _Reader:
                 if board.is_legal(move) and move in board.legal_moves:
                     moves = (int(move),)
             winner = _winner_from_cshogi(int(results[row])) if results is not None else None
+            game = file_game if row_games is None else of_name[row_games[row]]
+            self._count_hcpe_row(game.key, winner is not None)
+            yield GameRecord(source, row, board.sfen(), moves, winner, "", "hcpe", game)
+
+    def _count_hcpe_row(self, key: bytes, has_result: bool) -> None:
+        """A row of the HCPE game ``key``: a position, and a game (without result until a row has one)
+        the first time the game is seen."""
+        had_result = self.hcpe_games.get(key)
+        if had_result is None:
             self.stats.games += 1
-            self.stats.positions += 1
-            self.stats.no_result += winner is None
-            yield GameRecord(source, row, board.sfen(), moves, winner, "", "hcpe")
+            self.stats.no_result += 1
+            had_result = False
+        if has_result and not had_result:
+            self.stats.no_result -= 1
+            had_result = True
+        self.hcpe_games[key] = had_result
+        self.stats.positions += 1
 
 
 class HcpeRows(NamedTuple):
-    """The columns of an HCPE file that a build reads (:func:`read_hcpe_table`)."""
+    """The columns of an HCPE file that a build reads (:func:`read_hcpe_table`), and the games of its rows."""
 
     #: (N, 32) uint8 HuffmanCodedPos, zeros where not ``ok``.
     hcps: np.ndarray
@@ -451,19 +488,64 @@ class HcpeRows(NamedTuple):
     move16: np.ndarray | None
     #: (N,) int64 cshogi results (``DRAW`` 0, ``BLACK_WIN`` 1, ``WHITE_WIN`` 2; -1 null), or None.
     results: np.ndarray | None
+    #: (N,) int64: each row's game, an index into ``game_names`` (-1: no id, the file's game), or
+    #: None without an ``id`` column.
+    games: np.ndarray | None = None
+    #: The game parts of the file's ids (:func:`hcpe_game_parts`), each once, in first-seen order.
+    game_names: tuple[str, ...] = ()
 
 
-#: The columns of an HCPE file a build reads; the others (``eval``, ``id``, ``ratings``, ...) are ignored.
-HCPE_COLUMNS = ("hcp", "bestMove16", "gameResult")
+#: The columns of an HCPE file a build reads; the others (``eval``, ``ratings``, ...) are ignored.
+HCPE_COLUMNS = ("hcp", "bestMove16", "gameResult", "id")
+#: An HCPE id's ply suffix: upstream's ids are ``<game>_<ply>``.
+HCPE_PLY_SUFFIX = r"_\d+$"
+
+
+def hcpe_game_parts(ids: Any) -> tuple[np.ndarray, tuple[str, ...]]:
+    """``(games (N,) int64, names)`` of an Arrow array or chunked array of HCPE ids: each row's game
+    part (the id without a trailing ``_<digits>``; an id without one is its own game part) as an
+    index into ``names`` (the distinct game parts, in first-seen order), -1 for a null or empty id
+    or game part. Vectorised (Arrow compute: one regex replace and one hash pass, however many
+    rows). ValueError for ids that are not strings."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    kind = ids.type
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)):
+        raise ValueError(f"'id' is {ids.type}, not strings")
+    ids = ids.cast(pa.large_string())
+    if isinstance(ids, pa.ChunkedArray):
+        ids = ids.combine_chunks() if ids.num_chunks else pa.array([], pa.large_string())
+    encoded = pc.dictionary_encode(pc.replace_substring_regex(ids, pattern=HCPE_PLY_SUFFIX, replacement=""))
+    games = np.asarray(pc.fill_null(encoded.indices.cast(pa.int64()), -1).to_numpy(), dtype=np.int64)
+    names = tuple(encoded.dictionary.to_pylist())
+    if "" in names:  # no name: the row is its file's
+        empty = names.index("")
+        games = np.where(games == empty, -1, games - (games > empty))
+        names = names[:empty] + names[empty + 1:]
+    return games, names
+
+
+def hcpe_game_key(name: str | None, file: str | None = None) -> bytes:
+    """16 bytes naming an HCPE game: the game part ``name`` of its ids, or (``name`` None) the
+    ``file`` whose rows have no id. Equal names are one game, whichever files hold their rows."""
+    import hashlib
+
+    kind, text = (b"id", name) if name is not None else (b"file", file or "")
+    return hashlib.blake2b(kind + b"\0" + text.encode("utf-8", "surrogatepass"), digest_size=16,
+                           person=b"maou-hcpe-game").digest()
 
 
 def read_hcpe_table(path: str | Path) -> HcpeRows:
-    """The ``hcp``, ``bestMove16`` and ``gameResult`` columns of an HCPE feather file (v2,
+    """The ``hcp``, ``bestMove16``, ``gameResult`` and ``id`` columns of an HCPE feather file (v2,
     uncompressed or LZ4/ZSTD-compressed, in any number of record batches; or v1), other columns
     unread. ``hcp`` is decoded by :func:`decode_hcp`; ``bestMove16`` is taken modulo 2**16 (upstream
-    stores it as int16; cshogi's move16 never sets bit 15, so only garbage reads negative).
-    ValueError when the file has no ``hcp`` column, an ``hcp`` type that cannot hold HCPs, or a
-    move or result column that is not integers."""
+    stores it as int16; cshogi's move16 never sets bit 15, so only garbage reads negative); ``id``
+    gives the rows' games (:func:`hcpe_game_parts`). ValueError when the file has no ``hcp``
+    column, an ``hcp`` type that cannot hold HCPs, a move or result column that is not integers,
+    or an ``id`` column that is not strings."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.feather as feather
@@ -492,7 +574,9 @@ def read_hcpe_table(path: str | Path) -> HcpeRows:
         return np.asarray(pc.fill_null(column.cast(pa.int64()), null).to_numpy(), dtype=np.int64)
 
     move16 = integers("bestMove16", 0)
-    return HcpeRows(hcps, ok, None if move16 is None else move16 & 0xFFFF, integers("gameResult", -1))
+    games, game_names = hcpe_game_parts(table.column("id")) if "id" in table.column_names else (None, ())
+    return HcpeRows(hcps, ok, None if move16 is None else move16 & 0xFFFF, integers("gameResult", -1), games,
+                    game_names)
 
 
 def decode_hcp(array: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -601,7 +685,7 @@ def iter_records(paths: Iterable[str | Path], stats: ReadStats | None = None,
 
 def game_digest(record: GameRecord) -> bytes:
     """16 bytes naming a game's start position and moves: equal for the games ``iter_records`` calls
-    duplicates (HCPE rows are never duplicates and have none)."""
+    duplicates (HCPE rows are never duplicates: :attr:`GameRecord.hcpe_game` names their game)."""
     import hashlib
 
     sfen = record.sfen.encode()
@@ -616,6 +700,7 @@ def read_records(paths: Iterable[str | Path]) -> tuple[list[GameRecord], ReadSta
     return list(iter_records(paths, stats)), stats
 
 
-__all__ = ["FileScan", "GameRecord", "HCPE_COLUMNS", "HcpeRows", "ReadStats", "RECORD_SUFFIXES", "decode_hcp",
-           "decode_text", "find_record_files", "game_digest", "iter_records", "read_hcpe_table", "read_records",
-           "record_format", "replay", "scan_record_files", "split_csa_games"]
+__all__ = ["FileScan", "GameRecord", "HCPE_COLUMNS", "HCPE_PLY_SUFFIX", "HcpeGame", "HcpeRows", "ReadStats",
+           "RECORD_SUFFIXES", "decode_hcp", "decode_text", "find_record_files", "game_digest", "hcpe_game_key",
+           "hcpe_game_parts", "iter_records", "read_hcpe_table", "read_records", "record_format", "replay",
+           "scan_record_files", "split_csa_games"]

@@ -5,6 +5,7 @@ manifest, verified against the content hash its sweep recorded, read once per pr
 :func:`dataset_of` (``sweep run``'s preparation, ``sweep train``) checks every file of the stage
 with its SHA-256 (:mod:`maou.data.verify`; untouched files are not read again);
 :func:`load_datasets` (every trial) checks sizes only: the files were proven when the run began.
+:func:`check_games` refuses, creating nothing, a config with no games to build from and no build.
 
 A node-local copy of the driver's datasets (multi-node Ray: :mod:`maou.sweep.run.executors.shipping`)
 is handed to the process with :func:`provide_dataset` and used as it is, never rebuilt.
@@ -59,6 +60,27 @@ def dataset_of(config: TrainConfig, progress: bool = False, check: Check = "full
         return directory, content_hash
 
 
+def check_games(config: TrainConfig) -> None:
+    """Refuse, reading only and creating nothing, a games-built stage with nothing to build from and
+    no build: a missing input (one line naming it), or inputs without a single record file (one line
+    counting what they hold). A build folder that holds a build is left to :func:`dataset_of`, which
+    uses a verified build whose games are gone as it is. Call it before :func:`dataset_of`: that one
+    creates the build folder and its lock before it reads the games."""
+    if stage(config.stage).data_source == "synthetic" or config.data in _PROVIDED:
+        return
+    from maou.data.build import MANIFEST, build_dir, no_readable_games
+    from maou.data.sources import scan_sources
+
+    games = list(config.data.games)
+    if not games:
+        raise UserError("data.games is empty: no game records to build the datasets from")
+    if (build_dir(config.data) / MANIFEST).is_file():  # a build: checked (or rebuilt) where it is read
+        return
+    files, scan = scan_sources(games)  # a missing input: UserError naming it
+    if not files:
+        raise no_readable_games(games, scan)
+
+
 @contextlib.contextmanager
 def _ready(config: TrainConfig, progress: bool, check: Check) -> Iterator[tuple[str, str | None]]:
     """The stage's dataset folder and content hash: a node-local copy handed to this process as it
@@ -99,4 +121,4 @@ def _written_ns(directory: str) -> int | None:
         return None
 
 
-__all__ = ["DatasetChanged", "dataset_of", "load_datasets", "provide_dataset"]
+__all__ = ["DatasetChanged", "check_games", "dataset_of", "load_datasets", "provide_dataset"]

@@ -11,15 +11,15 @@ flush of positions, whatever the size of the corpus.
 
 Per partition and shard, two Arrow IPC streams: ``u-SHARD`` (the shard's unique positions: key,
 id, board, hand, hcp, legal bits, legal-move count) and ``o-SHARD`` (every occurrence: key, the
-game's number within the shard, the played move's label where Stage 3 learns from it (a move and
-a result) else -1, the result for the side to move or NaN, whether a move was played).
-Occurrences keep game order, then ply order.
+record's number within the shard (a game, or an HCPE row: :class:`ShardGames`), the played
+move's label where Stage 3 learns from it (a move and a result) else -1, the result for the side
+to move or NaN, whether a move was played). Occurrences keep record order, then ply order.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -67,15 +67,23 @@ class ShardTask:
 
 @dataclass
 class ShardGames:
-    """The shard's valid games in order: their file (index among the build's files), record index
-    in that file, number of moves, whether they have no result, and their digest (duplicates)."""
+    """The shard's valid records in order (a CSA or KIF game, or an HCPE row): their file (index
+    among the build's files), record index in that file, number of moves, whether they have no
+    result, and the 16 bytes naming their game (``digest``).
+
+    A ``whole_game`` record (CSA, KIF) is a game of its own, its digest that of its start and moves
+    (:func:`~maou.data.records.game_digest`): an equal one later is a duplicate. An HCPE row's
+    digest is its game's key (:attr:`~maou.data.records.GameRecord.hcpe_game`): the rows with an
+    equal one, in any shard, are one game, which ``split.json`` lists as ``names[digest]`` (the
+    name first seen in the shard)."""
 
     file: np.ndarray
     record: np.ndarray
     moves: np.ndarray
     no_result: np.ndarray
     digest: np.ndarray
-    has_digest: np.ndarray
+    whole_game: np.ndarray
+    names: dict[bytes, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.file)
@@ -95,20 +103,26 @@ class _GameLog:
         self.file_index = {str(Path(f)): first_file + i for i, f in enumerate(files)}
         self.columns: tuple[list[int], ...] = ([], [], [], [])
         self.digests: list[bytes] = []
-        self.has_digest: list[bool] = []
+        self.whole_game: list[bool] = []
+        self.names: dict[bytes, str] = {}
 
     def add(self, record: GameRecord) -> None:
         for column, value in zip(self.columns, (self.file_index[record.source], record.index, len(record.moves),
                                                 record.winner is None)):
             column.append(int(value))
-        hashed = record.fmt != "hcpe"
-        self.has_digest.append(hashed)
-        self.digests.append(game_digest(record) if hashed else bytes(_DIGEST_BYTES))
+        game = record.hcpe_game
+        self.whole_game.append(game is None)
+        if game is None:
+            self.digests.append(game_digest(record))
+        else:
+            self.digests.append(game.key)
+            self.names.setdefault(game.key, game.name)
 
     def games(self) -> ShardGames:
         file, record, moves, no_result = (np.asarray(c, dtype=np.int64) for c in self.columns)
         digest = np.frombuffer(b"".join(self.digests), dtype=np.uint8).reshape(-1, _DIGEST_BYTES)
-        return ShardGames(file, record, moves, no_result.astype(bool), digest, np.asarray(self.has_digest, bool))
+        return ShardGames(file, record, moves, no_result.astype(bool), digest, np.asarray(self.whole_game, bool),
+                          self.names)
 
 
 class _PartitionSink:

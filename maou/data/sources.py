@@ -65,8 +65,9 @@ def sources_content_hash(files: list[tuple[int, Path, Path]]) -> tuple[str, list
 
 
 def split_games(n: int, val_fraction: float, seed: int) -> np.ndarray:
-    """Boolean (n,) mask of validation games: a seeded random ``round(n * val_fraction)``, at least one
-    game on each side when ``n >= 2`` (no validation games when ``n == 1``)."""
+    """Boolean (n,) mask of validation games (the build's games in order of first appearance, the
+    rows of an HCPE game one game): a seeded random ``round(n * val_fraction)``, at least one game
+    on each side when ``n >= 2`` (no validation games when ``n == 1``)."""
     is_val = np.zeros(n, dtype=bool)
     if n >= 2:
         n_val = min(max(int(round(n * val_fraction)), 1), n - 1)

@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.feather as feather
 import pytest
+from sweep_helpers import bundled_games
 
 from maou import __version__
 from maou.cli import main as sweep
@@ -40,9 +41,7 @@ N_GAMES = 8
 
 
 def copy_games(dest: Path, n: int, start: int = 0) -> Path:
-    files = sorted(BUNDLED.glob("*.csa"))[start:start + n]
-    if len(files) < n:
-        pytest.skip("bundled corpus data/games missing")
+    files = bundled_games(n, start)
     dest.mkdir(parents=True, exist_ok=True)
     for f in files:
         shutil.copy2(f, dest / f.name)
@@ -84,6 +83,17 @@ def built(tmp_path_factory):
 
 def read(out: Path, stage: int, split: str) -> pa.Table:
     return feather.read_table(out / f"stage{stage}" / f"{split}.feather")
+
+
+def plays_at(records, ids: set[int]) -> int:
+    """How many moves of ``records`` are played in a position of ``ids``."""
+    plays = 0
+    for record in records:
+        board = cshogi.Board(record.sfen)
+        for move in record.moves:
+            plays += position_id(board) in ids
+            board.push(move)
+    return plays
 
 
 def test_layout_and_column_types(built):
@@ -174,6 +184,7 @@ def test_stage3_targets(built):
     summary, out, games = built
     records = {r.game_id.replace(str(games), ""): r for r in read_records([games])[0]}
     split = json.loads((out / "split.json").read_text())
+    train_ids = set(read(out, 2, "train").column("id").to_pylist())  # every position of the train games
     for name in ("train", "val"):
         table = read(out, 3, name)
         policy = policy_of(table).astype(np.float32)
@@ -181,8 +192,14 @@ def test_stage3_targets(built):
         count = table.column("count").to_numpy()
         np.testing.assert_allclose(policy.sum(axis=1), 1.0, atol=2e-3)
         assert ((value >= 0) & (value <= 1)).all() and (count >= 1).all()
-        split_positions = sum(len(records[g.replace(str(games), "")].moves) for g in split[name])
-        assert count.sum() == split_positions == summary.positions[name]
+        split_games = [records[g.replace(str(games), "")] for g in split[name]]
+        split_positions = sum(len(game.moves) for game in split_games)
+        assert split_positions == summary.positions[name]
+        # validation drops the positions train has (the start position, common openings)
+        seen = plays_at(split_games, train_ids) if name == "val" else 0
+        assert count.sum() == split_positions - seen and (name == "train" or seen > 0)
+        if name == "val":
+            assert not set(table.column("id").to_pylist()) & train_ids
         assert table.column("id").to_numpy().tolist() == sorted(table.column("id").to_numpy().tolist())
     # the two sides' value targets: the start position is Black to move in every game
     train = read(out, 3, "train")
@@ -220,7 +237,8 @@ def test_manifests(built):
 
 
 def test_trainer_reads_the_datasets(built):
-    torch = pytest.importorskip("torch")
+    import torch
+
     from maou.trainer.tensors import load_stage_data
 
     summary, out, _ = built
@@ -236,7 +254,7 @@ def test_trainer_reads_the_datasets(built):
 
 
 def test_vectorised_encoding_equals_per_board_functions():
-    records, _ = read_records(sorted(BUNDLED.glob("*.csa"))[:3] or pytest.skip("no bundled corpus"))
+    records, _ = read_records(bundled_games(3))
     pos = extract_positions(records)
     boards, hands, ids = encode_unique(pos)
     masks = legal_masks(pos)
@@ -321,13 +339,17 @@ def test_skips_are_reported_in_the_manifest(tmp_path):
     (games / "chudan.csa").write_text("V2\nPI\n+\n+5756FU\n-5354FU\n%CHUDAN\n")
     summary = build_datasets([games], tmp_path / "out", progress=False)
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    split = json.loads((tmp_path / "out" / "split.json").read_text())
     assert manifest["games"]["skipped_by_reason"] == {"illegal move": 1}
     assert "illegal move at ply 2" in manifest["games"]["skipped_examples"]["illegal move"][0]
     assert manifest["games"]["games_without_result"] == 1
     # the game without a result gives stage 2 positions but no stage 3 rows
     stage3 = sum(feather.read_table(tmp_path / "out" / "stage3" / f"{s}.feather").column("count").to_numpy().sum()
                  for s in ("train", "val"))
-    assert stage3 == sum(summary.positions.values()) - 2
+    by_id = {record.game_id: record for record in read_records([games])[0]}
+    val_with_result = [by_id[g] for g in split["val"] if by_id[g].winner is not None]
+    seen = plays_at(val_with_result, set(read(tmp_path / "out", 2, "train").column("id").to_pylist()))
+    assert stage3 == sum(summary.positions.values()) - 2 - seen
 
 
 def test_ensure_datasets_rebuilds_only_when_needed(tmp_path, monkeypatch):
@@ -371,7 +393,7 @@ def test_ensure_datasets_rebuilds_only_when_needed(tmp_path, monkeypatch):
 
 
 def test_hcpe_positions_feed_stage2(tmp_path):
-    records, _ = read_records(sorted(BUNDLED.glob("*.csa"))[:1] or pytest.skip("no bundled corpus"))
+    records, _ = read_records(bundled_games(1))
     game = records[0]
     board = cshogi.Board(game.sfen)
     hcps = np.zeros((len(game.moves), 32), dtype=np.uint8)

@@ -1,7 +1,8 @@
 """Upstream's HCPE ``.feather`` files, read as upstream writes them: its exact schema (``hcp``
 large_binary, int16 ``bestMove16``, int8 ``gameResult`` and the columns the build ignores), every
 ``hcp`` form, several record batches or one, LZ4, ZSTD or uncompressed; bad rows counted, never
-fatal; and datasets built from HCPE rows equal to the ones built from the same games' CSA."""
+fatal; the rows of a game counted as one game; and datasets built from HCPE rows equal, split
+by split, to the ones built from the same games' CSA."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from cshogi import CSA
 from maou.cli import main as sweep
 from maou.data.build import build_datasets
 from maou.data.records import GameRecord, decode_hcp, read_hcpe_table, read_records
-from maou.shogi import HCP_BYTES
+from maou.shogi import HCP_BYTES, position_id
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLED = REPO / "data" / "games"
@@ -37,8 +38,7 @@ HCP_FORMS = ("large_binary", "binary", "binary_view", "fixed_size_binary", "list
 
 def bundled(n: int) -> list[Path]:
     files = sorted(BUNDLED.glob("*.csa"))[:n]
-    if len(files) < n:
-        pytest.skip("bundled corpus data/games missing")
+    assert len(files) == n, f"the bundled corpus {BUNDLED} (tracked in the repository) has {len(files)} games"
     return files
 
 
@@ -119,7 +119,7 @@ def test_every_upstream_form_reads_the_same_positions(game, form, batches, compr
         assert pa.ipc.open_file(source).num_record_batches == batches
     records, stats = read_records([file])
     assert summary_of(records) == reference(path)
-    assert stats.games == stats.positions == table.num_rows and not stats.skipped
+    assert (stats.games, stats.positions) == (1, table.num_rows) and not stats.skipped  # one game, its rows
     assert all(r.fmt == "hcpe" and r.index == i for i, r in enumerate(records))
 
 
@@ -200,6 +200,8 @@ def test_only_the_needed_columns_are_read(game, tmp_path):
     assert np.array_equal(table.hcps, rows["hcp"]) and table.ok.all()
     assert table.move16 is not None and np.array_equal(table.move16, rows["bestMove16"].view(np.uint16))
     assert table.results is not None and set(table.results) == {cshogi.BLACK_WIN}
+    assert table.game_names == ("floodgate2025_toryo",)  # the id's game part, its ply cut off
+    assert table.games is not None and (table.games == 0).all()
 
 
 # ---- agreement with the CSA records ------------------------------------------------------------------
@@ -227,8 +229,8 @@ def _stage2(out: Path) -> dict[str, np.ndarray]:
 
 
 def _stage3(out: Path) -> dict[int, tuple]:
-    """Stage 3 rows of both splits merged by id (a position can be in both splits, and the splits
-    differ between CSA games and HCPE rows): (board, hand, count, play count per label, wins)."""
+    """Stage 3 rows of both splits merged by id (a position can be in both splits: one repeated in
+    a train and a validation game): (board, hand, count, play count per label, wins)."""
     table = _stage_tables(out, 3)
     boards, hands = _fixed(table, "boardIdPositions"), _fixed(table, "piecesInHand")
     merged: dict[int, tuple] = {}
@@ -259,8 +261,21 @@ def test_hcpe_rows_build_the_same_datasets_as_the_csa_games(tmp_path):
     from_csa = build_datasets([csa], tmp_path / "out-csa", val_fraction=0.25, progress=False, workers=1)
     from_hcpe = build_datasets([hcpe], tmp_path / "out-hcpe", val_fraction=0.25, progress=False, workers=1)
     positions = sum(len(CSA.Parser.parse_file(str(p))[0].moves) for p in games)
-    assert from_hcpe.stats.games == from_hcpe.stats.positions == from_csa.stats.positions == positions
+    assert from_hcpe.stats.games == from_csa.stats.games == len(games)  # a game of rows is one game
+    assert from_hcpe.stats.positions == from_csa.stats.positions == positions
+    assert from_hcpe.games == from_csa.games == {"train": 8, "val": 2}  # round(10 * 0.25)
     assert not from_hcpe.stats.skipped and from_hcpe.stats.no_result == 0
+
+    # the same games on the same sides: every split's rows, byte for byte
+    for stage in (2, 3):
+        for split in ("train", "val"):
+            name = f"stage{stage}/{split}.feather"
+            assert (tmp_path / "out-csa" / name).read_bytes() == (tmp_path / "out-hcpe" / name).read_bytes(), name
+    assert from_hcpe.rows == from_csa.rows and from_hcpe.manifest["content_hash"] == from_csa.manifest["content_hash"]
+    split_csa, split_hcpe = (json.loads((tmp_path / out / "split.json").read_text()) for out in ("out-csa", "out-hcpe"))
+    for split in ("train", "val"):
+        assert [Path(g.split("#")[0]).stem for g in split_hcpe[split]] == \
+            [Path(g.split("#")[0]).stem for g in split_csa[split]]
 
     stage2_csa, stage2_hcpe = _stage2(tmp_path / "out-csa"), _stage2(tmp_path / "out-hcpe")
     assert len(stage2_csa["id"]) == len(np.unique(stage2_csa["id"]))
@@ -271,7 +286,16 @@ def test_hcpe_rows_build_the_same_datasets_as_the_csa_games(tmp_path):
     for pid, (board, hand, count, plays, wins) in stage3_csa.items():
         other = stage3_hcpe[pid]
         assert (board, hand, count, plays) == other[:4] and wins == pytest.approx(other[4], abs=1e-3)
-    assert sum(v[2] for v in stage3_csa.values()) == positions
+    # every play is counted once, but those of validation games in a position train has (dropped)
+    train_ids = set(feather.read_table(tmp_path / "out-csa" / "stage2" / "train.feather").column("id").to_pylist())
+    by_id = {record.game_id: record for record in read_records([csa])[0]}
+    dropped = 0
+    for game in (by_id[g] for g in split_csa["val"]):
+        board = cshogi.Board(game.sfen)
+        for move in game.moves:
+            dropped += position_id(board) in train_ids
+            board.push(move)
+    assert dropped > 0 and sum(v[2] for v in stage3_csa.values()) == positions - dropped
     assert any(v[4] % 1 for v in stage3_csa.values())  # the draw's halves
     print(json.dumps({"positions": positions, "stage2_rows": len(stage2_csa["id"]),
                       "stage3_merged_rows": len(stage3_csa),
@@ -290,5 +314,9 @@ def test_cli_builds_a_folder_of_upstream_files(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "malformed" not in printed and f"{positions:,}" in printed
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
-    assert manifest["games"]["games_read"] == positions and manifest["games"]["skipped_by_reason"] == {}
+    assert manifest["games"]["games_read"] == 6 and manifest["games"]["skipped_by_reason"] == {}  # games, not rows
+    assert manifest["games"]["train"] + manifest["games"]["val"] == 6 and manifest["games"]["val"] == 1
     assert manifest["positions"]["total"] == positions and manifest["rows"]["stage3"]["train"] > 0
+    table = {cells[0]: cells[1:] for line in printed.splitlines()
+             if len(cells := [c.strip() for c in line.strip("│ ").split("│")]) == 4}
+    assert table["games"] == ["5", "1", "6"] and table["positions"][-1] == f"{positions:,}"

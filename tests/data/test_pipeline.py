@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.feather as feather
 import pytest
+from sweep_helpers import bundled_games
 
 from maou.data import pipeline
 from maou.data.build import build_datasets
@@ -35,9 +36,7 @@ def mixed_corpus(root: Path) -> Path:
     with an illegal move, one without a result, multi-game CSA, Shift-JIS KIF and HCPE rows."""
     games = root / "games"
     games.mkdir(parents=True)
-    files = sorted(BUNDLED.glob("*.csa"))[:24]
-    if len(files) < 24:
-        pytest.skip("bundled corpus data/games missing")
+    files = bundled_games(24)
     for f in files:
         shutil.copy2(f, games / f.name)
     for i, f in enumerate(files[:3]):
@@ -236,8 +235,8 @@ def _kill_and_expect_no_survivor(proc: subprocess.Popen) -> None:
     below = _descendants(proc.pid)
     assert below, "no worker to outlive the build"
     proc.kill()
-    proc.wait(timeout=30)
-    deadline = time.monotonic() + 20
+    proc.wait(timeout=300)
+    deadline = time.monotonic() + 300
     while _still_running(below) and time.monotonic() < deadline:
         time.sleep(0.1)
     survivors = _still_running(below)

@@ -11,6 +11,7 @@ import cshogi
 import numpy as np
 import pytest
 from cshogi import KIF
+from sweep_helpers import bundled_games
 
 from maou.data.records import (
     decode_text,
@@ -37,9 +38,7 @@ def write(path: Path, text: str, encoding: str = "utf-8") -> Path:
 
 
 def first_bundled(n: int) -> list[Path]:
-    files = sorted(BUNDLED.glob("*.csa"))[:n]
-    if len(files) < n:
-        pytest.skip("bundled corpus data/games missing")
+    files = bundled_games(n)
     return files
 
 
