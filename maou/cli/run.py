@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 from maou.cli.specs import add_spec_argument, spec_of
+from maou.sweep.run.preflight import refuse_unrunnable
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -164,6 +164,7 @@ def plan_command(args: argparse.Namespace) -> int:
     from maou.sweep.chain import chain_of, command_name
 
     spec = spec_of(args)
+    refuse_unrunnable(spec, args.storage)  # before anything is built or opened: one line, nothing created
     console = Console()
     chain = chain_of(spec)
     for link in chain:
@@ -227,6 +228,9 @@ def run_command(args: argparse.Namespace) -> int:
     spec = spec_of(args)
     console = Console()
     missing = [link for link in chain_of(spec) if not link.done]
+    # every spec that is to run, checked before the first of them creates anything
+    refuse_unrunnable(spec, args.storage, [link.spec for link in missing] if args.with_deps else [], run=True,
+                      new_storage=args.new_storage)
     if missing and not args.with_deps:  # before anything trains or touches this sweep's storage
         require_prerequisites(spec, cost=lambda needed: cost_text(_plan_of(needed, build=False)))
     for link in missing:
@@ -237,13 +241,10 @@ def run_command(args: argparse.Namespace) -> int:
 
 def _run_one(args: argparse.Namespace, spec: Any, url: str, name: str, console: Any) -> int:
     from maou.cli.view import SweepView
-    from maou.sweep.locate import project_root
     from maou.sweep.results.notes import DashboardNotes
     from maou.sweep.run.protocol import check_steps_are_ours, run_sweep
-    from maou.sweep.storage import mask_url, open_storage, refuse_storage_typo
+    from maou.sweep.storage import mask_url, open_storage
 
-    if not args.new_storage:  # a typo in the storage URL would run the whole sweep again elsewhere
-        refuse_storage_typo(spec.name, url, project_root(Path(spec.source)) if spec.source else Path.cwd())
     args.resume_hint = f"trials in progress were marked interrupted; run `sweep run {name}` again to resume"
     console.print(f"[bold]sweep {spec.name}[/]: stage {spec.stage}, {len(spec.steps)} steps, "
                   f"seeds {list(spec.seed_list)}, executor {spec.executor.kind}, storage {mask_url(url)}")

@@ -306,6 +306,13 @@ class SweepRecord:
             out.append(step)
         return tuple(out)
 
+    def require_ran(self) -> tuple[StepRecord, ...]:
+        """The steps that ran (:attr:`ran`); one line (UserError) when not one did, as on a storage that
+        holds none of the sweep's steps (a lock study alone): nothing to export or report."""
+        if not self.ran:
+            raise UserError(f"sweep {self.spec.name!r} has no step in {self.storage} yet; run `sweep run` first")
+        return self.ran
+
     @property
     def done(self) -> bool:
         """Every step decided, none failed."""

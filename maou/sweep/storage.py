@@ -19,6 +19,11 @@ refused as a likely typo (:func:`refuse_storage_typo`; ``sweep run --new-storage
 A server that refuses the connection (a wrong password, a role or a
 database that does not exist) is not unreachable: that stops at once, with the server's words.
 
+:func:`check_openable` finds, creating nothing, a storage ``sweep run`` could not open or create (a
+folder where its file would go, a parent that is a file, an unwritable folder, a file that is not
+SQLite, a server unreachable or refusing): ``sweep plan`` and ``sweep run`` refuse it before they
+build, lock or write anything.
+
 Readers (``create=False``: status, export, report, plan, dashboard) never create, stamp or migrate
 a storage: a missing file is "not run yet", a file or database without Optuna's tables is "not an
 Optuna storage", and a schema of another Optuna version is an error naming the upgrade command.
@@ -185,6 +190,73 @@ def open_storage(url: str, create: bool = True) -> BaseStorage:
                 raise UserError(f"cannot open Optuna storage {mask_url(url)}: {hint}") from None
             raise UserError(f"cannot open Optuna storage {mask_url(url)}: {_reason(exc)}") from None
     return retrying(inner, url)
+
+
+def folder_problem(folder: Path) -> str | None:
+    """Why ``folder`` could not be made or written (None when it can), found without creating
+    anything: the nearest part of it that exists must be a folder this process may write."""
+    for existing in (folder, *folder.parents):
+        if existing.exists() or existing.is_symlink():
+            break
+    if not existing.is_dir():
+        return f"{existing} is not a folder" if existing.exists() else f"{existing} is a broken link"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable (permission denied)" if existing != folder else "permission denied"
+    return None
+
+
+def check_openable(url: str, write: bool = True) -> None:
+    """Refuse, in one line and creating nothing, a storage that ``sweep run`` could not open
+    (``write``) or ``sweep plan`` could not read: a URL that cannot work as written, a local file
+    that is a folder, is not an SQLite database or cannot be read (or written, with its folder), a
+    file whose folder cannot be created, a server that refuses the connection or stays unreachable
+    (retried for ``MAOU_STORAGE_RETRY_SECONDS``, as every operation is). A server's database is
+    only connected to: its tables are the business of :func:`open_storage`."""
+    if url == "memory:":
+        return
+    typo = url_typo(url)
+    if typo is not None:
+        raise UserError(f"bad storage URL: {typo}")
+    path = _file_of(url)
+    if path is None:
+        if not url.lower().startswith("sqlite"):  # sqlite:// is SQLAlchemy's in-memory database
+            _reach(url)
+        return
+    if not path.exists():
+        why = folder_problem(path.parent)
+        if why is not None:
+            raise UserError(f"cannot create the storage {path}: {why}")
+        return
+    if path.is_dir():
+        raise UserError(f"the storage {path} is a folder, not a file")
+    mode = os.R_OK | (os.W_OK if write else 0)
+    if not os.access(path, mode):
+        raise UserError(f"cannot {'write' if write else 'read'} the storage {path}: permission denied")
+    if write and not os.access(path.parent, os.W_OK | os.X_OK):  # SQLite and the journal write beside it
+        raise UserError(f"cannot write beside the storage {path}: its folder is not writable (permission denied)")
+    if url.startswith("sqlite:///") and (not write or path.stat().st_size):  # an empty file is a new database
+        _check_sqlite_file(path)
+
+
+def _reach(url: str) -> None:
+    """Connect to the server of ``url`` once (retried while it is unreachable, a refused login at once)."""
+    import sqlalchemy
+
+    def connect() -> None:
+        engine = sqlalchemy.create_engine(url, pool_pre_ping=True)
+        try:
+            with engine.connect():
+                pass
+        finally:
+            engine.dispose()
+
+    try:
+        _retry(connect, url, "open")
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - SQLAlchemy raises many kinds; the user needs the URL
+        hint = _unknown_scheme(url, exc)
+        raise UserError(f"cannot open Optuna storage {mask_url(url)}: {hint or _reason(exc)}") from None
 
 
 def _check_sqlite_file(path: Path) -> None:
@@ -414,6 +486,6 @@ def step_study_names(storage: BaseStorage, sweep_name: str) -> list[str]:
     return sorted(n for n in names if n.startswith(f"{sweep_name}/"))
 
 
-__all__ = ["SUPPORTED", "NoStorage", "NotAStorage", "RetryingStorage", "is_transient", "mask_url", "open_storage",
-           "other_storages_of", "refusal", "refuse_storage_typo", "retrying", "step_study_names", "url_typo",
-           "wrap_operations"]
+__all__ = ["SUPPORTED", "NoStorage", "NotAStorage", "RetryingStorage", "check_openable", "folder_problem",
+           "is_transient", "mask_url", "open_storage", "other_storages_of", "refusal", "refuse_storage_typo",
+           "retrying", "step_study_names", "url_typo", "wrap_operations"]

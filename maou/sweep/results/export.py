@@ -140,9 +140,7 @@ def export_sweep(spec: Any, out_dir: str | Path | None = None, storage_url: str 
     import pandas as pd
 
     record = read_sweep(spec, storage_url=storage_url)
-    ran = record.ran  # a study of a step the spec no longer has is not exported and decides nothing
-    if not ran:
-        raise UserError(f"sweep {spec.name!r} has no step in {record.storage} yet; run `sweep run` first")
+    ran = record.require_ran()  # a study of a step the spec no longer has is not exported and decides nothing
     out = Path(out_dir) if out_dir else spec.results_path
     out.mkdir(parents=True, exist_ok=True)
     export = Export({"trials": out / "trials.csv", "steps": out / "steps.csv",

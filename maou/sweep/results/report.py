@@ -297,6 +297,7 @@ def write_report(spec: Any, out: str | Path | None = None, storage_url: str | No
     from maou.sweep.storage import open_storage
 
     storage = open_storage(storage_url or spec.storage_url, create=False)
+    read_sweep(spec, storage, storage_url).require_ran()  # a storage without a step: refused, as export does
     path = Path(out) if out else spec.results_path / "report.html"
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, build_report(spec, storage))

@@ -1,8 +1,14 @@
 """Checks before anything trains: what would otherwise fail after hours, found in a second.
 
-The storage is checked by taking the sweep's lock (a write); here: the runs and results folders
-are writable and have room, every explicit ``init_from`` checkpoint exists, and no batch is
-larger than the training split.
+:func:`refuse_unrunnable` comes first, before ``sweep plan`` or ``sweep run`` creates anything (a
+storage file, a lock study, a build folder, ``runs/``, ``results/``): for the spec and each
+prerequisite that is to run, the storage can be opened (or created), the stage has games to build
+from (or a build), and, for a run, the runs and results folders can be created and every explicit
+``init_from`` checkpoint exists. A refusal is one line.
+
+:func:`preflight` runs with the sweep's lock held (the lock is the storage's write check) and the
+datasets built: the runs and results folders are writable and have room, every explicit
+``init_from`` checkpoint exists, and no batch is larger than the training split.
 """
 
 from __future__ import annotations
@@ -48,6 +54,51 @@ def _values_of(spec: SweepSpec, key: str) -> list[tuple[str, Any]]:
     return found
 
 
+def _check_init_from(spec: SweepSpec) -> None:
+    for where, path in _values_of(spec, "init_from"):
+        if isinstance(path, str) and not WINNER_OF.match(path) and not Path(path).is_file():
+            raise UserError(f"{where}: init_from {path} is not a checkpoint file")
+
+
+def _check_one(spec: SweepSpec, url: str, run: bool, new_storage: bool) -> None:
+    from maou.data.resolve import check_games
+    from maou.sweep.locate import project_root
+    from maou.sweep.storage import check_openable, folder_problem, refuse_storage_typo
+
+    check_games(spec.base_config())
+    check_openable(url, write=run)
+    if not run:
+        return
+    if not new_storage:  # a typo in the storage URL would run the whole sweep again elsewhere
+        refuse_storage_typo(spec.name, url, project_root(Path(spec.source)) if spec.source else Path.cwd())
+    for folder, what in ((spec.runs_path, "runs_dir"), (spec.results_path, "the results folder")):
+        why = folder_problem(folder)
+        if why is not None:
+            raise UserError(f"{what} {folder} is not writable: {why}")
+    _check_init_from(spec)
+
+
+def refuse_unrunnable(spec: SweepSpec, url: str | None = None, prerequisites: list[SweepSpec] | None = None,
+                      run: bool = False, new_storage: bool = False) -> None:
+    """Refuse, in one line and before anything is created, a spec that ``sweep plan`` (``run``
+    False) or ``sweep run`` (``run``) cannot carry out: its storage (``url``, default the spec's)
+    cannot be opened or created, its games are missing or hold no record file (and no build is
+    there; a synthetic stage needs none), and for a run: the storage is a likely typo (unless
+    ``new_storage``), the runs or results folder cannot be created, an ``init_from`` checkpoint is
+    missing. Each spec of ``prerequisites`` (default: the chain's specs not done yet) is checked
+    the same way, first, on its own storage."""
+    if prerequisites is None:
+        from maou.sweep.chain import chain_of
+
+        prerequisites = [link.spec for link in chain_of(spec) if not link.done]
+    for needed in prerequisites:
+        try:
+            _check_one(needed, needed.storage_url, run, new_storage)
+        except UserError as exc:
+            raise UserError(f"prerequisite {needed.name}: {exc}") from None
+    _check_one(spec, url or spec.storage_url, run, new_storage)
+
+
 def preflight(spec: SweepSpec, train_rows: int) -> None:
     """Refuse a sweep that cannot finish, before it trains anything."""
     check_writable(spec.runs_path, "runs_dir")
@@ -56,9 +107,7 @@ def preflight(spec: SweepSpec, train_rows: int) -> None:
         if isinstance(batch, (int, float)) and batch > train_rows:
             raise UserError(f"{where}: batch_size {batch:g} is larger than the training split "
                             f"({train_rows} rows)")
-    for where, path in _values_of(spec, "init_from"):
-        if isinstance(path, str) and not WINNER_OF.match(path) and not Path(path).is_file():
-            raise UserError(f"{where}: init_from {path} is not a checkpoint file")
+    _check_init_from(spec)
 
 
-__all__ = ["MIN_FREE_BYTES", "check_writable", "preflight"]
+__all__ = ["MIN_FREE_BYTES", "check_writable", "preflight", "refuse_unrunnable"]
