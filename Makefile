@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast lint demo bench clean
+.PHONY: install system-packages test test-fast lint demo bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
@@ -14,6 +14,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# the Debian packages the tests use (engine, browser, PostgreSQL, ss, ps): installed where this runs as
+# root with apt-get, else one line names what is missing
+system-packages:
+	@bash scripts/system-packages.sh
+
 # Test processes (pytest-xdist): the suite is sized for a 2-core machine. The tests of a file run in
 # one process (--dist loadfile), so a module's fixtures (a real sweep its tests read, a Ray session)
 # run once. TEST_WORKERS=0 runs every test in this one.
@@ -21,11 +26,11 @@ TEST_WORKERS ?= 2
 XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 # everything: unit tests, real sweeps through the CLI, Ray sessions, real servers
-test: $(STAMP)
+test: $(STAMP) system-packages
 	$(VENV)/bin/python -m pytest -q $(XDIST)
 
 # unit tests only (no real sweeps through the CLI, no Ray)
-test-fast: $(STAMP)
+test-fast: $(STAMP) system-packages
 	$(VENV)/bin/python -m pytest -q $(XDIST) -m "not slow and not ray"
 
 lint: $(STAMP)

@@ -14,6 +14,17 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEP = str(Path(sys.executable).with_name("sweep"))
+BUNDLED_GAMES = REPO / "data" / "games"
+
+
+def bundled_games(n: int | None = None, start: int = 0) -> list[Path]:
+    """The first ``n`` CSA games of the bundled corpus (``data/games``, part of the repository: a
+    missing one is a failure, never a skip)."""
+    files = sorted(BUNDLED_GAMES.glob("*.csa"))
+    wanted = files[start:] if n is None else files[start:start + n]
+    assert n is None or len(wanted) == n, f"the bundled corpus {BUNDLED_GAMES} holds {len(files)} games, not {n}"
+    assert wanted, f"the bundled corpus {BUNDLED_GAMES} is empty: it is part of the repository"
+    return wanted
 
 
 def tmp_spec(spec_name: str, tmp_path: Path, data_dir: Path, **changes) -> Path:
@@ -62,12 +73,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def dashboard_studies(port: int, attempts: int = 100) -> dict | None:
+def dashboard_studies(port: int, deadline_s: float = 300.0) -> dict | None:
     """The study list a dashboard on ``port`` serves (``/api/studies``), waiting for it to answer;
-    None when it never does."""
+    None when it never does within ``deadline_s``."""
     import json
 
-    for _ in range(attempts):
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as response:
                 return json.loads(response.read())

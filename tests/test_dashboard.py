@@ -167,7 +167,7 @@ def test_the_cli_warns_on_0_0_0_0_and_not_on_127_0_0_1(tmp_path):
             assert sorted(s["study_name"] for s in body["study_summaries"]) == STEPS
         finally:
             os.killpg(server.pid, signal.SIGTERM)
-            _, errors[host] = server.communicate(timeout=30)
+            _, errors[host] = server.communicate(timeout=300)
     assert ("warning: serving on 0.0.0.0: every network interface can reach this dashboard and writes are allowed"
             in errors["0.0.0.0"].splitlines())
     assert "warning" not in errors["127.0.0.1"] and "Traceback" not in errors["127.0.0.1"]

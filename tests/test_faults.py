@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import pytest
-from sweep_helpers import REPO
 from test_locks import FAKES, outcome_of, solo_outcome, write_spec
 
 from maou.sweep.run.faults import ENV, EXIT_CODE, POINTS
@@ -25,7 +24,7 @@ def drive(spec, fault: str | None = None) -> subprocess.CompletedProcess:
     env.pop(ENV, None)
     if fault:
         env[ENV] = fault
-    return subprocess.run([sys.executable, FAKES, str(spec)], cwd=REPO, env=env, capture_output=True, text=True,
+    return subprocess.run([sys.executable, FAKES, str(spec)], cwd=spec.parent, env=env, capture_output=True, text=True,
                           timeout=300)
 
 

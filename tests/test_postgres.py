@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from sweep_helpers import REPO, SWEEP, run_cli
+from sweep_helpers import SWEEP, run_cli
 from test_locks import FAKES, outcome_of, running_trials, solo_outcome, start_driver, wait_for, write_spec
 
 from maou.sweep.storage import mask_url
@@ -48,7 +48,8 @@ def test_credentials_are_masked_in_headers_titles_and_errors(tmp_path, postgres)
     url = postgres.new_database()
     assert PASSWORD in url
     spec = write_spec(tmp_path, "masked", url)
-    run = subprocess.run([sys.executable, FAKES, str(spec)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    run = subprocess.run([sys.executable, FAKES, str(spec)], cwd=spec.parent, capture_output=True, text=True,
+                         timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     status = run_cli("status", str(spec))
     assert status.returncode == 0, status.stderr
@@ -57,7 +58,7 @@ def test_credentials_are_masked_in_headers_titles_and_errors(tmp_path, postgres)
     postgres.stop()
     try:
         env = {**os.environ, "MAOU_STORAGE_RETRY_SECONDS": "1", "COLUMNS": "200"}
-        down = subprocess.run([SWEEP, "status", str(spec)], cwd=REPO, env=env,
+        down = subprocess.run([SWEEP, "status", str(spec)], cwd=spec.parent, env=env,
                               capture_output=True, text=True, timeout=120)
     finally:
         postgres.start()
@@ -79,7 +80,7 @@ def test_a_refused_login_stops_at_once_with_the_servers_words(tmp_path, postgres
     spec = write_spec(tmp_path, "refused", f"postgresql://{user}:{PASSWORD}@/{database}?{query}")
     env = {**os.environ, "MAOU_STORAGE_RETRY_SECONDS": "600", "COLUMNS": "200"}
     for command in ("run", "status"):
-        result = subprocess.run([SWEEP, command, str(spec)], cwd=REPO, env=env, capture_output=True, text=True,
+        result = subprocess.run([SWEEP, command, str(spec)], cwd=spec.parent, env=env, capture_output=True, text=True,
                                 timeout=300)
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         assert result.returncode == 2 and len(lines) == 1, result.stderr

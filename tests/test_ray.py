@@ -18,7 +18,7 @@ import pytest
 import ray_fakes
 import yaml
 from optuna.trial import TrialState
-from sweep_helpers import REPO, step_studies
+from sweep_helpers import step_studies
 from test_locks import FAKES, start_driver
 
 from maou.strict import from_dict
@@ -219,8 +219,8 @@ def test_a_killed_driver_resumes_without_lost_or_duplicated_trials(tmp_path):
         time.sleep(0.05)
     assert not ray_processes_of(proc.pid), "Ray processes outlived the killed driver"
 
-    result = subprocess.run([sys.executable, FAKES, str(spec)], cwd=REPO, env=env, capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run([sys.executable, FAKES, str(spec)], cwd=spec.parent, env=env, capture_output=True,
+                            text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     states = Counter()
     for summary in step_studies(url):
@@ -255,7 +255,7 @@ def test_local_runs_and_help_never_import_ray(tmp_path):
             " 'budget': {'max_steps': 2, 'eval_every': 1}})\n"
             "run_sweep(spec)\n"
             "assert 'ray' not in sys.modules, sorted(m for m in sys.modules if m.startswith('ray'))\n")
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
 
 

@@ -100,9 +100,9 @@ def test_the_replay_follows_the_racing_settings_and_skips_racing_runs(tmp_path):
 
 
 @pytest.mark.slow
-def test_quick_runs_a_real_sweep_both_ways_and_replays_it():
+def test_quick_runs_a_real_sweep_both_ways_and_replays_it(tmp_path):
     done = subprocess.run([sys.executable, str(BENCH), "--quick"], capture_output=True, text=True, timeout=600,
-                          cwd=REPO)
+                          cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "live: quick, racing off (exhaustive) and on" in done.stdout
     assert "replay of sweep 'quick'" in done.stdout and "every target met" in done.stdout

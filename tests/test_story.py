@@ -142,7 +142,7 @@ def test_the_dashboard_shows_the_decision_note_and_the_figures(fake_sweep, tmp_p
         assert "val_accuracy per configuration, relative to the carried one" in page and 'class="main-svg"' in page
     finally:
         os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+        server.wait(timeout=300)
 
 
 @pytest.mark.slow
@@ -184,8 +184,9 @@ def test_plan_counts_the_trainings_and_estimates_their_cost(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     out = " ".join(result.stdout.split())
     assert "1. baseline" in out and "2. lr" in out
-    # step 1: the base alone, 3 seeds (exact); step 2: 3 proposals x 3 seeds, one may be the carried
-    assert "6-9 trainings" in out or "9-12 trainings" in out
+    # step 1: the base alone, 3 seeds; step 2: 3 proposals x 3 seeds, of which the plan cannot tell
+    # before step 1 decides whether one will be the carried configuration (then 2 x 3)
+    assert "trainings 3 " in out and "trainings 6-9 " in out and "9-12 trainings" in out
     assert "measured here" in out
     spec = from_dict(SweepSpec, yaml.safe_load(path.read_text()) | {
         "storage": f"sqlite:///{tmp_path}/studies/planned.db", "runs_dir": str(tmp_path / "runs" / "planned")})
@@ -202,10 +203,10 @@ def test_live_progress_on_a_terminal_and_ctrl_c(tmp_path):
     proc = subprocess.Popen([SWEEP, "run", "live"], cwd=tmp_path, stdin=terminal, stdout=terminal, stderr=terminal,
                             env=env, start_new_session=True)
     os.close(terminal)
-    seen = read_terminal(controller, lambda out: b"samples/s" in out, 120)
+    seen = read_terminal(controller, lambda out: b"samples/s" in out, 600)
     assert b"samples/s" in seen and b"trainings" in seen, seen[-3000:]  # the overall and the trial's line
     os.killpg(proc.pid, signal.SIGINT)
-    seen += read_terminal(controller, lambda out: proc.poll() is not None, 60)
-    assert proc.wait(timeout=30) == 130
+    seen += read_terminal(controller, lambda out: proc.poll() is not None, 300)
+    assert proc.wait(timeout=300) == 130
     text = seen.decode(errors="replace")
     assert "interrupted" in text and "again to resume" in text and "Traceback" not in text

@@ -15,7 +15,7 @@ import optuna
 import pandas as pd
 import pytest
 import yaml
-from sweep_helpers import REPO, SWEEP, dashboard_studies, free_port, run_cli, step_studies, tmp_spec
+from sweep_helpers import SWEEP, dashboard_studies, free_port, run_cli, step_studies, tmp_spec
 from test_locks import outcome_of, running_trials, solo_outcome, start_driver, wait_for, write_spec
 
 from maou.cli.view import _fmt
@@ -171,7 +171,7 @@ def test_export_upstream_data_writes_the_dense_copy_that_best_args_names(smoke_r
 def test_dashboard_serves_every_step_and_optuna_cli_lists_them(smoke_run, tmp_path):
     spec, url, _ = smoke_run
     port = free_port()
-    server = subprocess.Popen([SWEEP, "dashboard", str(spec), "--port", str(port)], cwd=REPO,
+    server = subprocess.Popen([SWEEP, "dashboard", str(spec), "--port", str(port)], cwd=spec.parent,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         body = dashboard_studies(port)
@@ -189,7 +189,7 @@ def test_dashboard_serves_every_step_and_optuna_cli_lists_them(smoke_run, tmp_pa
             assert "smoke/02-gamma-neg" in dom.stdout, dom.stderr[-2000:]
     finally:
         os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=20)
+        server.wait(timeout=300)
     optuna_cli = str(Path(SWEEP).with_name("optuna"))
     listed = subprocess.run([optuna_cli, "studies", "--storage", url, "-f", "json"], capture_output=True,
                             text=True, timeout=120)

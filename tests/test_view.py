@@ -34,6 +34,19 @@ COUNT = re.compile(r"(?<![\d/])(\d+)/(\d+)(?![\d/])")
 LONG = ConfigKey.of({"model.hidden_dim": 512, "model.dropout": 0.1, "optim.lr": 0.0003, "loss.gamma_neg": 2.0})
 
 
+class Clock:
+    """A monotonic clock that moves only when told (the view's ``clock``)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 def terminal(width: int = 80) -> Console:
     """A terminal's console (the live display comes up) whose output is kept."""
     return Console(width=width, force_terminal=True, file=io.StringIO())
@@ -142,12 +155,13 @@ def test_clock_and_labels_never_cut_a_number():
 
 @pytest.mark.parametrize("width", [60, 80, 100, 120, 160])
 def test_every_live_line_fits_with_whole_counts_and_etas(width):
-    view = SweepView(Console(width=width, file=io.StringIO()), 10, 30.0, [2, 4, 4])
+    now = Clock()
+    view = SweepView(Console(width=width, file=io.StringIO()), 10, 30.0, [2, 4, 4], clock=now)
     view.step_started(SPEC, 1, SimpleNamespace(study_name="demo/02-gamma-neg"), step_run(4))
     for number, key in ((12, LONG), (13, ConfigKey.of({})), (104, ConfigKey.of({"loss.asl_clip": 0.02}))):
         view.trial_started(handle(number, key, seed=1))
         view.trial_progress(handle(number), 1000, 12000, None)
-        time.sleep(0.01)
+        now.advance(0.01)
         view.trial_progress(handle(number), 6000, 12000, 3787.2)
         view.trial_reported(handle(number), 6000, {"train_loss": 0.18651234, "val_f1": 0.1506123})
     lines = frame(view, width)
@@ -166,8 +180,8 @@ def test_every_live_line_fits_with_whole_counts_and_etas(width):
 
 
 def test_eta_from_the_plan_until_a_training_finishes_then_measured():
-    console = terminal()
-    with SweepView(console, 10, 30.0, [2, 4, 4]) as view:
+    console, now = terminal(), Clock()
+    with SweepView(console, 10, 30.0, [2, 4, 4], clock=now) as view:
         view.step_started(SPEC, 0, SimpleNamespace(study_name="demo/01-baseline"), step_run(2))
         assert view.live is not None  # a terminal: the display is up from the first step
         view.trial_started(handle(0, ConfigKey.of({})))
@@ -175,11 +189,11 @@ def test_eta_from_the_plan_until_a_training_finishes_then_measured():
         assert " 0/10 step 1/3 " in first and first.endswith(" eta 0:05:00")  # 10 trainings of 30 s
         view.trial_progress(handle(0), 100, 200, None)
         assert frame(view, 80)[0].endswith("eta 0:04:45")  # less the half the running one did
-        time.sleep(0.05)
+        now.advance(20.0)
         view.trial_finished(handle(0, ConfigKey.of({})), TrialState.COMPLETE, "", 0.5)
         first = frame(view, 80)[0]
-        assert " 1/10 " in first and "eta 0:00:00" in first  # now 9 trainings at the measured ~0.05 s
-    assert "  trial   0 COMPLETE (base) seed=0 val_f1=0.5 at step 100 (0.1s)" in shown(console)
+        assert " 1/10 " in first and first.endswith(" eta 0:03:00")  # now 9 trainings at the measured 20 s
+    assert "  trial   0 COMPLETE (base) seed=0 val_f1=0.5 at step 100 (20.0s)" in shown(console)
 
 
 def test_the_total_follows_the_steps_and_the_last_frame_reads_n_of_n():
@@ -298,7 +312,7 @@ def test_sweep_run_in_an_80_column_pseudo_terminal(tmp_path):
             out += chunk
         elif proc.poll() is not None:
             break
-    assert proc.wait(timeout=30) == 0, out.decode(errors="replace")[-3000:]
+    assert proc.wait(timeout=300) == 0, out.decode(errors="replace")[-3000:]
     screen = Screen(80)
     screen.feed(out.decode(errors="replace"))
     lines = screen.lines()

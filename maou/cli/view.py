@@ -27,7 +27,7 @@ import math
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
@@ -170,8 +170,11 @@ class SweepView(AbstractContextManager):
     ``seconds_per_training``: the plan's estimate, the overall ETA until a training finishes here."""
 
     def __init__(self, console: Console | None = None, expected_trainings: int = 0,
-                 seconds_per_training: float | None = None, step_trainings: Sequence[int] | None = None) -> None:
+                 seconds_per_training: float | None = None, step_trainings: Sequence[int] | None = None,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
         self.console = console or Console()
+        #: Seconds of a monotonic clock (tests pass their own).
+        self.clock = clock
         self.metric = ""
         self.total: int | None = expected_trainings or None
         self.done = 0
@@ -200,7 +203,7 @@ class SweepView(AbstractContextManager):
         its own progress bar)."""
         if self.live is not None or not self.console.is_terminal:
             return
-        self.started = time.perf_counter()
+        self.started = self.clock()
         self.live = Live(self, console=self.console, refresh_per_second=4, transient=False,
                          redirect_stdout=True, redirect_stderr=True)
         real = (sys.stdout, sys.stderr)
@@ -236,7 +239,7 @@ class SweepView(AbstractContextManager):
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> Iterator[Text]:
         with self.lock:
-            rows = self.rows(time.perf_counter())
+            rows = self.rows(self.clock())
         yield from layout(rows, options.max_width)
 
     # --------------------------------------------------------------- what the lines say
@@ -297,7 +300,7 @@ class SweepView(AbstractContextManager):
     def trial_started(self, handle: Any) -> None:
         with self.lock:
             self.running[handle.number] = _Running(
-                label_variants(handle.number, handle.training.key, handle.training.seed), time.perf_counter())
+                label_variants(handle.number, handle.training.key, handle.training.seed), self.clock())
         self._start()
 
     def trial_progress(self, handle: Any, step: int, total: int, samples_per_s: float | None) -> None:
@@ -305,7 +308,7 @@ class SweepView(AbstractContextManager):
             running = self.running.get(handle.number)
             if running is None:
                 return
-            now = time.perf_counter()
+            now = self.clock()
             running.step, running.total, running.speed = step, total, samples_per_s
             running.first = running.first or (now, step)
             running.last = (now, step)
@@ -322,7 +325,7 @@ class SweepView(AbstractContextManager):
     def trial_finished(self, handle: Any, state: Any, reason: str, value: float | None = None) -> None:
         """A finished trial's line: its recorded objective ``value`` (the final or best metrics, on
         the whole validation split) when it completed, else the last evaluation it reported."""
-        now = time.perf_counter()
+        now = self.clock()
         with self.lock:
             running = self.running.pop(handle.number, None)
             elapsed = now - running.started if running is not None else 0.0

@@ -46,14 +46,11 @@ def _game_files() -> list[Path]:
                   and p.suffix.lower() != ".md")
 
 
-def _build_from_corpus(root: Path) -> DataConfig | None:
-    try:
-        from maou.data.build import ensure_datasets
-    except ImportError:
-        return None
+def _build_from_corpus(root: Path) -> DataConfig:
+    from maou.data.build import ensure_datasets
+
     files = _game_files()
-    if not files:
-        return None
+    assert files, f"the bundled corpus {BUNDLED_GAMES} is empty: it is part of the repository"
     subset = root / "games"
     subset.mkdir()
     for i, path in enumerate(files[:SUBSET_GAMES]):
@@ -134,17 +131,15 @@ def synthetic_datasets():
 
 
 @pytest.fixture(scope="session")
-def corpus_data_config(tmp_path_factory) -> DataConfig | None:
-    """The ``data`` config of datasets built from the bundled corpus subset (None without one)."""
+def corpus_data_config(tmp_path_factory) -> DataConfig:
+    """The ``data`` config of datasets built from the bundled corpus subset."""
     return _build_from_corpus(tmp_path_factory.mktemp("corpus"))
 
 
 @pytest.fixture(scope="session")
-def dataset_dir(corpus_data_config, tmp_path_factory) -> Path:
-    """Stage 2/3 datasets: the bundled corpus subset when available, else synthetic."""
-    if corpus_data_config is not None:
-        return Path(corpus_data_config.dir)
-    return write_synthetic_datasets(tmp_path_factory.mktemp("synthetic"))
+def dataset_dir(corpus_data_config) -> Path:
+    """Stage 2/3 datasets built from the bundled corpus subset."""
+    return Path(corpus_data_config.dir)
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from sweep_helpers import bundled_games
 
 from maou.data import writers
 from maou.data.build import build_datasets
@@ -25,9 +26,7 @@ BUNDLED_GAMES = Path(__file__).resolve().parents[2] / "data" / "games"
 @pytest.fixture(scope="module")
 def chunked_dir(tmp_path_factory):
     """Datasets of 40 bundled games written in record batches of 300 rows (several per file)."""
-    files = sorted(BUNDLED_GAMES.glob("*.csa"))[:40]
-    if len(files) < 40:
-        pytest.skip("bundled corpus data/games missing")
+    files = bundled_games(40)
     out = tmp_path_factory.mktemp("chunked")
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(writers, "RECORD_BATCH_ROWS", 300)
@@ -199,12 +198,13 @@ def test_an_error_in_the_prefetch_thread_is_raised_in_the_training_thread():
             raise ValueError("bad row 2")
         return index
 
+    threads = threading.active_count()
     stream = Prefetcher(produce, iter(torch.arange(5)), 2, torch.device("cpu"))
     assert [int(next(stream)) for _ in range(2)] == [0, 1]
     with pytest.raises(ValueError, match="bad row 2"):
         next(stream)
     stream.close()
-    assert threading.active_count() >= 1 and not stream.thread.is_alive()
+    assert not stream.thread.is_alive() and threading.active_count() == threads  # its thread ended
 
 
 def test_on_cpu_the_training_thread_gathers_each_batch_itself(chunked_dir):

@@ -194,9 +194,10 @@ class Fence:
 
 
 class _Heartbeat(threading.Thread):
-    def __init__(self, storage: BaseStorage, fence: Fence, interval_s: float) -> None:
+    def __init__(self, storage: BaseStorage, fence: Fence, interval_s: float,
+                 clock: Callable[[], float] = time.time) -> None:
         super().__init__(name="maou-sweep-lock-heartbeat", daemon=True)
-        self.storage, self.fence, self.interval_s = storage, fence, interval_s
+        self.storage, self.fence, self.interval_s, self.clock = storage, fence, interval_s, clock
         self.stopped = threading.Event()
 
     def run(self) -> None:
@@ -208,7 +209,7 @@ class _Heartbeat(threading.Thread):
                 if self.storage.get_trial(self.fence.trial_id).state != TrialState.RUNNING:
                     self.fence.beat_failed()
                     continue
-                self.storage.set_trial_user_attr(self.fence.trial_id, "heartbeat", time.time())
+                self.storage.set_trial_user_attr(self.fence.trial_id, "heartbeat", self.clock())
             except Exception:  # noqa: BLE001 - counted; a driver that cannot beat stops itself (Fence)
                 self.fence.beat_failed()
                 continue
@@ -249,10 +250,12 @@ wrap_operations(FencedStorage, lambda name: _fenced(name, name in WRITES))
 
 @contextmanager
 def sweep_lock(storage: BaseStorage, sweep_name: str, heartbeat_s: float | None = None,
-               stale_s: float | None = None) -> Iterator[FencedStorage]:
+               stale_s: float | None = None, clock: Callable[[], float] = time.time) -> Iterator[FencedStorage]:
     """Hold the lock of ``sweep_name`` in ``storage`` for the ``with`` block, or raise UserError;
     yields the storage to write through (every write fenced). The heartbeat and stale times default
-    to ``MAOU_LOCK_HEARTBEAT_S`` and ``MAOU_LOCK_STALE_S`` when set, else ``HEARTBEAT_S`` and ``STALE_S``."""
+    to ``MAOU_LOCK_HEARTBEAT_S`` and ``MAOU_LOCK_STALE_S`` when set, else ``HEARTBEAT_S`` and ``STALE_S``.
+    ``clock``: the wall clock of the heartbeats written and read (seconds since the epoch; tests pass
+    their own)."""
     heartbeat_s = heartbeat_s if heartbeat_s is not None else float(os.environ.get("MAOU_LOCK_HEARTBEAT_S",
                                                                                       HEARTBEAT_S))
     stale_s = stale_s if stale_s is not None else float(os.environ.get("MAOU_LOCK_STALE_S", STALE_S))
@@ -261,8 +264,8 @@ def sweep_lock(storage: BaseStorage, sweep_name: str, heartbeat_s: float | None 
     study.set_user_attr("purpose", f"the lock of sweep {sweep_name}: one driver at a time (maou-sweep)")
     mine = study.ask()
     mine.set_user_attr("owner", this_owner())
-    mine.set_user_attr("heartbeat", time.time())
-    now = time.time()
+    mine.set_user_attr("heartbeat", clock())
+    now = clock()
     earlier = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t.number < mine.number]
     holder = next((t for t in earlier if _alive(t, now, stale_s)), None)
     if holder is not None:
@@ -276,7 +279,7 @@ def sweep_lock(storage: BaseStorage, sweep_name: str, heartbeat_s: float | None 
         except RuntimeError:  # another contender failed it first (UpdateFinishedTrialError)
             pass
     fence = Fence(storage, study._study_id, mine._trial_id, mine.number, stale_s)
-    heartbeat = _Heartbeat(storage, fence, heartbeat_s)
+    heartbeat = _Heartbeat(storage, fence, heartbeat_s, clock)
     heartbeat.start()
     try:
         yield FencedStorage(storage, fence)  # type: ignore[abstract]  # its operations are set above

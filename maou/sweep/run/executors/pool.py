@@ -252,8 +252,9 @@ class PoolExecutor:
         self.train = train
         self.max_retries = max_retries
         self.probe_seconds = probe_seconds
-        #: What the probe found, in one line (printed when it ran).
+        #: What the probe found, in one line (printed when it ran), and what it measured.
         self.probed: str | None = None
+        self.measured: list[Measurement] = []
         self.workers: list[_Worker] = []
         self.context = multiprocessing.get_context("spawn")
         self.log: str | None = None
@@ -405,6 +406,7 @@ class PoolExecutor:
         warmup = probe = dataclasses.replace(base, eval_at_start=False, init_from=None,
                                              budget=Budget(max_steps=WARMUP_STEPS, eval_every=WARMUP_STEPS))
         measured: list[Measurement] = []
+        self.measured = measured
         free: int | None = None
         try:
             k = 1
