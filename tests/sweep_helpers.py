@@ -67,6 +67,17 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subproce
                           timeout=timeout)
 
 
+def one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> str:
+    """The one line a refused command printed (exit 2, no traceback), holding every fragment."""
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "Traceback" not in result.stdout + result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("sweep "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

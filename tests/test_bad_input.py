@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from sweep_helpers import REPO, run_cli
+from sweep_helpers import REPO, one_line_error, run_cli
 
 from maou.cli import main as sweep
 from maou.data.records import scan_record_files
@@ -26,16 +26,6 @@ def copy_games(folder: Path, games: list[Path]) -> Path:
     for game in games:
         shutil.copy(game, folder / game.name)
     return folder
-
-
-def one_line_error(result, *fragments: str) -> str:
-    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
-    assert "Traceback" not in result.stdout + result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("sweep "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
 
 
 # --- game folders ----------------------------------------------------------------------------------------

@@ -80,19 +80,38 @@ def test_with_deps_runs_the_chain_and_a_finished_plan_has_nothing_left(tmp_path)
     assert "nothing left to run: every step of sweep two decided" in text
 
 
+@pytest.fixture(scope="module")
+def shipped_project(tmp_path_factory) -> Path:
+    """Every shipped spec (``sweeps/*.yaml``, ``sweeps/cpu/*.yaml``) in a project of its own, on the
+    bundled games: the storages, runs and datasets their defaults name land under its root, so
+    neither the project's studies/ nor its data/build/ can change what they plan."""
+    root = tmp_path_factory.mktemp("shipped")
+    for path in [*(REPO / "sweeps").glob("*.yaml"), *(REPO / "sweeps" / "cpu").glob("*.yaml")]:
+        data = yaml.safe_load(path.read_text())
+        if "data" in data:
+            data["data"] = {**data["data"], "games": [str(REPO / "data" / "games")]}
+        target = root / path.relative_to(REPO)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(yaml.safe_dump(data, sort_keys=False))
+    return root
+
+
 @pytest.mark.parametrize("name", SHIPPED)
-def test_every_shipped_spec_plans(name, tmp_path):
-    """``sweep plan`` on each shipped spec: epochs budgets too (rows estimated from the records,
-    nothing built or measured here, so the test stays fast; the chain is listed)."""
-    result = run_cli("plan", name, "--no-measure", "--no-build", cwd=REPO)
+def test_every_shipped_spec_plans(name, shipped_project):
+    """``sweep plan`` on each shipped spec, in a project of its own: epochs budgets too (rows
+    estimated from the records, nothing built or measured here, so the test stays fast; the chain
+    is listed), and the plan creates nothing (no storage, no build folder)."""
+    result = run_cli("plan", name, "--no-measure", "--no-build", cwd=shipped_project)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     text = " ".join(result.stdout.split())
-    assert "trainings" in text and "training rows:" in text
+    assert "trainings" in text and "training rows:" in text and "(cost: not measured)" in text
     if name == "stage3-lr-batch":
-        assert "needs the winner of stage1-lr-batch" in text and "needs the winner of stage2-asl" in text
+        assert "needs the winner of stage1-lr-batch (not run)" in text
+        assert "needs the winner of stage2-asl (not run)" in text
         assert text.index("stage1-lr-batch") < text.index("stage2-asl")
     if "epochs" in (REPO / "sweeps" / f"{name}.yaml").read_text() and name != "stage1-lr-batch":
-        assert "estimated, not built" in text or "the built datasets" in text
+        assert "estimated, not built" in text
+    assert sorted(p.name for p in shipped_project.iterdir()) == ["sweeps"]
 
 
 def replica_project(tmp_path: Path, data_dir: Path) -> Path:

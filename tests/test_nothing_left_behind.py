@@ -14,20 +14,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from sweep_helpers import bundled_games, run_cli
+from sweep_helpers import bundled_games, one_line_error, run_cli
 
 #: What a refused command may leave in the project: the folders the test made itself.
 CREATED = ("studies", "results", "runs", "data")
-
-
-def one_line_error(result, *fragments: str) -> str:
-    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
-    assert "Traceback" not in result.stdout + result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("sweep "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
 
 
 def write_spec(root: Path, name: str = "tiny", stage: int = 2, **changes) -> Path:

@@ -84,11 +84,11 @@ class PlanView:
     def __init__(self, plan: Any) -> None:
         self.plan = plan
 
-    def _cost(self, trainings: tuple[int, int]) -> str:
-        per = self.plan.seconds_per_training
-        if not per:
+    def _cost(self, step: Any) -> str:
+        seconds = self.plan.step_seconds(step) if self.plan.seconds_per_training else None
+        if seconds is None:
             return "?"
-        low, high = _duration(trainings[0] * per), _duration(trainings[1] * per)
+        low, high = _duration(seconds[0]), _duration(seconds[1])
         if low == high:
             return low
         (number, unit), (_, high_unit) = low.split(" "), high.split(" ")
@@ -104,7 +104,7 @@ class PlanView:
         yield Text(f"plan of sweep {spec.name}: stage {spec.stage}, seeds {list(spec.seed_list)}", style="bold")
         labels = [f"{index + 1}. {step.name}" for index, step in enumerate(plan.steps)]
         counts = [f"trainings {_bounds(step.trainings)}" for step in plan.steps]
-        costs = [f"cost {self._cost(step.trainings)}" for step in plan.steps]
+        costs = [f"cost {self._cost(step)}" for step in plan.steps]
         tries = [step_tries(spec.steps[index], short=True) or ["(base)" if index == 0 else "(carried)"]
                  for index in range(len(plan.steps))]
         label_w, count_w, cost_w = (max(len(x) for x in column) for column in (labels, counts, costs))
@@ -133,8 +133,12 @@ class PlanView:
                 yield Text(line, style="dim")
 
 
+#: ``sweep plan`` measures the specs a spec starts from (their cost is one line) on half the budget.
+LINK_BUDGET = {"step_budget_s": 0.75, "max_timed_steps": 10, "eval_budget_s": 0.2}
+
+
 def _plan_of(spec: Any, url: str | None = None, measure: bool = True, build: bool = True,
-             progress: bool = False) -> Any:
+             progress: bool = False, say: Any = None, budget: dict[str, Any] | None = None) -> Any:
     from maou.sweep.results.plan import plan_sweep
     from maou.sweep.storage import NoStorage, open_storage
 
@@ -143,11 +147,13 @@ def _plan_of(spec: Any, url: str | None = None, measure: bool = True, build: boo
         storage = open_storage(url, create=False)
     except NoStorage:  # not run yet: nothing is done
         storage = None
-    return plan_sweep(spec, storage, measure=measure, build=build, progress=progress)
+    return plan_sweep(spec, storage, measure=measure, build=build, progress=progress, url=url, say=say,
+                      budget=budget)
 
 
 def cost_text(plan: Any) -> str:
-    """``6-9 trainings, about 2 min to 3 min``: what is left and how long it takes here."""
+    """``6-9 trainings, about 2 min to 3 min``: what is left and how long it takes here (wall time,
+    trainings at once as the executor runs them here)."""
     if plan.complete:
         return "nothing left to run"
     low, high = plan.trainings
@@ -162,16 +168,23 @@ def plan_command(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from maou.sweep.chain import chain_of, command_name
+    from maou.sweep.results.plan import cost_lines, seconds_text
 
     spec = spec_of(args)
     refuse_unrunnable(spec, args.storage)  # before anything is built or opened: one line, nothing created
     console = Console()
+    progress = Console(stderr=True)  # what takes a while (a build, a measurement), beside the plan
+
+    def say(line: str) -> None:
+        progress.print(f"[dim]{line}[/]")
+
     chain = chain_of(spec)
     for link in chain:
-        needed = _plan_of(link.spec, measure=args.measure, build=args.build, progress=True)
+        needed = _plan_of(link.spec, measure=args.measure, build=args.build, progress=True, say=say,
+                          budget=LINK_BUDGET)
         console.print(f"needs the winner of {link.spec.name} ({link.state}): {cost_text(needed)}"
                       + ("" if link.done else f"; run `sweep run {command_name(link.spec)}` first"))
-    plan = _plan_of(spec, args.storage, measure=args.measure, build=args.build, progress=True)
+    plan = _plan_of(spec, args.storage, measure=args.measure, build=args.build, progress=True, say=say)
     console.print(PlanView(plan))
     console.print(f"training rows: {plan.rows[1]}")
     if plan.complete:
@@ -180,10 +193,13 @@ def plan_command(args: argparse.Namespace) -> int:
         return 0
     total = cost_text(plan)
     if plan.seconds_per_training:
-        total += f" one at a time ({_duration(plan.seconds_per_training)} each: {plan.cost_source})"
+        total += (f" of wall time here, {plan.at_once} at once ({seconds_text(plan.seconds_per_training)} a "
+                  f"training: {plan.cost_source})")
     else:
         total += f" (cost: {plan.cost_source})"
     console.print(total)
+    for line in cost_lines(plan):
+        console.print(f"  {line}")
     from maou.sweep.run.executors import choose
 
     at_once = choose(spec.executor, spec.base_config().threads).at_once  # one where measured or left to Ray
@@ -202,21 +218,26 @@ def plan_command(args: argparse.Namespace) -> int:
     return 0
 
 
+#: ``sweep run``'s ETA measures less than ``sweep plan`` (about a second of steps on a CPU).
+RUN_ETA_BUDGET = {"step_budget_s": 1.0, "max_timed_steps": 10, "eval_budget_s": 0.25}
+
+
 def _run_plan(spec: Any, storage: Any, measure: bool) -> Any:
     """The plan ``sweep run`` shows progress against: each step's trainings, and the seconds a
-    training takes: the storage's finished trials' mean wall time; on a fresh storage, when the
-    live display will show an ETA (``measure``) and the trainings run in this process (so the
-    probe's warm-up is theirs too; a Ray driver holds no GPU), a few optimizer steps timed here
-    (about a second on a CPU)."""
-    from maou.sweep.results.plan import measure_training_seconds, plan_sweep
+    training takes as it runs here (trainings at once included; the live view shares them among
+    the trainings running): the storage's finished trials' mean wall time; on a fresh storage, when
+    the live display will show an ETA (``measure``) and the trainings run on this machine (a Ray
+    driver holds no GPU), a training measured here as ``sweep plan`` does, on a smaller budget
+    (:data:`RUN_ETA_BUDGET`) and without the worker start-up (the view's ETA is per training)."""
+    from maou.sweep.results.plan import estimate_here, plan_sweep
     from maou.sweep.run.executors import resolve_auto
 
     plan = plan_sweep(spec, storage, measure=False, build=False)
     if plan.seconds_per_training is None and measure and resolve_auto(spec.executor).kind == "local":
         try:
-            plan.seconds_per_training, plan.cost_source, plan.device = measure_training_seconds(spec, plan.rows[0])
+            estimate_here(plan, getattr(storage, "url", None) or spec.storage_url, startup=False, **RUN_ETA_BUDGET)
         except Exception:  # noqa: BLE001 - only an estimate: the trainings themselves report what fails
-            pass
+            plan.seconds_per_training = None
     return plan
 
 

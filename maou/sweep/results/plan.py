@@ -1,24 +1,35 @@
-"""``sweep plan``: what a spec will train, before it trains anything.
+"""``sweep plan``: what a spec will train, before it trains anything, and how long it will take here.
 
 The first step's trainings are exact (the planner's own answer, against what the storage already
 holds); a later step's depend on the winners before it, so they come as bounds: its proposals
 once per seed, one of which may turn out to be the carried configuration (copied, not trained),
-plus what ``extend`` may add. The cost is estimated from the mean wall time of this sweep's
-finished trials when it has some, else from a few optimizer steps of the base configuration
-timed on the device the run would use, with random inputs of the stage's shapes, scaled to the
-budget (an epochs budget counts the training rows of the built datasets, or estimates them).
+plus what ``extend`` may add.
+
+The cost is the wall time ``sweep run`` will take here: from the mean wall time of this sweep's
+finished trials when it has some, else measured (:mod:`maou.sweep.run.measure`, a few seconds):
+one training of the base configuration in its parts (its optimizer steps, its evaluations on the
+validation rows, its set-up and checkpoint, the driver's storage work) and what a run pays once
+(worker processes started, datasets opened, warm-ups). Trainings run as many at once as the
+executor's choice here (:func:`maou.sweep.run.executors.choose`), each slower by
+:func:`~maou.sweep.run.measure.contention` for the cores they share with each other, with other
+work and with the driver recording them (its measured share of a core); a step's trainings take
+``ceil(n / at_once)`` rounds (a step waits for all of them before deciding). An epochs budget
+counts the training rows of the built datasets (built first), or estimates them.
 """
 
 from __future__ import annotations
 
 import math
-import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from maou.sweep.identity import short_keys
 from maou.sweep.run.planner import plan_step
 from maou.sweep.spec import ParamRange, Step, SweepSpec, step_candidates
+
+if TYPE_CHECKING:
+    from maou.sweep.run.measure import TrainingCost
 
 
 @dataclass
@@ -73,6 +84,7 @@ A_DAY_S = 86_400.0
 class SweepPlan:
     spec: SweepSpec
     steps: list[StepPlanSummary]
+    #: One training's wall time as it runs here, ``at_once`` at a time (None: not estimated).
     seconds_per_training: float | None
     cost_source: str
     #: Training rows of the stage, and where the number comes from.
@@ -81,14 +93,45 @@ class SweepPlan:
     complete: bool = False
     #: Where the cost was measured (``cpu``, ``cuda``), when it was.
     device: str | None = None
+    #: Trainings at once (the executor's choice here; 1 where it measures that on a GPU or leaves it to Ray).
+    at_once: int = 1
+    #: Seconds a run pays once (worker processes, datasets opened, warm-ups, the sweep's storage work).
+    startup_s: float = 0.0
+    #: Seconds of the driver's storage work a step (its study, plan, decision and notes).
+    step_overhead_s: float = 0.0
+    #: Seconds a finished training takes to copy into a later step.
+    reused_s: float = 0.0
+    #: How many times slower each training runs ``at_once`` at a time than alone.
+    slowdown: float = 1.0
+    #: Threads busy beside the trainings: other work's, runnable while the estimate was measured, and
+    #: the driver's share of a core where trials run in workers (the load ``slowdown`` comes from).
+    load: float | None = None
+    #: The measurement the estimate comes from (None: not measured).
+    cost: TrainingCost | None = None
+
+    def step_seconds(self, summary: StepPlanSummary) -> tuple[float, float] | None:
+        """The wall time of a step's trainings left, at fewest and most (None: not estimated):
+        ``ceil(trainings / at_once)`` rounds of a training, its reused ones copied, its storage work."""
+        per = self.seconds_per_training
+        if per is None:
+            return None
+        if self.complete:
+            return 0.0, 0.0
+        k = max(1, self.at_once)
+        low, high = (self.step_overhead_s + reused * self.reused_s + math.ceil(n / k) * per
+                     for n, reused in zip(summary.trainings, summary.reused, strict=True))
+        return low, high
 
     @property
     def seconds(self) -> tuple[float, float] | None:
-        """The estimated wall time left, one training at a time (None: not estimated)."""
+        """The estimated wall time left (None: not estimated): what a run pays once, then every
+        step's rounds of trainings."""
         if self.seconds_per_training is None:
             return None
-        low, high = self.trainings
-        return low * self.seconds_per_training, high * self.seconds_per_training
+        if self.complete:
+            return 0.0, 0.0
+        steps = [self.step_seconds(s) or (0.0, 0.0) for s in self.steps]
+        return (self.startup_s + sum(low for low, _ in steps), self.startup_s + sum(high for _, high in steps))
 
     def racing_share(self, trials_at_once: int = 1) -> tuple[float, float] | None:
         """The share of the exhaustive trainings a raced run trains, at best and at worst (None:
@@ -115,8 +158,8 @@ class SweepPlan:
         seconds = self.seconds
         if seconds is None or seconds[0] <= A_DAY_S:
             return None
-        return (f"warning: about {seconds[0] / 86_400:.1f} days one training at a time on this machine "
-                f"({self.device or 'here'}): this spec is sized for a faster device")
+        return (f"warning: about {seconds[0] / 86_400:.1f} days on this machine ({self.device or 'here'}, "
+                f"{self.at_once} at once): this spec is sized for a faster device")
 
     @property
     def trainings(self) -> tuple[int, int]:
@@ -147,10 +190,14 @@ def _later_step(spec: SweepSpec, index: int) -> StepPlanSummary:
 
 
 def plan_sweep(spec: SweepSpec, storage: Any = None, measure: bool = True, build: bool = True,
-               progress: bool = False) -> SweepPlan:
-    """The plan of ``spec`` (``storage``: what already ran there counts as done). An epochs budget
-    needs the training rows: from the built manifest, building the datasets first (``build``, with
-    a progress bar when ``progress``), else estimated from the game records."""
+               progress: bool = False, url: str | None = None, say: Callable[[str], None] | None = None,
+               budget: dict[str, Any] | None = None) -> SweepPlan:
+    """The plan of ``spec`` (``storage``: what already ran there counts as done; ``url``: its URL,
+    default the spec's, beside which a storage operation is timed). An epochs budget needs the
+    training rows: from the built manifest, building the datasets first (``build``, with a progress
+    bar when ``progress``), else estimated from the game records. ``measure``: with no finished
+    trials to go by, a training is measured here (:func:`estimate_here`, ``budget`` its time
+    budget); ``say`` hears what is done before it takes a while."""
     finished: set = set()
     done: dict[str, int] = {}
     walls: list[float] = []
@@ -166,14 +213,152 @@ def plan_sweep(spec: SweepSpec, storage: Any = None, measure: bool = True, build
         if complete:
             summary.trainings = (0, 0)
     # an epochs budget needs the training rows; a steps budget does not
+    if build and say is not None and needs_build(spec):
+        say(f"building the datasets of {spec.name} first: its epochs budget needs their training rows "
+            f"(--no-build estimates them from the game records)")
     rows = (training_rows(spec, build=build, progress=progress) if spec.base_config().budget.epochs is not None
             else (0, "not needed (the budget is in optimizer steps)"))
     plan = SweepPlan(spec, steps, None, "not measured", rows=rows, complete=complete)
     if walls:
-        plan.seconds_per_training, plan.cost_source = sum(walls) / len(walls), f"mean of {len(walls)} finished trials"
+        from maou.sweep.run.executors import choose
+
+        plan.seconds_per_training = sum(walls) / len(walls)
+        plan.at_once = choose(spec.executor, spec.base_config().threads).at_once
+        plan.cost_source = f"mean wall time of {len(walls)} finished trials, {plan.at_once} at once"
     elif measure and not complete:
-        plan.seconds_per_training, plan.cost_source, plan.device = measure_training_seconds(spec, rows[0])
+        if say is not None:
+            say(f"measuring a training of {spec.name}'s base configuration here (a few seconds; --no-measure skips it)")
+        try:
+            estimate_here(plan, url or spec.storage_url, **(budget or {}))
+        except Exception as exc:  # noqa: BLE001 - only an estimate: the plan stands without it
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+            plan.seconds_per_training, plan.cost, plan.cost_source = None, None, f"not measured: {reason}"
     return plan
+
+
+def needs_build(spec: SweepSpec) -> bool:
+    """``sweep plan`` builds the datasets first: an epochs budget on a games-built stage whose
+    datasets are not built or out of date."""
+    from maou.data.build import datasets_up_to_date
+    from maou.stages import stage
+
+    base = spec.base_config()
+    return (base.budget.epochs is not None and stage(spec.stage).data_source != "synthetic"
+            and not datasets_up_to_date(base.data))
+
+
+def validation_rows(spec: SweepSpec, train_rows: int) -> int:
+    """Validation rows of the spec's stage: the synthetic rows (Stage 1 evaluates on its training
+    rows), the built manifest, else the share of ``train_rows`` the split holds out."""
+    import json
+    from pathlib import Path
+
+    from maou.data.build import build_dir, datasets_up_to_date
+    from maou.stages import stage
+
+    if stage(spec.stage).data_source == "synthetic":
+        return train_rows
+    data = spec.base_config().data
+    manifest = Path(build_dir(data)) / f"stage{spec.stage}" / "manifest.json"
+    if datasets_up_to_date(data) and manifest.is_file():
+        return int(json.loads(manifest.read_text()).get("rows", {}).get("val", 0)) or 1
+    train = train_rows or estimate_rows(spec)[0]
+    return max(1, round(train * data.val_fraction / max(1e-9, 1.0 - data.val_fraction)))
+
+
+def estimate_here(plan: SweepPlan, url: str | None = None, startup: bool = True, **budget: Any) -> SweepPlan:
+    """``plan``'s cost measured here (:func:`~maou.sweep.run.measure.measure_training` of the base
+    configuration, ``budget`` its time budget): a training's wall time with ``at_once`` at a time,
+    what a run pays once (``startup``: else left out, as for ``sweep run``'s ETA, whose processes
+    have started), each step's and each reused training's storage work."""
+    import time
+
+    from maou.sweep.run import measure
+    from maou.sweep.run.executors import choose, cores
+
+    began = time.perf_counter()
+    spec = plan.spec
+    base = spec.base_config()
+    in_process = spec.executor.kind == "local" and (spec.executor.max_concurrent or 1) == 1
+    # a worker's start-up is timed beside this process's own imports (torch: choose() needs it)
+    probe = measure.WorkerProbe() if startup and not in_process and cores() > 1 else None
+    try:
+        choice = choose(spec.executor, base.threads)
+        section = choice.section
+        workers = choice.probe or section.kind == "ray" or (section.max_concurrent or 1) > 1
+        rows = plan.rows[0] or training_rows(spec, build=False)[0]
+        cost = measure.measure_training(base, rows, validation_rows(spec, rows), workers=workers and startup,
+                                        worker_probe=probe, storage_url=url, **budget)
+    finally:
+        if probe is not None:
+            probe.cancel()
+    op = cost.op_s or 0.0
+    # trials in workers share the cores with the driver too, busy recording them (its share of a core)
+    driver = (min(1.0, choice.at_once * cost.ops_per_training * op / max(cost.training_s, 1e-9))
+              if workers else 0.0)
+    load = cost.load + driver
+    slowdown = measure.contention(choice.at_once, base.threads, cores(), load) if cost.device == "cpu" else 1.0
+    plan.cost, plan.device, plan.at_once, plan.load, plan.slowdown = cost, cost.device, choice.at_once, load, slowdown
+    plan.seconds_per_training = cost.training_s * slowdown + cost.ops_per_training * op
+    plan.step_overhead_s, plan.reused_s = measure.OPS_PER_STEP * op, measure.OPS_PER_COPY * op
+    starting = measure.contention(choice.at_once, base.threads, cores(), cost.load) if cost.device == "cpu" else 1.0
+    once = cost.startup_s * starting + measure.OPS_PER_SWEEP * op + _gpu_probe_seconds(choice, base.threads)
+    plan.startup_s = once if startup else 0.0
+    plan.cost_source = f"measured here on {cost.device} in {time.perf_counter() - began:.1f} s"
+    return plan
+
+
+def _gpu_probe_seconds(choice: Any, threads: int) -> float:
+    """About how long the local executor measures its trials at once on one GPU when the first
+    step starts (:meth:`~maou.sweep.run.executors.pool.PoolExecutor.probe`: alone to size it, then
+    1, 2, 4, ... copies, each for about ``PROBE_SECONDS``); 0 where it does not."""
+    if not choice.probe:
+        return 0.0
+    from maou.sweep.run.executors import cores
+    from maou.sweep.run.executors.pool import PROBE_MAX, PROBE_SECONDS
+
+    limit = max(1, min(PROBE_MAX, cores() // max(1, threads)))
+    return (2 + int(math.log2(limit))) * PROBE_SECONDS
+
+
+def cost_lines(plan: SweepPlan) -> list[str]:
+    """What a measured estimate is made of, a line a part (none when it was not measured)."""
+    cost = plan.cost
+    if cost is None or plan.seconds_per_training is None:
+        return []
+    from maou.sweep.run.executors import cores
+
+    parts = [f"{cost.steps:,} steps x {seconds_text(cost.step_s)}",
+             f"{cost.evals} evaluations x {seconds_text(cost.eval_s)} ({cost.eval_rows:,} rows)"]
+    if cost.final_rows:
+        parts.append(f"{seconds_text(cost.final_s)} on the whole validation split ({cost.final_rows:,} rows)")
+    parts.append(f"{seconds_text(cost.setup_s)} model, optimizer and checkpoint")
+    text = " + ".join(parts)
+    if plan.slowdown != 1.0:
+        text = (f"({text}) x {plan.slowdown:.2f} ({plan.at_once} at once on {cores()} cores beside "
+                f"{plan.load:.1f} other busy threads: other work and the driver)")
+    text += (f" + {cost.ops_per_training} storage operations x {seconds_text(cost.op_s)}" if cost.op_s is not None
+             else " (storage operations not measured)")
+    timed = f"{cost.timed_steps} at batch {cost.timed_batch}" + (
+        f" (scaled by rows to batch {cost.batch_size})" if cost.timed_batch != cost.batch_size else "")
+    data = "the rows it trains on" if cost.real_data else "random rows of the stage's shapes (datasets not built)"
+    lines = [f"a training: {seconds_text(plan.seconds_per_training)} = {text}",
+             f"steps timed: {timed}, on {data}",
+             f"a step: its trainings in rounds of {plan.at_once} + {seconds_text(plan.step_overhead_s)} of storage "
+             f"work; a reused training {seconds_text(plan.reused_s)}"]
+    if plan.startup_s:
+        once = ", ".join(f"{what} {seconds_text(seconds)}" for what, seconds in cost.startup if seconds >= 0.0005)
+        lines.append(f"once a run: {seconds_text(plan.startup_s)} ({once or 'nothing measurable'})")
+    return lines
+
+
+def seconds_text(value: float) -> str:
+    """``416 ms``, ``3.5 s``, ``5,194 s``: a part of an estimate."""
+    if value >= 100:
+        return f"{value:,.0f} s"
+    if value >= 1:
+        return f"{value:.1f} s"
+    return f"{value * 1e3:.3g} ms"
 
 
 def _from_storage(spec: SweepSpec, storage: Any) -> tuple[set, dict[str, int], list[float], bool]:
@@ -237,40 +422,5 @@ def estimate_rows(spec: SweepSpec) -> tuple[int, str]:
     rows = int(share * (records * _ROWS_PER_GAME + sum(f.stat().st_size for f in hcpe) / _HCPE_BYTES_PER_ROW))
     return max(rows, 1), (f"estimated, not built: {len(files):,} record files at about {_ROWS_PER_GAME} training "
                           f"rows a game ({rows:,} rows)")
-def measure_training_seconds(spec: SweepSpec, rows: int, steps: int = 3) -> tuple[float | None, str, str]:
-    """Seconds one training of the base configuration takes here, on the device the run would use:
-    a few optimizer steps on random inputs of the stage's shapes (after one warm-up step), scaled to
-    the budget's steps. Returns (seconds, how it was measured, device)."""
-    import dataclasses
-
-    import torch
-
-    from maou.shogi.shapes import BOARD_SHAPE, PIECE_IDS_NUM, PIECES_IN_HAND_NUM
-    from maou.stages import stage
-    from maou.trainer.config import Budget
-    from maou.trainer.loop import train_stage
-    from maou.trainer.split import Split
-    from maou.trainer.tensors import StageData
-
-    base = spec.base_config()
-
-    def split(n: int) -> Split:
-        targets = {t.name: (torch.rand((n, t.width) if t.width else (n,)) < 0.1).to(getattr(torch, t.dtype))
-                   for t in stage(spec.stage).targets}
-        return Split(torch.randint(0, PIECE_IDS_NUM, (n, *BOARD_SHAPE), dtype=torch.uint8),
-                     torch.randint(0, 3, (n, PIECES_IN_HAND_NUM), dtype=torch.uint8), targets)
-
-    probe = dataclasses.replace(base, budget=Budget(max_steps=1 + steps, eval_every=1 + steps),
-                                eval_at_start=False, init_from=None, eval_rows=0)
-    stamps: list[float] = []
-    result = train_stage(probe, StageData(spec.stage, split(base.batch_size * 2), split(min(64, base.batch_size))),
-                         on_step=lambda step, total: stamps.append(time.perf_counter()))
-    device = result.device
-    # the first step (allocations, kernel choice) is left out: the time between the later ones
-    step_seconds = (stamps[-1] - stamps[0]) / max(1, len(stamps) - 1) if len(stamps) > 1 else math.nan
-    total = base.budget.total_steps(rows, base.batch_size)
-    return step_seconds * total, (f"{steps} steps of the base configuration measured here on {device} "
-                                  f"({step_seconds * 1e3:.0f} ms a step, {total:,} steps a training)"), device
-
-
-__all__ = ["SweepPlan", "StepPlanSummary", "measure_training_seconds", "plan_sweep", "step_tries"]
+__all__ = ["SweepPlan", "StepPlanSummary", "cost_lines", "estimate_here", "needs_build", "plan_sweep", "seconds_text",
+           "step_tries", "validation_rows"]
