@@ -250,18 +250,14 @@ def needs_build(spec: SweepSpec) -> bool:
 def validation_rows(spec: SweepSpec, train_rows: int) -> int:
     """Validation rows of the spec's stage: the synthetic rows (Stage 1 evaluates on its training
     rows), the built manifest, else the share of ``train_rows`` the split holds out."""
-    import json
-    from pathlib import Path
-
-    from maou.data.build import build_dir, datasets_up_to_date
     from maou.stages import stage
 
     if stage(spec.stage).data_source == "synthetic":
         return train_rows
     data = spec.base_config().data
-    manifest = Path(build_dir(data)) / f"stage{spec.stage}" / "manifest.json"
-    if datasets_up_to_date(data) and manifest.is_file():
-        return int(json.loads(manifest.read_text()).get("rows", {}).get("val", 0)) or 1
+    built = built_rows(spec)
+    if built is not None:
+        return int(built.get("val", 0)) or 1
     train = train_rows or estimate_rows(spec)[0]
     return max(1, round(train * data.val_fraction / max(1e-9, 1.0 - data.val_fraction)))
 
@@ -380,25 +376,35 @@ def _from_storage(spec: SweepSpec, storage: Any) -> tuple[set, dict[str, int], l
 def training_rows(spec: SweepSpec, build: bool = True, progress: bool = False) -> tuple[int, str]:
     """Training rows of the spec's stage and where the number comes from: the synthetic rows, the
     built manifest (built first when ``build``), else an estimate from the game records."""
-    import json
-    from pathlib import Path
-
-    from maou.data.build import build_dir, datasets_up_to_date
     from maou.shogi.shapes import STAGE1_ROWS_NUM
     from maou.stages import stage
 
     if stage(spec.stage).data_source == "synthetic":
         return STAGE1_ROWS_NUM, "the synthetic Stage 1 rows"
-    data = spec.base_config().data
-    manifest = Path(build_dir(data)) / f"stage{spec.stage}" / "manifest.json"
-    if not datasets_up_to_date(data) and build:
+    built = built_rows(spec)
+    if built is None and build:
         from maou.data.resolve import dataset_of
 
         dataset_of(spec.base_config(), progress=progress)
-    if manifest.is_file() and datasets_up_to_date(data):
-        rows = int(json.loads(manifest.read_text()).get("rows", {}).get("train", 0))
+        built = built_rows(spec)
+    if built is not None:
+        rows = int(built.get("train", 0))
         return rows, f"the built datasets ({rows:,} training rows)"
     return estimate_rows(spec)
+
+
+def built_rows(spec: SweepSpec) -> dict[str, int] | None:
+    """The rows of each split (``train``, ``val``) of the spec's stage in its built datasets, when
+    they are built and up to date (one check of the sources), else None."""
+    import json
+
+    from maou.data.build import MANIFEST, build_dir, datasets_up_to_date
+
+    data = spec.base_config().data
+    manifest = build_dir(data) / f"stage{spec.stage}" / MANIFEST
+    if not manifest.is_file() or not datasets_up_to_date(data):
+        return None
+    return json.loads(manifest.read_text()).get("rows", {})
 
 
 #: Training rows a record file gives, on average, by its kind (measured on the bundled engine games:
