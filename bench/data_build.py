@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 
 from maou.data.build import build_datasets  # noqa: E402
 from maou.data.positions import aggregate_stage3, encode_unique, extract_positions, legal_masks  # noqa: E402
-from maou.data.records import read_records  # noqa: E402
+from maou.data.sources import read_records  # noqa: E402
 
 GOAL_STAGE2 = 50_000
 SHARED_GAMES = Path(os.environ.get("MAOU_SHARED", REPO.parent / "shared")) / "data" / "engine-games"

@@ -45,7 +45,7 @@ STAGE1 = {
 }
 
 
-def noop_trainer(config, report, checkpoint_dir) -> TrainResult:
+def noop_trainer(config, report, checkpoint_dir, dataset=None) -> TrainResult:
     """No training at all: one evaluation, then the result (measures orchestration alone)."""
     metrics = {"val_f1": 0.5, "val_accuracy": 0.5, "train_loss": 1.0, "val_loss": 1.0}
     report(1, metrics)

@@ -40,8 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 import torch.nn.functional as F
 
-from maou.data.layout import pack_flags
 from maou.data.writers import stage2_table, stage3_table, write_table
+from maou.layout import pack_flags
 from maou.shogi.shapes import BOARD_SHAPE, HCP_BYTES, MOVE_LABELS_NUM, PIECE_IDS_NUM, PIECES_IN_HAND_NUM
 from maou.strict import with_overrides
 from maou.trainer.config import train_config_from_dict

@@ -34,7 +34,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from maou.data.verify import VERIFIED, content_hash_of, record_verified, verify_dataset  # noqa: E402
+from maou.data.verify import VERIFIED, record_verified, verify_dataset  # noqa: E402
+from maou.layout import content_hash_of  # noqa: E402
 
 STAGE = 2
 CHUNK_ROWS = 100_000
@@ -42,8 +43,8 @@ CHUNK_ROWS = 100_000
 
 def synthetic_dataset(out: Path, rows: int, seed: int = 0) -> Path:
     """``rows`` random Stage 2 rows (train 90 %, val 10 %) as the build writes them, with manifests."""
-    from maou.data.layout import RECORD_BATCH_ROWS
     from maou.data.writers import DatasetFile, stage2_schema, stage2_table
+    from maou.layout import RECORD_BATCH_ROWS
     from maou.shogi import BOARD_SHAPE, HCP_BYTES, PIECES_IN_HAND_NUM
     from maou.shogi.shapes import MOVE_LABELS_PACKED_BYTES
 

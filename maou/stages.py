@@ -53,7 +53,7 @@ class Target:
 
     ``storage``: ``dense`` (in ``column``); ``bitpacked`` (multi-hot flags, eight a byte, in
     ``compact_column``); ``sparse`` (a row's non-zero labels and their weights, in
-    ``compact_column``). The byte layouts are in :mod:`maou.data.layout`. The loader reads the
+    ``compact_column``). The byte layouts are in :mod:`maou.layout`. The loader reads the
     compact column when a file has it, else the dense one (upstream's files, older builds).
     """
 

@@ -39,7 +39,7 @@ class FakeTrainer:
         self.explode_when = explode_when  # config -> its losses diverge to DIVERGED_LOSS at step 20
         self.fail_when = fail_when  # config -> the training raises (a failed trial)
 
-    def __call__(self, config, report, checkpoint_dir):
+    def __call__(self, config, report, checkpoint_dir, dataset=None):
         self.calls.append(config)
         if self.fail_when and self.fail_when(config):
             raise RuntimeError(f"fake failure: seed {config.seed} out of memory")
@@ -114,7 +114,7 @@ class DiesOnce(FakeTrainer):
         super().__init__(lr_batch_score, **kwargs)
         self.marker = str(marker)
 
-    def __call__(self, config, report, checkpoint_dir):
+    def __call__(self, config, report, checkpoint_dir, dataset=None):
         import os
         import signal
 
@@ -133,7 +133,7 @@ class Lockstep(FakeTrainer):
         super().__init__(score, **kwargs)
         self.gate, self.seeds = str(gate), tuple(seeds)
 
-    def __call__(self, config, report, checkpoint_dir):
+    def __call__(self, config, report, checkpoint_dir, dataset=None):
         import os
 
         me = f"{config.optim.lr}-{config.batch_size}"

@@ -14,14 +14,14 @@ from maou.sweep.run.job import train_on_datasets
 from maou.trainer.result import TrainResult
 
 
-def crash_once(config, report, checkpoint_dir) -> TrainResult:
+def crash_once(config, report, checkpoint_dir, dataset=None) -> TrainResult:
     """Seed 0: the worker process dies (``os._exit``) right after its first evaluation, once.
 
     A marker in the trial's checkpoint folder remembers the first attempt; Ray's retry trains
     for real."""
     marker = Path(checkpoint_dir) / "crashed-once"
     if config.seed != 0 or marker.exists():
-        return train_on_datasets(config, report, checkpoint_dir)
+        return train_on_datasets(config, report, checkpoint_dir, dataset)
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text(str(os.getpid()))
 
@@ -29,10 +29,10 @@ def crash_once(config, report, checkpoint_dir) -> TrainResult:
         report(step, metrics)
         os._exit(1)
 
-    return train_on_datasets(config, report_then_die, checkpoint_dir)
+    return train_on_datasets(config, report_then_die, checkpoint_dir, dataset)
 
 
-def flaky(config, report, checkpoint_dir) -> TrainResult:
+def flaky(config, report, checkpoint_dir, dataset=None) -> TrainResult:
     """lr > 1 raises a Python error (recorded on the trial as FAIL, not retried); otherwise
     :func:`crash_once`."""
     if config.optim.lr > 1.0:
@@ -40,13 +40,13 @@ def flaky(config, report, checkpoint_dir) -> TrainResult:
     return crash_once(config, report, checkpoint_dir)
 
 
-def slow(config, report, checkpoint_dir) -> TrainResult:
+def slow(config, report, checkpoint_dir, dataset=None) -> TrainResult:
     """The real trainer, held back a little so concurrent trials overlap in time."""
     time.sleep(1.0)
-    return train_on_datasets(config, report, checkpoint_dir)
+    return train_on_datasets(config, report, checkpoint_dir, dataset)
 
 
-def record_data_paths(config, report, checkpoint_dir) -> TrainResult:
+def record_data_paths(config, report, checkpoint_dir, dataset=None) -> TrainResult:
     """The real trainer, writing ``data-paths.json`` into the trial's folder: the dataset files the
     worker opened (Python's ``open``) and mapped (``/proc/self/maps``) and its working directory.
     On a node whose ``MAOU_TEST_NODE_CWD`` is set, it first moves there: a node where the driver's
@@ -62,7 +62,7 @@ def record_data_paths(config, report, checkpoint_dir) -> TrainResult:
                          and isinstance(args[0], (str, os.PathLike)) else None)
     del state[1:]
     time.sleep(1.0)  # concurrent trials overlap in time: both nodes train
-    result = train_on_datasets(config, report, checkpoint_dir)
+    result = train_on_datasets(config, report, checkpoint_dir, dataset)
     with open("/proc/self/maps") as maps:
         mapped = sorted({line.split(maxsplit=5)[-1].strip() for line in maps if ".feather" in line})
     opened = sorted({p for p in state[1:] if p.endswith((".feather", "manifest.json"))})

@@ -15,7 +15,7 @@ import yaml
 from sweep_helpers import REPO, one_line_error, run_cli
 
 from maou.cli import main as sweep
-from maou.data.records import scan_record_files
+from maou.data.sources import scan_record_files
 from maou.sweep.storage import url_typo
 
 GAMES = sorted((REPO / "data" / "games").glob("*.csa"))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import optuna
@@ -39,10 +40,10 @@ def test_default_build_folders_are_keyed_by_the_corpus_and_split(tmp_path):
 def test_loaded_data_is_verified_against_the_recorded_hash(tmp_path):
     games = corpus(tmp_path / "games", GAMES[:12])
     config = train_config_from_dict({"stage": 2, "data": {"games": [str(games)], "dir": str(tmp_path / "d")}})
-    _, recorded = dataset_of(config)
-    assert load_datasets(config, recorded).content_hash == recorded
+    recorded = dataset_of(config)
+    assert load_datasets(config, recorded).content_hash == recorded.content_hash
     with pytest.raises(DatasetChanged, match="changed under this sweep"):
-        load_datasets(config, "0" * 64)
+        load_datasets(config, replace(recorded, content_hash="0" * 64))
     shutil.copy(GAMES[20], games / GAMES[20].name)  # the corpus grows: the folder is rebuilt on load...
     with pytest.raises(DatasetChanged):  # ... and the trial refuses data other than its sweep's
         load_datasets(config, recorded)

@@ -117,7 +117,7 @@ def test_a_failed_trial_leaves_its_step_undecided_and_the_resume_decides_like_a_
 
     failing = {"on": True}
 
-    def trainer(config, report, checkpoint_dir):
+    def trainer(config, report, checkpoint_dir, dataset=None):
         if config.optim.lr == 0.01 and config.seed == 1 and failing["on"]:
             raise ResourceExhausted("CUDA out of memory at batch_size 64 on cuda:0: lower batch_size (simulated)")
         return FakeTrainer(lr_batch_score)(config, report, checkpoint_dir)

@@ -116,20 +116,19 @@ def train_command(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from maou.data.resolve import check_games, dataset_of
+    from maou.data.resolve import check_games, dataset_of, open_dataset
     from maou.stages import stage
     from maou.strict import to_dict
     from maou.trainer.config import dump_train_config
     from maou.trainer.loop import train_stage
     from maou.trainer.result import finite_or_none
-    from maou.trainer.tensors import load_stage_data
 
     config = resolve_config(args.config, args.overrides)
     if args.out:
         check_out(Path(args.out))
     check_games(config)  # missing games: one line, before the build folder is made
     console = Console()
-    data = load_stage_data(config.stage, dataset_of(config, progress=True, check="full")[0])  # files proven first
+    data = open_dataset(config.stage, dataset_of(config, progress=True, check="full").folder)  # files proven first
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)

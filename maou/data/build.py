@@ -1,7 +1,7 @@
 """Game records -> Stage 1/2/3 Arrow datasets (``sweep data build``), split by game.
 
 Layout of ``OUT`` (all tables uncompressed Arrow IPC ``.feather`` files that the trainer
-memory-maps, one row per position; column types and byte layouts in :mod:`maou.data.layout`):
+memory-maps, one row per position; column types and byte layouts in :mod:`maou.layout`):
 
 * ``stage1/all.feather``: the 1,105 synthetic rows of :func:`maou.shogi.stage1_rows`
   (``boardIdPositions``, ``piecesInHand``, ``reachableSquares``). Stage 1 has no split.
@@ -31,7 +31,7 @@ The build runs on every core (:mod:`maou.data.pipeline`) in memory bounded by it
 partition sizes, whatever the corpus; its output does not depend on the number of workers.
 The split is by game, seeded: no game has positions on both sides, and with two or more games
 each side gets at least one. A CSA or KIF record is a game; HCPE rows are gathered into games by
-their ``id``'s game part, or by file where they have none (:mod:`maou.data.records`). The manifest
+their ``id``'s game part, or by file where they have none (:mod:`maou.data.hcpe`). The manifest
 and the summary count games (``games_read``, ``train``, ``val``) and positions (HCPE: rows) apart.
 """
 
@@ -50,20 +50,26 @@ from pathlib import Path
 from typing import Any
 
 from maou import __version__
-from maou.data.layout import RECORD_BATCH_ROWS
+from maou.data.games import ReadStats
 from maou.data.pipeline import Games, plan_build, run_pipeline, worker_pool
-from maou.data.records import RECORD_SUFFIXES, FileScan, ReadStats
-from maou.data.sources import scan_sources, source_files, sources_content_hash, sources_fingerprint
-from maou.data.verify import Check, Mismatch, content_hash_of, rebuild_command, record_verified, verify_dataset
-from maou.data.writers import SPLITS, write_stage1
+from maou.data.sources import (
+    RECORD_SUFFIXES,
+    FileScan,
+    scan_sources,
+    source_files,
+    sources_content_hash,
+    sources_fingerprint,
+)
+from maou.data.verify import Check, Mismatch, rebuild_command, record_verified, verify_dataset
+from maou.data.writers import write_stage1
 from maou.errors import UserError
+from maou.layout import MANIFEST, RECORD_BATCH_ROWS, SPLITS, content_hash_of, read_manifest, stage_name
 from maou.stages import games_stages
 
 #: Bumped when the written layout changes; a dataset of another format version is rebuilt.
 #: 2: uncompressed, memory-mappable files; Stage 2 legal moves bit-packed, Stage 3 policy sparse.
 #: 3: Stage 3 validation drops the positions train has (as Stage 2 always did); HCPE rows split by game.
 FORMAT_VERSION = 3
-MANIFEST = "manifest.json"
 
 
 @dataclass
@@ -134,7 +140,7 @@ def build_datasets(games: Sequence[str | Path] | str | Path, out_dir: str | Path
         stage_manifest["layout"] = {"compression": "none", "record_batch_rows": RECORD_BATCH_ROWS}
     summary.val_dropped_in_train = stages["stage2"]["val_dropped_seen_in_train"]
     summary.rows = {"stage1": {"all": stages["stage1"]["rows"]["all"]},
-                    **{f"stage{s.number}": stages[f"stage{s.number}"]["rows"] for s in games_stages()}}
+                    **{stage_name(s.number): stages[stage_name(s.number)]["rows"] for s in games_stages()}}
     summary.seconds = time.perf_counter() - started
     # tasks run in this process are in its own time already
     summary.cpu_seconds = time.process_time() - cpu_started + (written.task_cpu_seconds if plan.workers > 1 else 0.0)
@@ -217,7 +223,7 @@ def print_summary(summary: BuildSummary) -> None:
     add("positions", summary.positions)
     add("unique positions", summary.unique_positions)
     for info in games_stages():
-        add(f"stage {info.number} rows", summary.rows[f"stage{info.number}"])
+        add(f"stage {info.number} rows", summary.rows[stage_name(info.number)])
     table.add_row("stage 1 rows", "", "", f"{summary.rows['stage1']['all']:,}")
     table.add_row("files read", "", "", f"{stats.files:,}")
     if summary.scan.kinds.get("other"):
@@ -239,13 +245,6 @@ def print_summary(summary: BuildSummary) -> None:
 
 def _resolved(games: Sequence[str | Path]) -> list[str]:
     return [str(Path(g).resolve()) for g in games]
-
-
-def _read_manifest(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 #: Parent of the default build folders (``data.dir`` null).
@@ -275,7 +274,7 @@ def _built_for(manifest: dict | None, data_config: Any) -> bool:
 def datasets_up_to_date(data_config: Any) -> bool:
     """True when the build folder holds a complete build of the same sources and split."""
     out = build_dir(data_config)
-    manifest = _read_manifest(out / MANIFEST)
+    manifest = read_manifest(out / MANIFEST)
     if manifest is None or not _built_for(manifest, data_config):
         return False
     sources = manifest.get("sources", {})
@@ -322,7 +321,7 @@ def datasets_ready(data_config: Any, progress: bool = True, stages: Sequence[int
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             present = games_present(data_config)
-            manifest = _read_manifest(out / MANIFEST)
+            manifest = read_manifest(out / MANIFEST)
             if not present and _built_for(manifest, data_config):  # the datasets outlive their games
                 mismatch = verify_dataset(out, stages, check, manifest).mismatch
                 if mismatch is not None:
@@ -332,7 +331,7 @@ def datasets_ready(data_config: Any, progress: bool = True, stages: Sequence[int
             elif (mismatch := verify_dataset(out, stages, check).mismatch) is not None:
                 print(f"{mismatch.describe()}; rebuilding from {_games(data_config)}", file=sys.stderr, flush=True)
                 _build(data_config, out, progress)
-            manifest = _read_manifest(out / MANIFEST) or {}
+            manifest = read_manifest(out / MANIFEST) or {}
             yield out, str(manifest.get("content_hash"))
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
@@ -351,6 +350,6 @@ def ensure_datasets(data_config: Any, progress: bool = True, stages: Sequence[in
         return out
 
 
-__all__ = ["BuildSummary", "DEFAULT_BUILD_ROOT", "FORMAT_VERSION", "MANIFEST", "build_datasets", "build_dir",
+__all__ = ["BuildSummary", "DEFAULT_BUILD_ROOT", "FORMAT_VERSION", "build_datasets", "build_dir",
            "datasets_ready", "datasets_up_to_date", "ensure_datasets", "games_present", "no_readable_games",
            "print_summary"]

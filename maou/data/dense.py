@@ -1,7 +1,7 @@
 """A built Stage 2/3 split in upstream's dense form: the file upstream ``maou learn-model`` reads.
 
 ``sweep data build`` stores targets compactly (``legalMovesBits``, ``moveLabelSparse``:
-:mod:`maou.data.layout`); upstream's loaders read their own dense columns instead. A dense copy
+:mod:`maou.layout`); upstream's loaders read their own dense columns instead. A dense copy
 has exactly upstream's columns, in its order (:func:`dense_schema`): ``id``, ``boardIdPositions``,
 ``piecesInHand``, then each target's dense column from the stage registry (Stage 2
 ``legalMovesLabel``, 1496 uint8 a row; Stage 3 ``moveLabel``, 1496 float32, and ``resultValue``).
@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from maou.data.layout import fixed_list
+from maou.layout import fixed_list
 from maou.shogi.shapes import BOARD_SHAPE, PIECES_IN_HAND_NUM
 from maou.stages import Stage, stage
 

@@ -21,7 +21,8 @@ import numpy as np
 
 from maou.data.positions import aggregate_played
 from maou.data.shards import read_partition
-from maou.data.writers import SPLITS, stage2_table, stage3_table
+from maou.data.writers import stage2_table, stage3_table
+from maou.layout import SPLITS, stage_name
 from maou.shogi.shapes import BOARD_SHAPE
 from maou.stages import games_stages, resolve_reference
 
@@ -47,7 +48,7 @@ class PartitionResult:
     unique: dict[str, int] = field(default_factory=dict)
     legal_moves: dict[str, int] = field(default_factory=dict)
     rows: dict[str, dict[str, int]] = field(
-        default_factory=lambda: {f"stage{s.number}": {} for s in games_stages()})
+        default_factory=lambda: {stage_name(s.number): {} for s in games_stages()})
     val_dropped_seen_in_train: int = 0
     #: Stage 3 positions of validation games left out because train has them.
     stage3_val_dropped_seen_in_train: int = 0
@@ -122,7 +123,7 @@ def build_partition(task: PartitionTask) -> PartitionResult:
         for info in games_stages():
             assert info.dataset is not None
             table = resolve_reference(info.dataset.rows)(part)
-            result.rows[f"stage{info.number}"][split] = _write(output_path(scratch, info.number, split, task.number),
+            result.rows[stage_name(info.number)][split] = _write(output_path(scratch, info.number, split, task.number),
                                                                table)
         train_keys = keys
     result.cpu_seconds = time.process_time() - started

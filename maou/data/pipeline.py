@@ -37,11 +37,12 @@ from typing import Any
 
 import numpy as np
 
+from maou.data.games import ReadStats
 from maou.data.partitions import GAMES_FILE, PartitionResult, PartitionTask, build_partition, output_path
-from maou.data.records import ReadStats
 from maou.data.shards import ShardResult, ShardTask, read_shard
 from maou.data.sources import split_games
-from maou.data.writers import SPLITS, DatasetFile
+from maou.data.writers import DatasetFile
+from maou.layout import SPLITS, split_path, stage_name
 from maou.stages import games_stages, resolve_reference
 
 #: Shards hold about this many bytes of record files (fewer, larger ones for big corpora) ...
@@ -298,7 +299,7 @@ def read_games(plan: BuildPlan, pool: Executor | None, bar: Any, val_fraction: f
 def write_split(path: Path, plan: BuildPlan, games: Games) -> None:
     """``split.json``: the games of each split (``json.dumps(..., indent=0)``), streamed, in order of
     first appearance: a CSA or KIF game as ``file#index``, an HCPE game by its name
-    (:attr:`maou.data.records.HcpeGame.name`: ``file#game``, or ``file`` for rows without an id)."""
+    (:attr:`maou.data.games.HcpeGame.name`: ``file#game``, or ``file`` for rows without an id)."""
     names = games.game_names
     with open(path, "w") as f:
         f.write("{\n")
@@ -320,7 +321,7 @@ class _InOrder:
     def __init__(self, plan: BuildPlan, out: Path) -> None:
         self.plan, self.next = plan, 0
         self.ready: set[int] = set()
-        self.files = {(info.number, split): DatasetFile(out / f"stage{info.number}" / f"{split}.feather",
+        self.files = {(info.number, split): DatasetFile(split_path(out, info.number, split),
                                                         resolve_reference(info.dataset.schema)())
                       for info in games_stages() if info.dataset is not None for split in SPLITS}
 
@@ -338,7 +339,7 @@ class _InOrder:
 
     def close(self) -> dict[str, dict]:
         entries = {key: target.close() for key, target in self.files.items()}
-        return {f"stage{n}": {"rows": {s: entries[n, s]["rows"] for s in SPLITS},
+        return {stage_name(n): {"rows": {s: entries[n, s]["rows"] for s in SPLITS},
                               "files": {s: entries[n, s] for s in SPLITS}} for n in {n for n, _ in entries}}
 
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import cshogi
 import numpy as np
 
-from maou.data.layout import SPARSE_LABEL_DTYPE, SPARSE_WEIGHT_DTYPE, ranges_index
-from maou.data.records import GameRecord
+from maou.data.games import GameRecord
+from maou.layout import SPARSE_LABEL_DTYPE, SPARSE_WEIGHT_DTYPE, ranges_index
 from maou.shogi import HAND_KINDS_NUM, HCP_BYTES, MOVE_LABELS_NUM, SQUARES_NUM, encode_raw, move_labels, position_ids
 
 #: Stage 3 policy targets are stored as float16 (sums to 1 within 1e-3).

@@ -25,9 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from maou.data.layout import fixed_list, pack_flags
+from maou.data.games import GameRecord, ReadStats, game_digest
 from maou.data.positions import encode_unique, extract_positions, legal_masks
-from maou.data.records import GameRecord, ReadStats, game_digest, iter_records
+from maou.data.sources import iter_records
+from maou.layout import fixed_list, pack_flags
 from maou.shogi.shapes import BOARD_SHAPE, HCP_BYTES, MOVE_LABELS_PACKED_BYTES, PIECES_IN_HAND_NUM
 
 #: Positions replayed between two spills to the partitions (bounds a worker's memory).
@@ -72,8 +73,8 @@ class ShardGames:
     result, and the 16 bytes naming their game (``digest``).
 
     A ``whole_game`` record (CSA, KIF) is a game of its own, its digest that of its start and moves
-    (:func:`~maou.data.records.game_digest`): an equal one later is a duplicate. An HCPE row's
-    digest is its game's key (:attr:`~maou.data.records.GameRecord.hcpe_game`): the rows with an
+    (:func:`~maou.data.games.game_digest`): an equal one later is a duplicate. An HCPE row's
+    digest is its game's key (:attr:`~maou.data.games.GameRecord.hcpe_game`): the rows with an
     equal one, in any shard, are one game, which ``split.json`` lists as ``names[digest]`` (the
     name first seen in the shard)."""
 

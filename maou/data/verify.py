@@ -18,7 +18,6 @@ naming the file and the command that rebuilds it (:func:`rebuild_command`).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shlex
@@ -28,10 +27,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from maou.data.sources import file_sha256
+from maou.layout import MANIFEST, content_hash_of, read_manifest, stage_entries
 
 #: ``size``: sizes only (every load); ``full``: sizes and SHA-256 (once per ``sweep run``/``sweep train``).
 Check = Literal["size", "full"]
-MANIFEST = "manifest.json"
 #: The files hashed good, with the (size, mtime, ctime) they had then; in the build folder.
 VERIFIED = ".verified.json"
 
@@ -72,12 +71,6 @@ class Verification:
         return self.mismatch is None
 
 
-def content_hash_of(files: Mapping[str, Mapping[str, Any]]) -> str:
-    """The ``content_hash`` of a build: one hash of every dataset file's name and SHA-256."""
-    return hashlib.sha256("".join(f"{name}\0{entry['sha256']}\n" for name, entry in sorted(files.items()))
-                          .encode()).hexdigest()
-
-
 def _stamp(stat: os.stat_result) -> dict[str, int]:
     return {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns, "ctime_ns": stat.st_ctime_ns}
 
@@ -116,19 +109,13 @@ def record_verified(out: Path, files: Mapping[str, Mapping[str, Any]]) -> None:
     _write_verified(out, entries)
 
 
-def stage_files(manifest: Mapping[str, Any], stage_number: int) -> dict[str, dict]:
-    """The manifest's entries of one stage folder's dataset files (``stageN/...``)."""
-    prefix = f"stage{stage_number}/"
-    return {name: dict(entry) for name, entry in (manifest.get("files") or {}).items() if name.startswith(prefix)}
-
-
 def verify_dataset(out: Path, stage_numbers: Sequence[int] | None = None, check: Check = "full",
                  manifest: Mapping[str, Any] | None = None) -> Verification:
     """Check the dataset files of ``stage_numbers`` (default: every file listed) in the build folder
     ``out`` against its top manifest: sizes always, SHA-256 when ``check`` is ``full`` (files
     unchanged since their last good hash are not read). Stops at the first mismatch."""
     out = Path(out)
-    manifest = manifest if manifest is not None else _read_json(out / MANIFEST)
+    manifest = manifest if manifest is not None else read_manifest(out / MANIFEST) or {}
     result = Verification()
     listed = manifest.get("files") or {}
     if content_hash_of(listed) != manifest.get("content_hash"):
@@ -136,7 +123,8 @@ def verify_dataset(out: Path, stage_numbers: Sequence[int] | None = None, check:
                                    content_hash_of(listed))
         return result
     files = ({name: dict(entry) for name, entry in sorted(listed.items())} if stage_numbers is None else
-             {name: entry for number in stage_numbers for name, entry in sorted(stage_files(manifest, number).items())})
+             {name: entry for number in stage_numbers
+              for name, entry in sorted(stage_entries(manifest, number).items())})
     stats: dict[str, os.stat_result] = {}
     for name, entry in files.items():  # every size first: a truncated file costs no hashing
         try:
@@ -176,7 +164,7 @@ def rebuild_command(out: Path, games: Sequence[str] | None = None, val_fraction:
                     split_seed: int | None = None) -> str:
     """The ``sweep data build`` line that rebuilds ``out`` as it was built (its manifest's games and
     split where not given)."""
-    manifest = _read_json(Path(out) / MANIFEST)
+    manifest = read_manifest(Path(out) / MANIFEST) or {}
     games = list(games) if games else list((manifest.get("sources") or {}).get("inputs") or ["GAMES"])
     val_fraction = val_fraction if val_fraction is not None else manifest.get("val_fraction", 0.1)
     split_seed = split_seed if split_seed is not None else manifest.get("split_seed", 0)
@@ -188,5 +176,4 @@ def rebuild_command(out: Path, games: Sequence[str] | None = None, val_fraction:
     return line
 
 
-__all__ = ["Check", "Mismatch", "VERIFIED", "Verification", "content_hash_of", "rebuild_command",
-           "record_verified", "stage_files", "verify_dataset"]
+__all__ = ["Check", "Mismatch", "VERIFIED", "Verification", "rebuild_command", "record_verified", "verify_dataset"]

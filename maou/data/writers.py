@@ -1,9 +1,9 @@
 """The Stage 1/2/3 dataset tables: their schemas, their record batches, and the files they go to.
 
-Column types and byte layouts are in :mod:`maou.data.layout`; which target is stored in which
+Column types and byte layouts are in :mod:`maou.layout`; which target is stored in which
 form (dense, bit-packed, sparse) and under which column name comes from the stage registry.
 A :class:`DatasetFile` is written record batch by record batch (uncompressed Arrow IPC, batches
-of :data:`~maou.data.layout.RECORD_BATCH_ROWS` rows) to a temporary name and renamed when
+of :data:`~maou.layout.RECORD_BATCH_ROWS` rows) to a temporary name and renamed when
 closed, so a build holds at most one batch of each table in memory. Rows are sorted by ``id``.
 """
 
@@ -16,12 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from maou.data.layout import RECORD_BATCH_ROWS, fixed_list, hcp_column, sparse_column, sparse_type
+from maou.layout import RECORD_BATCH_ROWS, SYNTHETIC_FILE, fixed_list, hcp_column, sparse_column, sparse_type
 from maou.shogi import BOARD_SHAPE, HCP_BYTES, PIECES_IN_HAND_NUM, REACHABLE_SQUARES_NUM, stage1_rows
 from maou.shogi.shapes import MOVE_LABELS_PACKED_BYTES
 from maou.stages import stage
 
-SPLITS = ("train", "val")
 #: Dataset files are uncompressed, so that the trainer memory-maps them with zero copy.
 COMPRESSION = None
 
@@ -161,9 +160,9 @@ def write_stage1(folder: Path) -> dict:
         "piecesInHand": fixed_list(rows.pieces_in_hand, PIECES_IN_HAND_NUM),
         target.column: fixed_list(rows.reachable_squares, REACHABLE_SQUARES_NUM),
     })
-    entry = write_table(folder / "all.feather", table)
+    entry = write_table(folder / SYNTHETIC_FILE, table)
     return {"rows": {"all": entry["rows"]}, "files": {"all": entry}}
 
 
-__all__ = ["COMPRESSION", "DatasetFile", "SPLITS", "stage2_schema", "stage2_table", "stage3_schema",
+__all__ = ["COMPRESSION", "DatasetFile", "stage2_schema", "stage2_table", "stage3_schema",
            "stage3_table", "write_stage1", "write_table"]

@@ -15,7 +15,7 @@ turns it into the trainer's tensor on the training device (:meth:`decode`, torch
 * :class:`BitpackedTarget`: 187 bytes a row; unpacked on the device with bitwise shifts.
 * :class:`SparseTarget`: a row's (label, weight) entries; scattered into zeros on the device.
 
-The layouts are :mod:`maou.data.layout`'s; the stage registry says which target uses which.
+The layouts are :mod:`maou.layout`'s; the stage registry says which target uses which.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from maou.data.layout import BIT_ORDER, SPARSE_LABEL, SPARSE_WEIGHT, ranges_index
 from maou.errors import UserError
+from maou.layout import BIT_ORDER, SPARSE_LABEL, SPARSE_WEIGHT, ranges_index
 from maou.stages import Target
 
 _TORCH_DTYPES = {"uint8": torch.uint8, "float32": torch.float32}
@@ -55,17 +55,18 @@ def open_table(path: Path) -> tuple[Any, bool]:
 
 
 class UnreadableDataset(UserError):
-    """A dataset file that Arrow cannot read (truncated, overwritten): its path and how to rebuild it."""
+    """A dataset file that Arrow cannot read (truncated, overwritten): its path and why; where the
+    file's build is known, :meth:`with_hint` adds how to rebuild it (:mod:`maou.data.resolve`)."""
 
-    def __init__(self, path: Path, exc: BaseException) -> None:
-        from maou.data.verify import MANIFEST, rebuild_command
-
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        folder = path.parent.parent
-        how = (f"rebuild it with `{rebuild_command(folder)}`" if (folder / MANIFEST).is_file() else
-               "rebuild it with `sweep data build --games GAMES --out FOLDER`")
-        super().__init__(f"dataset file {path} is not a readable Arrow file ({reason}); {how}")
+    def __init__(self, path: Path, exc: BaseException | str, hint: str = "") -> None:
         self.path = path
+        self.reason = exc if isinstance(exc, str) else (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        self.hint = hint
+        super().__init__(f"dataset file {path} is not a readable Arrow file ({self.reason})"
+                         + (f"; {hint}" if hint else ""))
+
+    def with_hint(self, hint: str) -> UnreadableDataset:
+        return UnreadableDataset(self.path, self.reason, hint)
 
 
 class Chunked:

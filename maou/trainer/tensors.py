@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from maou.errors import UserError
+from maou.layout import SPLITS, manifest_content_hash, split_path
 from maou.shogi.shapes import BOARD_SHAPE
 from maou.stages import stage
 from maou.trainer.mapped import MappedSplit, open_split
@@ -77,21 +78,10 @@ def load_stage_data(stage_number: int, dataset_dir: str | Path | None = None,
         return _stage1_data(max_rows)
     if dataset_dir is None:
         raise UserError(f"stage {stage_number} needs a dataset folder (built by `sweep data build`)")
-    folder = Path(dataset_dir) / f"stage{stage_number}"
-    train, val = (open_split(folder / f"{name}.feather", info.targets, max_rows) for name in ("train", "val"))
+    train, val = (open_split(split_path(dataset_dir, stage_number, split), info.targets, max_rows) for split in SPLITS)
     if storage == "memory":
         train, val = train.materialize(), val.materialize()
-    return StageData(stage_number, train, val, content_hash=dataset_content_hash(dataset_dir))
-
-
-def dataset_content_hash(dataset_dir: str | Path) -> str | None:
-    """The ``content_hash`` of a built dataset folder (its top ``manifest.json``), if recorded."""
-    import json
-
-    manifest = Path(dataset_dir) / "manifest.json"
-    if not manifest.is_file():
-        return None
-    return json.loads(manifest.read_text()).get("content_hash")
+    return StageData(stage_number, train, val, content_hash=manifest_content_hash(dataset_dir))
 
 
 def _stage1_data(max_rows: int | None) -> StageData:

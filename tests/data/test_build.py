@@ -20,8 +20,7 @@ from maou.cli import main as sweep
 from maou.data import build as build_module
 from maou.data.build import build_datasets, ensure_datasets
 from maou.data.positions import aggregate_stage3, encode_unique, extract_positions, legal_masks
-from maou.data.records import read_records
-from maou.data.sources import file_sha256, split_games
+from maou.data.sources import file_sha256, read_records, split_games
 from maou.shogi import (
     BOARD_SHAPE,
     MOVE_LABELS_NUM,

@@ -21,7 +21,9 @@ from cshogi import CSA
 
 from maou.cli import main as sweep
 from maou.data.build import build_datasets
-from maou.data.records import GameRecord, decode_hcp, read_hcpe_table, read_records
+from maou.data.games import GameRecord
+from maou.data.hcpe import decode_hcp, read_hcpe_table
+from maou.data.sources import read_records
 from maou.shogi import HCP_BYTES, position_id
 
 REPO = Path(__file__).resolve().parents[2]

@@ -21,7 +21,8 @@ from test_hcpe import FLOODGATE, bundled, upstream_rows, upstream_table
 
 from maou.data import pipeline
 from maou.data.build import build_datasets
-from maou.data.records import hcpe_game_parts, read_hcpe_table, read_records
+from maou.data.hcpe import hcpe_game_parts, read_hcpe_table
+from maou.data.sources import read_records
 from maou.shogi import position_id
 
 SPLITS = ("train", "val")

@@ -23,8 +23,9 @@ from sweep_helpers import bundled_games
 
 from maou.data import pipeline
 from maou.data.build import build_datasets
-from maou.data.records import MAX_EXAMPLES, ReadStats, read_records
-from maou.data.sources import source_files
+from maou.data.games import ReadStats
+from maou.data.sources import read_records, source_files
+from maou.data.tally import MAX_EXAMPLES
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLED = REPO / "data" / "games"
@@ -142,7 +143,7 @@ def test_split_json_is_json_dumps_indent_0(serial_build):
 
 
 def test_files_are_uncompressed_and_map_with_zero_copy(serial_build, tmp_path):
-    from maou.data.layout import RECORD_BATCH_ROWS
+    from maou.layout import RECORD_BATCH_ROWS
     from maou.trainer.columns import open_table
 
     out = serial_build[2]

@@ -13,14 +13,8 @@ import pytest
 from cshogi import KIF
 from sweep_helpers import bundled_games
 
-from maou.data.records import (
-    decode_text,
-    find_record_files,
-    iter_records,
-    read_records,
-    record_format,
-    split_csa_games,
-)
+from maou.data.kifu import decode_text, split_csa_games
+from maou.data.sources import find_record_files, iter_records, read_records, record_format
 from maou.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]

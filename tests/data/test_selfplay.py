@@ -12,8 +12,8 @@ import pytest
 
 from maou.cli import main as sweep
 from maou.data import selfplay
-from maou.data.records import read_records
 from maou.data.selfplay import find_engine, play_game, play_games
+from maou.data.sources import read_records
 from maou.errors import UserError
 
 
@@ -53,7 +53,7 @@ def test_impasse_declaration(tmp_path):
 
 def test_mate_is_written_as_toryo(tmp_path):
     """Replaying a bundled game that ended in mate: the mated side to move loses (%TORYO, not %TSUMI)."""
-    from maou.data.records import replay
+    from maou.data.games import replay
 
     for path in sorted((Path(__file__).resolve().parents[2] / "data" / "games").glob("*.csa"))[:20]:
         game = read_records([path])[0][0]

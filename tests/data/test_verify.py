@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 
 from maou.data.build import ensure_datasets
-from maou.data.resolve import dataset_of, load_datasets
+from maou.data.resolve import dataset_of, load_datasets, open_dataset
 from maou.data.sources import file_sha256
 from maou.data.verify import VERIFIED, verify_dataset
 from maou.errors import UserError
+from maou.layout import Dataset
 from maou.trainer.columns import UnreadableDataset
 from maou.trainer.config import DataConfig, train_config_from_dict
-from maou.trainer.tensors import load_stage_data
 
 BUNDLED = Path(__file__).resolve().parents[2] / "data" / "games"
 TRAIN = "stage2/train.feather"
@@ -82,13 +82,14 @@ def test_flipped_bytes_of_the_same_size_are_caught_and_rebuilt_from_the_games(tm
     corrupt = file_sha256(out / TRAIN)
     assert verify_dataset(out, [2], "size").ok  # the size cannot tell...
     assert verify_dataset(out, [2], "full").mismatch.what == "sha256"  # ...the hash does
-    directory, content_hash = dataset_of(config)
+    dataset = dataset_of(config)
+    directory, content_hash = dataset.folder, dataset.content_hash
     assert capsys.readouterr().err.strip().splitlines() == [
         f"dataset file {out / TRAIN} does not match its manifest: SHA-256 {recorded['files'][TRAIN]['sha256'][:12]} "
         f"expected, found {corrupt[:12]}; rebuilding from {config.data.games[0]}"]
     assert file_sha256(out / TRAIN) == recorded["files"][TRAIN]["sha256"]  # the data is right again
     assert content_hash == recorded["content_hash"] and directory == str(out)
-    assert load_datasets(config, recorded["content_hash"]).content_hash == recorded["content_hash"]
+    assert load_datasets(config, dataset).content_hash == recorded["content_hash"]
 
 
 def test_a_truncated_file_is_caught_by_the_size_check_of_every_load(tmp_path, capsys):
@@ -98,7 +99,7 @@ def test_a_truncated_file_is_caught_by_the_size_check_of_every_load(tmp_path, ca
     truncate(out / TRAIN)
     check = verify_dataset(out, [2], "size")
     assert check.mismatch.what == "size" and check.hashed == []
-    data = load_datasets(config, recorded["content_hash"])  # a trial's load: sizes only
+    data = load_datasets(config, Dataset(2, str(out), recorded["content_hash"]))  # a trial's load: sizes only
     assert capsys.readouterr().err.strip().splitlines() == [
         f"dataset file {out / TRAIN} does not match its manifest: {expected:,} bytes expected, found "
         f"{expected // 2:,}; rebuilding from {config.data.games[0]}"]
@@ -140,7 +141,7 @@ def test_a_corrupt_file_that_reaches_training_names_its_path(bundled_data_dir, t
     shutil.copytree(bundled_data_dir, out)
     truncate(out / TRAIN)
     with pytest.raises(UnreadableDataset) as raised:
-        load_stage_data(2, out)  # no check in between: the trainer's own open
+        open_dataset(2, out)  # no check in between: the trainer's own open
     message = str(raised.value)
     assert message.startswith(f"dataset file {out / TRAIN} is not a readable Arrow file (")
     games = manifest(out)["sources"]["inputs"][0]

@@ -250,7 +250,8 @@ def _dense_data(stage_number: int, data: UpstreamData, out: Path, export: Export
 
 def _verify_built(path: Path, stage_number: int) -> None:
     """The built file about to be converted, against its build's manifest (sizes and SHA-256, cached)."""
-    from maou.data.verify import MANIFEST, rebuild_command, verify_dataset
+    from maou.data.verify import rebuild_command, verify_dataset
+    from maou.layout import MANIFEST
 
     folder = path.parent.parent
     if not (folder / MANIFEST).is_file():

@@ -396,15 +396,12 @@ def training_rows(spec: SweepSpec, build: bool = True, progress: bool = False) -
 def built_rows(spec: SweepSpec) -> dict[str, int] | None:
     """The rows of each split (``train``, ``val``) of the spec's stage in its built datasets, when
     they are built and up to date (one check of the sources), else None."""
-    import json
-
-    from maou.data.build import MANIFEST, build_dir, datasets_up_to_date
+    from maou.data.build import build_dir, datasets_up_to_date
+    from maou.layout import stage_rows
 
     data = spec.base_config().data
-    manifest = build_dir(data) / f"stage{spec.stage}" / MANIFEST
-    if not manifest.is_file() or not datasets_up_to_date(data):
-        return None
-    return json.loads(manifest.read_text()).get("rows", {})
+    rows = stage_rows(build_dir(data), spec.stage)
+    return rows if rows is not None and datasets_up_to_date(data) else None
 
 
 #: Training rows a record file gives, on average, by its kind (measured on the bundled engine games:

@@ -13,7 +13,6 @@ Everything is read through :mod:`maou.sweep.records`; every number is written by
 from __future__ import annotations
 
 import html
-import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -110,12 +109,12 @@ def _budget(config: Any, trials: list[TrialRecord]) -> str:
 
 def _rows(directory: str, stage_number: int) -> str:
     """``(N train / M val rows)`` from the built dataset's manifest, when it is there."""
-    try:
-        manifest = json.loads((Path(directory) / f"stage{stage_number}" / "manifest.json").read_text())
-        rows = manifest["rows"]
-        return f" ({fmt(rows['train'])} train / {fmt(rows['val'])} val rows)"
-    except (OSError, ValueError, KeyError, TypeError):
+    from maou.layout import stage_rows
+
+    rows = stage_rows(directory, stage_number) or {}
+    if "train" not in rows or "val" not in rows:
         return ""
+    return f" ({fmt(rows['train'])} train / {fmt(rows['val'])} val rows)"
 
 
 def _data(spec: Any, record: SweepRecord) -> str:

@@ -101,22 +101,24 @@ def upstream_data(config: TrainConfig) -> UpstreamData:
     """The training file of ``config``'s stage in its built datasets (``build_dir(config.data)``),
     absolute, and its row count from the stage's ``manifest.json``; Stage 1's synthetic rows are
     ``stage1/all.feather`` there, their count known without a build."""
-    from maou.data.build import MANIFEST, build_dir
+    from maou.data.build import build_dir
+    from maou.layout import MANIFEST, SYNTHETIC_FILE, split_path, stage_name
     from maou.shogi.shapes import STAGE1_ROWS_NUM
 
-    folder = (build_dir(config.data) / f"stage{config.stage}").absolute()
+    built = build_dir(config.data).absolute()
+    folder = built / stage_name(config.stage)
     if stage_info(config.stage).data_source == "synthetic":
-        return UpstreamData(folder / "all.feather", STAGE1_ROWS_NUM, "the synthetic Stage 1 rows")
-    manifest = folder / MANIFEST
+        return UpstreamData(folder / SYNTHETIC_FILE, STAGE1_ROWS_NUM, "the synthetic Stage 1 rows")
+    manifest, train = folder / MANIFEST, split_path(built, config.stage, "train")
     try:
         entries = json.loads(manifest.read_text())
         rows = int(entries["rows"]["train"])
     except FileNotFoundError:
-        return UpstreamData(folder / "train.feather", None, f"no {manifest} on this machine")
+        return UpstreamData(train, None, f"no {manifest} on this machine")
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        return UpstreamData(folder / "train.feather", None, f"{manifest} unreadable: {type(exc).__name__}")
+        return UpstreamData(train, None, f"{manifest} unreadable: {type(exc).__name__}")
     sha256 = (entries.get("files") or {}).get("train", {}).get("sha256")
-    return UpstreamData(folder / "train.feather", rows, str(manifest), sha256 if isinstance(sha256, str) else None)
+    return UpstreamData(train, rows, str(manifest), sha256 if isinstance(sha256, str) else None)
 
 
 def upstream_args(config: TrainConfig, data: UpstreamData | None = None) -> UpstreamArgs:

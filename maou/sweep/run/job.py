@@ -14,12 +14,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from maou.layout import Dataset
 from maou.sweep.run.pruning import PruningConfig, build_monitor
 from maou.trainer.config import TrainConfig
 from maou.trainer.result import History, Report, Stop, TrainResult
 
-#: Trains one config: ``(config, report, checkpoint_dir) -> TrainResult``; tests pass fakes.
-TrainFn = Callable[[TrainConfig, Report, "str | None"], TrainResult]
+#: Trains one config on the job's datasets: ``(config, report, checkpoint_dir, dataset) -> TrainResult``;
+#: tests pass fakes.
+TrainFn = Callable[[TrainConfig, Report, "str | None", "Dataset | None"], TrainResult]
 #: ``(optimizer step, steps of the budget)``, as a run goes.
 Progress = Callable[[int, int], None]
 
@@ -32,21 +34,22 @@ class Job:
     pruning: PruningConfig
     #: The run's budget in optimizer steps (grace periods are shares of it).
     max_steps: int
-    #: Content hash of the datasets the sweep recorded (None for synthetic rows): verified on load.
-    dataset_hash: str | None = None
+    #: The datasets the run resolved (folder, content hash, files): opened and checked against the
+    #: content hash on load (None: the config's build folder, unchecked).
+    dataset: Dataset | None = None
     #: The step's objective (metric, direction): what "best evaluation" means for this run.
     objective: tuple[str, str] | None = None
 
 
 def train_on_datasets(config: TrainConfig, report: Report, checkpoint_dir: str | None,
-                      expected_hash: str | None = None, best_by: tuple[str, str] | None = None,
+                      dataset: Dataset | None = None, best_by: tuple[str, str] | None = None,
                       on_step: Progress | None = None) -> TrainResult:
-    """The real trainer: the config's datasets (built if needed, verified against
-    ``expected_hash``, cached per process), then train (``best_by``: the objective)."""
+    """The real trainer: the run's ``dataset`` (its files' sizes checked, its content hash
+    verified, cached per process), then train (``best_by``: the objective)."""
     from maou.data.resolve import load_datasets
     from maou.trainer.loop import train_stage
 
-    return train_stage(config, load_datasets(config, expected_hash), report=report, checkpoint_dir=checkpoint_dir,
+    return train_stage(config, load_datasets(config, dataset), report=report, checkpoint_dir=checkpoint_dir,
                        best_by=best_by, on_step=on_step)
 
 
@@ -68,7 +71,7 @@ def run_job(job: Job, report: Report, train: TrainFn | None = None, progress: Pr
     each evaluation is reported, then checked by the collapse monitor. ``progress(step, total)``
     hears of the optimizer steps of the real trainer, twice a second."""
     if train is None:
-        train = functools.partial(train_on_datasets, expected_hash=job.dataset_hash, best_by=job.objective,
+        train = functools.partial(train_on_datasets, best_by=job.objective,
                                   on_step=_Throttled(progress) if progress is not None else None)
     monitor = build_monitor(job.config.stage, job.pruning, job.max_steps)
     history: History = []
@@ -78,7 +81,7 @@ def run_job(job: Job, report: Report, train: TrainFn | None = None, progress: Pr
         outer = report(step, metrics)
         return monitor.check(history) or outer
 
-    return train(job.config, monitored, job.checkpoint_dir)
+    return train(job.config, monitored, job.checkpoint_dir, job.dataset)
 
 
 __all__ = ["Job", "TrainFn", "run_job", "train_on_datasets"]

@@ -19,6 +19,7 @@ from typing import Any
 import optuna
 
 from maou.errors import UserError
+from maou.layout import Dataset, stage_rows
 from maou.strict import flatten, to_dict
 from maou.sweep.identity import ConfigKey
 from maou.sweep.locate import load_spec
@@ -140,14 +141,13 @@ def resolve_winner_of(reference: str) -> str:
     return best.checkpoint
 
 
-def train_rows(spec: SweepSpec, dataset_dir: str | None) -> int:
-    """Training rows of the spec's stage: the manifest's count, or the synthetic rows' number."""
-    if dataset_dir is None:
+def train_rows(dataset: Dataset) -> int:
+    """Training rows of the dataset's stage: the manifest's count, or the synthetic rows' number."""
+    if dataset.folder is None:
         from maou.shogi.shapes import STAGE1_ROWS_NUM
 
         return STAGE1_ROWS_NUM
-    manifest = json.loads((Path(dataset_dir) / f"stage{spec.stage}" / "manifest.json").read_text())
-    return int(manifest.get("rows", {}).get("train", 0))
+    return (stage_rows(dataset.folder, dataset.stage) or {}).get("train", 0)
 
 
 @dataclass
@@ -267,8 +267,8 @@ def _prepare(spec: SweepSpec) -> StepContext:
     from maou.sweep.run.preflight import preflight
 
     base = spec.base_config()
-    dataset_dir, dataset_hash = dataset_of(base, progress=True, check="full")
-    rows = train_rows(spec, dataset_dir)
+    dataset = dataset_of(base, progress=True, check="full")
+    rows = train_rows(dataset)
     preflight(spec, rows)
     resolved: dict[str, str] = {}
 
@@ -277,7 +277,7 @@ def _prepare(spec: SweepSpec) -> StepContext:
             resolved[reference] = resolve_winner_of(reference)
         return resolved[reference]
 
-    return StepContext(spec, base, dataset_hash, rows, resolve_init)
+    return StepContext(spec, base, dataset, rows, resolve_init)
 
 
 def _open_study(spec: SweepSpec, index: int, storage: Any, context: StepContext,

@@ -18,6 +18,7 @@ from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState
 
 import maou
+from maou.layout import Dataset
 from maou.strict import to_dict, with_overrides
 from maou.sweep.identity import ConfigKey
 from maou.sweep.records import TrialRecord, read_step
@@ -39,10 +40,15 @@ class StepContext:
 
     spec: SweepSpec
     base: TrainConfig
-    dataset_hash: str | None
+    #: The stage's datasets, resolved once for the run: every job carries them.
+    dataset: Dataset
     train_rows: int
     #: ``winner-of:SPEC`` -> that sweep's winning checkpoint.
     resolve_init: Callable[[str], str]
+
+    @property
+    def dataset_hash(self) -> str | None:
+        return self.dataset.content_hash
 
 
 def open_step(context: StepContext, index: int, study: optuna.Study, recorder: TrialRecorder,
@@ -161,7 +167,7 @@ class StepRun:
         max_steps = attrs["max_steps"]
         handle.max_steps = max_steps
         objective = self.recorder.objective
-        return handle, Job(handle.number, config, str(checkpoint_dir), spec.pruning, max_steps, ctx.dataset_hash,
+        return handle, Job(handle.number, config, str(checkpoint_dir), spec.pruning, max_steps, ctx.dataset,
                            (objective.metric, objective.direction))
 
 

@@ -208,7 +208,7 @@ class RayExecutor:
 
         from maou.sweep.run.executors.shipping import offer_for
 
-        offer, server = offer_for(step.context.base, cluster=not _local(self.config))
+        offer, server = offer_for(step.context.dataset, cluster=not _local(self.config))
         state = RemoteTrials(step, "ray", threads=max(1, int(self.config.cpus_per_trial)),
                              on_gpu=self.config.gpus_per_trial > 0, offer=offer, id_attr="ray_trial_id")
         searcher_class, scheduler_class = _tune_classes()

@@ -64,12 +64,12 @@ def work(job: Job, emit: Emit, train: TrainFn | None = None, placed: dict[str, A
     """One trial in a worker: train, sending every evaluation and progress, then one final message;
     ``answer``: waits for the driver's answer to each evaluation (a stop ends the run there)."""
     placed = dict(placed if placed is not None else placement())
-    if offer is not None:  # another node's dataset: this node's copy of it
-        from maou.data.resolve import provide_dataset
+    if offer is not None and job.dataset is not None:  # another node's dataset: this node's copy of it
+        from maou.data.resolve import local_copy
         from maou.sweep.run.executors.shipping import local_dataset
 
         placed["dataset_dir"] = local_dataset(offer)
-        provide_dataset(job.config.data, placed["dataset_dir"])
+        job = replace(job, dataset=local_copy(job.dataset, placed["dataset_dir"]))
 
     def report(step: int, metrics: dict[str, float]) -> Stop | None:
         emit({"step": int(step), RECORD: json.dumps({"step": int(step), "metrics": metrics, **placed})}, metrics)

@@ -12,7 +12,7 @@ SHA-256, the driver's node and folder). In the trial (:func:`local_dataset`):
   size and SHA-256 and the manifest against the content hash, then renamed into place. Trials of
   later steps and sweeps on the same data find it there.
 
-The trial then trains on that folder (:func:`maou.data.resolve.provide_dataset`), never on the
+The trial then trains on that folder (its job's dataset, :func:`maou.data.resolve.local_copy`), never on the
 driver's paths. Ray is imported only when this runs.
 """
 
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import shutil
 import uuid
@@ -29,13 +28,13 @@ from pathlib import Path
 from typing import Any
 
 from maou.data.sources import file_sha256
+from maou.layout import MANIFEST, Dataset, manifest_content_hash, stage_prefix
 
 #: Where a node keeps the datasets it was sent (one folder per content hash).
 CACHE_ENV = "MAOU_DATASET_CACHE"
 CHUNK_BYTES = 16 << 20
 #: Chunks requested ahead of the one being written.
 IN_FLIGHT = 4
-MANIFEST = "manifest.json"
 
 
 @dataclass(frozen=True)
@@ -63,28 +62,26 @@ class _Server:
             return f.read(size)
 
 
-def offered_files(directory: Path, stage_number: int) -> tuple[tuple[str, int, str], ...]:
-    """The manifests and the stage's data files of a built dataset folder, with sizes and hashes."""
-    manifest = json.loads((directory / MANIFEST).read_text())
-    prefix = f"stage{stage_number}/"
-    files = [(MANIFEST, (directory / MANIFEST).stat().st_size, file_sha256(directory / MANIFEST))]
-    stage_manifest = directory / prefix / MANIFEST
-    files.append((prefix + MANIFEST, stage_manifest.stat().st_size, file_sha256(stage_manifest)))
-    files += [(name, int(entry["bytes"]), str(entry["sha256"])) for name, entry in sorted(manifest["files"].items())
-              if name.startswith(prefix)]
-    return tuple(files)
+def offered_files(dataset: Dataset) -> tuple[tuple[str, int, str], ...]:
+    """The manifests and the stage's data files of a resolved dataset, with sizes and hashes."""
+    assert dataset.folder is not None
+    directory, prefix = Path(dataset.folder), stage_prefix(dataset.stage)
+    manifests = (MANIFEST, prefix + MANIFEST)
+    return tuple((name, (directory / name).stat().st_size, file_sha256(directory / name))
+                 for name in manifests) + dataset.files
 
 
-def offer_dataset(directory: str, stage_number: int, content_hash: str) -> tuple[DatasetOffer, Any]:
-    """Start the driver-side server of ``directory``'s stage files; the offer and the actor (kill
+def offer_dataset(dataset: Dataset) -> tuple[DatasetOffer, Any]:
+    """Start the driver-side server of the dataset's stage files; the offer and the actor (kill
     it when the step ends)."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     context = ray.get_runtime_context()
     node = context.get_node_id()
-    directory = str(Path(directory).resolve())
-    files = offered_files(Path(directory), stage_number)
+    assert dataset.folder is not None and dataset.content_hash is not None
+    directory, content_hash = str(Path(dataset.folder).resolve()), dataset.content_hash
+    files = offered_files(dataset)
     name = f"maou-dataset-{content_hash[:16]}-{uuid.uuid4().hex[:12]}"  # one per step: names are not reused
     server = ray.remote(num_cpus=0)(_Server).options(
         name=name, scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(
@@ -93,22 +90,16 @@ def offer_dataset(directory: str, stage_number: int, content_hash: str) -> tuple
     return offer, server
 
 
-def offer_for(config: Any, cluster: bool) -> tuple[DatasetOffer | None, Any]:
-    """The offer of the datasets ``config`` trains on, when trials may run on other nodes (a joined
+def offer_for(dataset: Dataset, cluster: bool) -> tuple[DatasetOffer | None, Any]:
+    """The offer of the run's resolved ``dataset``, when trials may run on other nodes (a joined
     ``cluster``, or more than one node alive); ``(None, None)`` otherwise or for synthetic data."""
     import ray
 
-    from maou.data.resolve import dataset_of
-    from maou.stages import stage
-
-    if stage(config.stage).data_source != "games":
+    if dataset.folder is None or dataset.content_hash is None:
         return None, None
     if not cluster and sum(1 for node in ray.nodes() if node.get("Alive")) < 2:
         return None, None
-    directory, content_hash = dataset_of(config)
-    if directory is None or content_hash is None:
-        return None, None
-    return offer_dataset(directory, config.stage, content_hash)
+    return offer_dataset(dataset)
 
 
 def cache_root() -> Path:
@@ -117,11 +108,7 @@ def cache_root() -> Path:
 
 def _complete(folder: Path, offer: DatasetOffer) -> bool:
     """The folder holds every offered file at its size and the manifest names the offer's data."""
-    try:
-        manifest = json.loads((folder / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return False
-    return manifest.get("content_hash") == offer.content_hash and all(
+    return manifest_content_hash(folder) == offer.content_hash and all(
         (folder / name).is_file() and (folder / name).stat().st_size == size for name, size, _ in offer.files)
 
 
@@ -144,7 +131,7 @@ def _fetch(offer: DatasetOffer, folder: Path) -> None:
                 pending[i] = None
         if target.stat().st_size != size or file_sha256(target) != sha256:
             raise RuntimeError(f"dataset file {name} arrived damaged (size or SHA-256 differs from the driver's)")
-    if json.loads((partial / MANIFEST).read_text()).get("content_hash") != offer.content_hash:
+    if manifest_content_hash(partial) != offer.content_hash:
         raise RuntimeError("the dataset's manifest does not name the offered content hash")
     # merge into a folder that may hold other stages already; the top manifest last
     for name, _, _ in sorted(offer.files, key=lambda file: file[0] == MANIFEST):
