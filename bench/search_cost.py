@@ -167,7 +167,7 @@ def _walk(racer: Racer, t: TrialRecord) -> int | None:
     for step, value in sorted(t.intermediate_values.items()):
         if step <= 0:
             continue
-        racer.observe(t.key, t.seed, step, t.max_steps, value)
+        racer.record(t.key, t.seed, step, t.max_steps, value)
         stop = racer.check(t.key, step, t.max_steps)
         if stop is not None:
             return int(stop.step)
@@ -200,7 +200,7 @@ def _walk_together(racer: Racer, trials: list[TrialRecord]) -> dict[tuple[Config
         if t.pair in done:
             continue
         if not raced:
-            racer.observe(t.key, t.seed, step, t.max_steps or 0, t.intermediate_values[step])
+            racer.record(t.key, t.seed, step, t.max_steps or 0, t.intermediate_values[step])
             raced = racer.check(t.key, step, t.max_steps or 0) is not None
             if not raced:
                 if step == max(t.intermediate_values):  # its recorded end: pruned, the others stop

@@ -35,13 +35,13 @@ def test_curves_are_compared_at_the_same_share_of_the_budget():
     assert value_at(curve[:2], 0.75) is None  # not that far yet
     racer = Racer(Racing(start_fraction=0.5), CARRIED, +1.0)
     for seed, (mine, theirs) in enumerate(((0.30, 0.50), (0.31, 0.52), (0.29, 0.51))):
-        racer.observe(CARRIED, seed, 50, 100, theirs)  # 100 steps a run
-        racer.observe(WORSE, seed, 5, 20, mine * 0.5)  # 20 steps a run (a larger batch): 25 %
+        racer.record(CARRIED, seed, 50, 100, theirs)  # 100 steps a run
+        racer.record(WORSE, seed, 5, 20, mine * 0.5)  # 20 steps a run (a larger batch): 25 %
         assert racer.check(WORSE, 5, 20) is None  # before the start fraction
-        racer.observe(WORSE, seed, 20, 20, mine)  # the end of its budget: compared at 100 %
+        racer.record(WORSE, seed, 20, 20, mine)  # the end of its budget: compared at 100 %
     assert racer.check(WORSE, 20, 20) is None  # the carried runs have not reached 100 % yet
     for seed in range(3):
-        racer.observe(CARRIED, seed, 100, 100, 0.6)
+        racer.record(CARRIED, seed, 100, 100, 0.6)
     stop = racer.check(WORSE, 20, 20)
     assert stop is not None and stop.reason == RACING and "over 3 seeds" in stop.detail
     assert racer.check(CARRIED, 100, 100) is None  # the carried configuration never stops

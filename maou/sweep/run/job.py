@@ -16,8 +16,9 @@ from dataclasses import dataclass
 
 from maou.layout import Dataset
 from maou.sweep.run.pruning import PruningConfig, build_monitor
+from maou.sweep.run.stopping import Run
 from maou.trainer.config import TrainConfig
-from maou.trainer.result import History, Report, Stop, TrainResult
+from maou.trainer.result import Report, Stop, TrainResult
 
 #: Trains one config on the job's datasets: ``(config, report, checkpoint_dir, dataset) -> TrainResult``;
 #: tests pass fakes.
@@ -73,13 +74,13 @@ def run_job(job: Job, report: Report, train: TrainFn | None = None, progress: Pr
     if train is None:
         train = functools.partial(train_on_datasets, best_by=job.objective,
                                   on_step=_Throttled(progress) if progress is not None else None)
-    monitor = build_monitor(job.config.stage, job.pruning, job.max_steps)
-    history: History = []
+    collapse = build_monitor(job.config.stage, job.pruning, job.max_steps)  # a Stopper where it trains
+    run = Run(job.max_steps)
 
     def monitored(step: int, metrics: dict[str, float]) -> Stop | None:
-        history.append((step, metrics))
+        run.history.append((step, metrics))
         outer = report(step, metrics)
-        return monitor.check(history) or outer
+        return collapse.observe(run, step, metrics) or outer
 
     return train(job.config, monitored, job.checkpoint_dir, job.dataset)
 

@@ -223,10 +223,8 @@ def _sampler(spec: SweepSpec, index: int) -> optuna.samplers.BaseSampler:
 
 
 def _recorder(spec: SweepSpec, index: int, study: optuna.Study, observer: Observer | None = None) -> TrialRecorder:
-    """The trial recorder of step ``index``: its objective, and Optuna's pruner if one is consulted."""
-    kind = spec.pruning.optuna.kind
-    return TrialRecorder(study, spec.step_objective(index), observer,
-                         optuna_pruner=kind if spec.pruning.enabled and kind != "none" else None)
+    """The trial recorder of step ``index`` and its objective (its stopper is the step's: ``open_step``)."""
+    return TrialRecorder(study, spec.step_objective(index), observer)
 
 
 def run_sweep(spec: SweepSpec, storage_url: str | None = None, executor: Any = None, view: Any = None,

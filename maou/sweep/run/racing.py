@@ -31,6 +31,7 @@ from optuna.trial import TrialState
 from maou.sweep.identity import ConfigKey
 from maou.sweep.records import TrialRecord
 from maou.sweep.run.stats import Paired, alpha_of, paired
+from maou.sweep.run.stopping import Running, Stopper
 from maou.sweep.spec import Racing
 from maou.trainer.result import Stop
 
@@ -90,8 +91,9 @@ def value_at(curve: Curve, fraction: float) -> float | None:
 
 
 @dataclass
-class Racer:
-    """One step's race: every (configuration, seed)'s curve so far, and the challengers stopped."""
+class Racer(Stopper):
+    """One step's race: every (configuration, seed)'s curve so far, and the challengers stopped.
+    As a :class:`~maou.sweep.run.stopping.Stopper`, it races every evaluation of ``metric``."""
 
     racing: Racing
     carried: ConfigKey
@@ -100,15 +102,18 @@ class Racer:
     curves: dict[tuple[ConfigKey, int], Curve] = field(default_factory=dict)
     #: configuration -> why it stopped (the prune detail its trials carry)
     raced: dict[ConfigKey, str] = field(default_factory=dict)
+    #: The objective metric the race compares (what :meth:`observe` takes from an evaluation).
+    metric: str | None = None
 
     @classmethod
-    def of_trials(cls, racing: Racing, carried: ConfigKey, sign: float, trials: Iterable[TrialRecord]) -> Racer:
+    def of_trials(cls, racing: Racing, carried: ConfigKey, sign: float, trials: Iterable[TrialRecord],
+                  metric: str | None = None) -> Racer:
         """A racer that knows the curves of the step's finished trials (a resumed or extended step)."""
-        racer = cls(racing, carried, sign)
+        racer = cls(racing, carried, sign, metric=metric)
         for t in trials:
             if t.finished and t.max_steps:
                 for step, value in sorted(t.intermediate_values.items()):
-                    racer.observe(t.key, t.seed, step, t.max_steps, value)
+                    racer.record(t.key, t.seed, step, t.max_steps, value)
             if t.prune_reason == RACING and t.key != carried:
                 racer.raced.setdefault(t.key, t.prune_detail or RACING)
             elif t.state == TrialState.PRUNED:
@@ -125,7 +130,23 @@ class Racer:
         self.raced[key] = f"out of the race: seed {seed} was pruned ({reason}){at}; a configuration with a pruned " \
                           "seed cannot win"
 
-    def observe(self, key: ConfigKey, seed: int, step: int, max_steps: int, value: float) -> None:
+    # -- the Stopper
+    def observe(self, trial: Running, step: int, metrics: dict[str, float]) -> Stop | None:
+        """A running trial's evaluation: its point on the curves, then its race (after step 0)."""
+        value = metrics.get(self.metric) if self.metric is not None else None
+        if step <= 0 or value is None or trial.key is None or trial.seed is None:
+            return None
+        self.record(trial.key, trial.seed, step, trial.max_steps, value)
+        return self.check(trial.key, step, trial.max_steps)
+
+    def finished(self, trial: Running, stop: Stop | None) -> None:
+        """A trial pruned by another stopper (collapsed, Optuna's pruner) puts its configuration out."""
+        if stop is not None and stop.reason != RACING and trial.key is not None and trial.seed is not None:
+            self.pruned(trial.key, trial.seed, stop.reason, stop.step)
+
+    # -- the race
+    def record(self, key: ConfigKey, seed: int, step: int, max_steps: int, value: float) -> None:
+        """One evaluation's point on the curve of ``(key, seed)``."""
         if step <= 0 or max_steps <= 0 or not math.isfinite(value):
             return
         curve = self.curves.setdefault((key, seed), [])

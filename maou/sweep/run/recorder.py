@@ -2,9 +2,10 @@
 
 Every trial of a step goes through one :class:`TrialRecorder`: :meth:`~TrialRecorder.start` (a
 RUNNING trial with its configuration), :meth:`~TrialRecorder.report` (an evaluation: intermediate
-value, Optuna's pruner), :meth:`~TrialRecorder.finish` (COMPLETE, PRUNED with the stop that ended
-it, or FAIL with the error), :meth:`~TrialRecorder.interrupt` (FAIL ``interrupted``: run again on
-resume), :meth:`~TrialRecorder.copy` (a finished trial of an earlier step reused) and
+value, then what the step's :class:`~maou.sweep.run.stopping.Stopper` answers),
+:meth:`~TrialRecorder.finish` (COMPLETE, PRUNED with the stop that ended it, or FAIL with the error),
+:meth:`~TrialRecorder.interrupt` (FAIL ``interrupted``: run again on resume),
+:meth:`~TrialRecorder.copy` (a finished trial of an earlier step reused) and
 :meth:`~TrialRecorder.fail_stale` (trials a dead driver left RUNNING). Executors call it and
 nothing else calls ``study.tell``.
 
@@ -27,11 +28,10 @@ from maou.sweep.identity import ConfigKey
 from maou.sweep.records import FINISHED, INTERRUPTED, TrialRecord
 from maou.sweep.run import faults
 from maou.sweep.run.planner import Training
-from maou.sweep.run.racing import RACING, Racer
+from maou.sweep.run.stopping import Stopper
 from maou.sweep.spec import Objective
 from maou.trainer.result import History, Stop, TrainResult
 
-OPTUNA_PRUNER = "optuna_pruner"
 #: Metrics whose whole curve is kept on each trial (``curves`` user attribute), beside the
 #: objective's intermediate values: what a person checks when a run looks wrong.
 CURVE_METRICS = ("train_loss", "val_loss", "val_f1", "val_pred_pos_rate", "val_policy_top1",
@@ -103,22 +103,38 @@ class Observer:
 
 
 class Observers(Observer):
-    """Several observers told in turn."""
+    """Several observers told in turn, each event by its own method."""
 
     def __init__(self, *observers: Observer | None) -> None:
         self.observers = [o for o in observers if o is not None]
 
-    def __getattribute__(self, name: str) -> Any:
-        if name.startswith(("step_", "trial_")):
-            targets = object.__getattribute__(self, "observers")
+    def _tell(self, event: str, *args: Any) -> None:
+        for o in self.observers:
+            method = getattr(o, event, None)  # a view may listen to only some events
+            if method is not None:
+                method(*args)
 
-            def tell(*args: Any, **kwargs: Any) -> None:
-                for o in targets:
-                    method = getattr(o, name, None)  # a view may listen to only some events
-                    if method is not None:
-                        method(*args, **kwargs)
-            return tell
-        return object.__getattribute__(self, name)
+    def step_started(self, spec: Any, index: int, study: optuna.Study, run: Any) -> None:
+        self._tell("step_started", spec, index, study, run)
+
+    def step_finished(self, spec: Any, index: int, study: optuna.Study, decision: Any) -> None:
+        self._tell("step_finished", spec, index, study, decision)
+
+    def trial_started(self, handle: TrialHandle) -> None:
+        self._tell("trial_started", handle)
+
+    def trial_reported(self, handle: TrialHandle, step: int, metrics: dict[str, float]) -> None:
+        self._tell("trial_reported", handle, step, metrics)
+
+    def trial_progress(self, handle: TrialHandle, step: int, total: int, samples_per_s: float | None) -> None:
+        self._tell("trial_progress", handle, step, total, samples_per_s)
+
+    def trial_finished(self, handle: TrialHandle, state: TrialState, reason: str,
+                       value: float | None = None) -> None:
+        self._tell("trial_finished", handle, state, reason, value)
+
+    def trial_recorded(self, study: optuna.Study, record: TrialRecord, winner: bool) -> None:
+        self._tell("trial_recorded", study, record, winner)
 
 
 @dataclass
@@ -129,7 +145,7 @@ class TrialHandle:
     training: Training
     started: float = field(default_factory=time.time)
     history: History = field(default_factory=list)
-    #: The stop Optuna's pruner answered (the job's own stops come back in its result).
+    #: The stop the step's stopper answered (the job's own stops come back in its result).
     stop: Stop | None = None
     #: (time, optimizer step) of the last progress heard
     last_progress: tuple[float, int] | None = None
@@ -140,18 +156,30 @@ class TrialHandle:
     def number(self) -> int:
         return self.trial.number
 
+    # what a stopper sees of it (maou.sweep.run.stopping.Running)
+    @property
+    def key(self) -> ConfigKey:
+        return self.training.key
+
+    @property
+    def seed(self) -> int:
+        return self.training.seed
+
+    @property
+    def optuna_trial(self) -> optuna.Trial:
+        return self.trial
+
 
 class TrialRecorder:
     """Writes the trials of one step study."""
 
     def __init__(self, study: optuna.Study, objective: Objective, observer: Observer | None = None,
-                 optuna_pruner: str | None = None) -> None:
+                 stopper: Stopper | None = None) -> None:
         self.study, self.objective = study, objective
         self.observer: Observer = observer if observer is not None else Observer()
-        #: The kind of Optuna pruner consulted after every evaluation (None: none is).
-        self.optuna_pruner = optuna_pruner
-        #: The step's race (:mod:`maou.sweep.run.racing`), set when the step opens; None: no racing.
-        self.racer: Racer | None = None
+        #: What decides, after each evaluation, whether a trial stops (set when the step opens:
+        #: :func:`maou.sweep.run.step.open_step`); it hears how every trial ended.
+        self.stopper: Stopper = stopper if stopper is not None else Stopper()
 
     # ------------------------------------------------------------------ starting
     def fail_stale(self) -> int:
@@ -206,7 +234,7 @@ class TrialRecorder:
 
     # ------------------------------------------------------------------ running
     def report(self, handle: TrialHandle, step: int, metrics: dict[str, float]) -> Stop | None:
-        """Record one evaluation; a :class:`Stop` when Optuna's pruner cuts the trial.
+        """Record one evaluation; a :class:`Stop` when the step's stopper ends the trial.
 
         Step 0 is the untrained model: it stays out of Optuna's intermediate values (pruners
         compare a trial's best value so far, and initialisation noise is no evidence); the
@@ -216,26 +244,18 @@ class TrialRecorder:
         if step > 0 and value is not None and math.isfinite(value):
             handle.trial.report(value, step)
         self.observer.trial_reported(handle, step, metrics)
-        if self.optuna_pruner and step > 0 and handle.trial.should_prune():
-            handle.stop = Stop(OPTUNA_PRUNER, f"{self.optuna_pruner} pruner: "
-                               f"{self.objective.metric}={value} at step {step}", step)
-            return handle.stop
-        if self.racer is not None and step > 0 and value is not None:
-            key = handle.training.key
-            self.racer.observe(key, handle.training.seed, step, handle.max_steps, value)
-            stop = self.racer.check(key, step, handle.max_steps)
-            if stop is not None:
-                handle.stop = stop
-                return stop
-        return None
+        stop = self.stopper.observe(handle, step, metrics)
+        if stop is not None:
+            handle.stop = stop
+        return stop
 
-    def skip(self, detail: str, attrs: dict[str, Any], params: dict[str, Any],
+    def skip(self, stop: Stop, attrs: dict[str, Any], params: dict[str, Any],
              distributions: dict[str, BaseDistribution]) -> None:
-        """A training that need not run (its configuration was raced out): recorded PRUNED as it is,
-        so the pair counts as decided, without training."""
+        """A training that need not run (``stop``: why, e.g. its configuration was raced out):
+        recorded PRUNED as it is, so the pair counts as decided, without training."""
         faults.point("skip")
-        attrs = {**attrs, "prune_reason": RACING, "prune_detail": detail, "prune_step": 0, "steps_done": 0,
-                 "curves": {"step": []}}
+        attrs = {**attrs, "prune_reason": stop.reason, "prune_detail": stop.detail, "prune_step": stop.step,
+                 "steps_done": 0, "curves": {"step": []}}
         self.study.add_trial(optuna.trial.create_trial(
             state=TrialState.PRUNED, params=params, distributions={k: distributions[k] for k in params},
             user_attrs=attrs))
@@ -287,9 +307,7 @@ class TrialRecorder:
                 reason = f"objective metric {self.objective.metric} missing or not finite"
                 trial.set_user_attr("fail_reason", reason)
                 state = TrialState.FAIL
-        if state == TrialState.PRUNED and self.racer is not None and reason != RACING and result is not None:
-            self.racer.pruned(handle.training.key, handle.training.seed, reason,
-                              result.stop.step if result.stop is not None else None)
+        self.stopper.finished(handle, result.stop if state == TrialState.PRUNED and result is not None else None)
         faults.point("tell")
         if state == TrialState.COMPLETE:
             self.study.tell(trial, value)

@@ -25,10 +25,13 @@ from maou.sweep.records import TrialRecord, read_step
 from maou.sweep.run.job import Job
 from maou.sweep.run.params import step_distributions, trial_params
 from maou.sweep.run.planner import Pair, StepPlan, Training, configuration, plan_step
-from maou.sweep.run.racing import Racer
+from maou.sweep.run.pruning import optuna_pruning
+from maou.sweep.run.racing import RACING, Racer
 from maou.sweep.run.recorder import TrialHandle, TrialRecorder
+from maou.sweep.run.stopping import AnyOf
 from maou.sweep.spec import WINNER_OF, Step, SweepSpec
 from maou.trainer.config import TrainConfig
+from maou.trainer.result import Stop
 
 #: An executor's last word on a job's config (its threads, absolute paths) before it is recorded.
 Adjust = Callable[[TrainConfig], TrainConfig]
@@ -82,9 +85,12 @@ def open_step(context: StepContext, index: int, study: optuna.Study, recorder: T
         recorder.copy(source, source.value_under(objective.metric, objective.reduce),
                       trial_params(dists, plan.params(training.config)), dists, step.name)
     sign = 1.0 if objective.direction == "maximize" else -1.0
-    recorder.racer = Racer.of_trials(spec.racing, plan.carried_key, sign,
-                                     read_step(study, index).trials if plan.to_copy else current.trials)
-    return StepRun(context, index, plan, dists, recorder, seeds)
+    racer = Racer.of_trials(spec.racing, plan.carried_key, sign,
+                            read_step(study, index).trials if plan.to_copy else current.trials, objective.metric)
+    # the driver's stopper of this step: Optuna's pruner first, then the race (the collapse rules
+    # stop a run where it trains: maou.sweep.run.job)
+    recorder.stopper = AnyOf(optuna_pruning(spec.pruning.optuna, spec.pruning.enabled, objective.metric), racer)
+    return StepRun(context, index, plan, dists, recorder, seeds, racer)
 
 
 class StepRun:
@@ -92,8 +98,10 @@ class StepRun:
 
     def __init__(self, context: StepContext, index: int, plan: StepPlan[Any],
                  dists: dict[str, BaseDistribution], recorder: TrialRecorder,
-                 seeds: tuple[int, ...] | None = None) -> None:
+                 seeds: tuple[int, ...] | None = None, racer: Racer | None = None) -> None:
         self.context, self.index, self.plan, self.recorder = context, index, plan, recorder
+        #: The step's race: a seed of a configuration it put out is recorded without training.
+        self.racer = racer
         self.step = context.spec.steps[index]
         self.distributions = dists
         self.seeds = seeds if seeds is not None else context.spec.seed_list
@@ -120,7 +128,7 @@ class StepRun:
         trial = None
         while self.queue and (skip := self._raced_out(self.queue[0])) is not None:
             skipped = self.queue.popleft()
-            self.recorder.skip(skip, self._attrs_of(skipped, skipped.config), self._params_of(skipped),
+            self.recorder.skip(Stop(RACING, skip, 0), self._attrs_of(skipped, skipped.config), self._params_of(skipped),
                                self.distributions)
         if self.queue:
             training = self.queue.popleft()
@@ -138,8 +146,7 @@ class StepRun:
         return self._start(training, adjust, trial)
 
     def _raced_out(self, training: Training) -> str | None:
-        racer = self.recorder.racer
-        return racer.skip_detail(training.key) if racer is not None else None
+        return self.racer.skip_detail(training.key) if self.racer is not None else None
 
     def _attrs_of(self, training: Training, config: TrainConfig) -> dict[str, Any]:
         ctx = self.context

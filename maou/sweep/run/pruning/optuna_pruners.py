@@ -1,4 +1,5 @@
-"""Optuna's own pruners, layered on top of the collapse rules (on the reported objective metric)."""
+"""Optuna's own pruners, layered on top of the collapse rules (on the reported objective metric), and
+:class:`OptunaPruning`: asking the study's pruner as a :class:`~maou.sweep.run.stopping.Stopper`."""
 
 from __future__ import annotations
 
@@ -7,9 +8,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from maou.strict import require
+from maou.sweep.run.stopping import Running, Stopper
+from maou.trainer.result import Stop
 
 if TYPE_CHECKING:
     import optuna
+
+#: ``prune_reason`` of a trial Optuna's pruner stopped.
+OPTUNA_PRUNER = "optuna_pruner"
 
 
 @dataclass(frozen=True)
@@ -69,4 +75,25 @@ def build_optuna_pruner(config: OptunaPrunerConfig) -> optuna.pruners.BasePruner
     raise ValueError(f"unknown pruner kind {config.kind!r}")
 
 
-__all__ = ["OptunaPrunerConfig", "build_optuna_pruner"]
+class OptunaPruning(Stopper):
+    """The study's pruner (``kind``), asked after every evaluation but the untrained model's (the
+    intermediate values it compares are the objective ``metric``'s from step 1 on)."""
+
+    def __init__(self, kind: str, metric: str) -> None:
+        self.kind, self.metric = kind, metric
+
+    def observe(self, trial: Running, step: int, metrics: dict[str, float]) -> Stop | None:
+        if step <= 0 or trial.optuna_trial is None or not trial.optuna_trial.should_prune():
+            return None
+        return Stop(OPTUNA_PRUNER, f"{self.kind} pruner: {self.metric}={metrics.get(self.metric)} at step {step}", step)
+
+    def __repr__(self) -> str:
+        return f"OptunaPruning({self.kind!r}, {self.metric!r})"
+
+
+def optuna_pruning(config: OptunaPrunerConfig, enabled: bool, metric: str) -> OptunaPruning | None:
+    """The stopper that asks the study's pruner, when pruning is ``enabled`` and one is configured."""
+    return OptunaPruning(config.kind, metric) if enabled and config.kind != "none" else None
+
+
+__all__ = ["OPTUNA_PRUNER", "OptunaPrunerConfig", "OptunaPruning", "build_optuna_pruner", "optuna_pruning"]

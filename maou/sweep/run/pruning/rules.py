@@ -30,6 +30,7 @@ from maou.sweep.run.pruning.detectors import (
     ValueCollapseDetector,
 )
 from maou.sweep.run.pruning.optuna_pruners import OptunaPrunerConfig
+from maou.sweep.run.stopping import Running, Stopper
 from maou.trainer.result import Stop
 
 D = TypeVar("D", bound=Detector)
@@ -112,12 +113,16 @@ class Armed:
                 f"trim_history={self.trim_history})")
 
 
-class CollapseMonitor:
-    """The armed rules of one run, checked in order: ``check`` answers the first hit."""
+class CollapseMonitor(Stopper):
+    """The armed rules of one run, checked in order: ``check`` answers the first hit. As a
+    :class:`~maou.sweep.run.stopping.Stopper` it checks the trial's history at every evaluation."""
 
     def __init__(self, rules: Sequence[Armed], stage: int | None = None, max_steps: int | None = None) -> None:
         self.rules: tuple[Armed, ...] = tuple(rules)
         self.stage, self.max_steps = stage, max_steps
+
+    def observe(self, trial: Running, step: int, metrics: dict[str, float]) -> Stop | None:
+        return self.check(trial.history)
 
     def check(self, history: History) -> Stop | None:
         for rule in self.rules:
