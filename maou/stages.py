@@ -36,6 +36,12 @@ METRIC_DIRECTIONS: dict[str, Direction] = {
 }
 
 
+def direction_sign(direction: str | None) -> float:
+    """+1 where larger is better (``maximize``, the default), -1 where smaller is: ``sign * value``
+    is a gain either way."""
+    return -1.0 if direction == "minimize" else 1.0
+
+
 @dataclass(frozen=True)
 class GuardDefault:
     """A guard a stage's steps get unless they set their own: ``metric`` may not get worse than
@@ -200,4 +206,4 @@ def resolve_reference(reference: str) -> Any:
 
 
 __all__ = ["METRIC_DIRECTIONS", "STAGES", "Dataset", "GuardDefault", "Stage", "Storage", "TRAIN_METRICS", "Target",
-           "UpstreamFlags", "resolve_reference", "games_stages", "stage"]
+           "UpstreamFlags", "direction_sign", "games_stages", "resolve_reference", "stage"]

@@ -170,7 +170,8 @@ def test_the_wall_time_counts_rounds_of_trainings_at_once_and_what_a_run_pays_on
 def test_a_training_is_measured_in_its_parts_within_its_budget(tmp_path):
     """No time to spare: the fewest steps at the first batch; time to spare: the batch grows to the
     configuration's and the steps stop at their count. Every part is there either way."""
-    from maou.sweep.run.measure import MIN_TIMED_STEPS, evaluations, measure_training
+    from maou.sweep.run.cost import evaluations
+    from maou.sweep.run.measure import MIN_TIMED_STEPS, measure_training
 
     base = load_spec(tiny_project(tmp_path) / "sweeps" / "tiny.yaml").base_config()
     quick = measure_training(base, 1105, step_budget_s=0.0, max_timed_steps=20, eval_budget_s=0.0, start_batch=16)
@@ -204,7 +205,7 @@ def test_unbuilt_datasets_are_measured_on_random_rows_and_never_built(tmp_path):
 
 
 def test_a_storage_operation_is_timed_beside_the_storage_and_leaves_nothing(tmp_path):
-    from maou.sweep.run.measure import storage_op_seconds
+    from maou.sweep.run.cost import storage_op_seconds
 
     (tmp_path / "studies").mkdir()
     assert storage_op_seconds(f"sqlite:///{tmp_path}/studies/x.db") > 0
@@ -214,7 +215,7 @@ def test_a_storage_operation_is_timed_beside_the_storage_and_leaves_nothing(tmp_
 
 
 def test_contention_and_evaluations():
-    from maou.sweep.run.measure import contention, evaluations
+    from maou.sweep.run.cost import contention, evaluations
 
     assert contention(2, 1, 2, 0.0) == 1.0  # a core each
     assert contention(2, 1, 2, 1.0) == pytest.approx(1.5)  # 3 threads on 2 cores against 2 on 2

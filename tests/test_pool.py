@@ -19,9 +19,10 @@ from optuna.trial import TrialState
 from test_locks import outcome_of, running_trials, solo_outcome, start_driver, wait_for, write_spec
 
 from maou.strict import from_dict
+from maou.sweep.run.cost import choose_concurrency, window_rate
 from maou.sweep.run.executors import choose, make_executor, resolve_auto
 from maou.sweep.run.executors.local import LocalExecutor
-from maou.sweep.run.executors.pool import PoolExecutor, choose_concurrency, window_rate
+from maou.sweep.run.executors.pool import PoolExecutor
 from maou.sweep.run.protocol import run_sweep
 from maou.sweep.spec import ExecutorSection, SweepSpec
 

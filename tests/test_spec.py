@@ -117,6 +117,20 @@ def test_a_spec_is_found_by_name_from_anywhere_in_its_project(tmp_path, monkeypa
         locate_spec("stage2-als", deep)
 
 
+def test_one_walk_finds_the_projects_of_a_folder_for_specs_and_for_sweep_train(tmp_path):
+    from maou.cli.train import project_runs
+    from maou.sweep.locate import projects_above
+
+    inner = tmp_path / "outer" / "inner"
+    (inner / "sweeps").mkdir(parents=True)
+    (tmp_path / "outer" / "sweeps").mkdir()
+    deep = inner / "results" / "x"
+    deep.mkdir(parents=True)
+    assert projects_above(deep)[:2] == [inner, tmp_path / "outer"]  # nearest first
+    assert project_runs(deep / "best.yaml") == inner / "runs"
+    assert projects_above(inner)[0] == inner  # a project is in itself
+
+
 def test_relative_paths_inside_a_spec_are_read_against_its_project_root(tmp_path, monkeypatch):
     (tmp_path / "sweeps").mkdir()
     data = {**GOOD, "data": {"games": ["data/games"]}, "runs_dir": "runs/here",

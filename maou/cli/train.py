@@ -59,13 +59,10 @@ def resolve_config(config_path: str | Path, overrides: list[str]):
 def project_runs(config_path: str | Path) -> Path:
     """The ``runs/`` folder of the config's project: beside the ``sweeps/`` folder of the nearest
     folder above the config that holds one, else in the current folder."""
-    from maou.sweep.locate import SPECS_FOLDER
+    from maou.sweep.locate import projects_above
 
-    folder = Path(config_path).resolve().parent
-    for candidate in (folder, *folder.parents):
-        if (candidate / SPECS_FOLDER).is_dir():
-            return candidate / "runs"
-    return Path("runs")
+    projects = projects_above(Path(config_path).resolve().parent)
+    return projects[0] / "runs" if projects else Path("runs")
 
 
 def check_out(out: Path) -> None:

@@ -22,13 +22,10 @@ from maou.sweep.spec import WINNER_OF, SweepSpec, validate
 SPECS_FOLDER = "sweeps"
 
 
-def _roots(start: Path) -> list[Path]:
-    """``start`` and its parents that hold a ``sweeps/`` folder (``start`` first)."""
-    found = [start]
-    for folder in [start, *start.parents]:
-        if (folder / SPECS_FOLDER).is_dir() and folder not in found:
-            found.append(folder)
-    return found
+def projects_above(start: Path) -> list[Path]:
+    """The projects ``start`` is in: ``start`` and its parents that hold a ``sweeps/`` folder,
+    nearest first (where a spec name is looked up, and ``sweep train`` writes its runs)."""
+    return [folder for folder in (start, *start.parents) if (folder / SPECS_FOLDER).is_dir()]
 
 
 def locate_spec(name: str, cwd: Path | None = None) -> Path:
@@ -39,7 +36,7 @@ def locate_spec(name: str, cwd: Path | None = None) -> Path:
         return cwd / given
     stem = given.name[: -len(".yaml")] if given.name.endswith(".yaml") else given.name
     known: list[Path] = []
-    for root in _roots(cwd):
+    for root in dict.fromkeys([cwd, *projects_above(cwd)]):  # this folder first, a project or not
         for candidate in (root / given, root / SPECS_FOLDER / f"{stem}.yaml", root / f"{stem}.yaml"):
             if candidate.is_file():
                 return candidate
@@ -109,4 +106,4 @@ def load_spec(path: str | Path) -> SweepSpec:
     return resolved
 
 
-__all__ = ["load_spec", "locate_spec", "project_root", "resolve_paths"]
+__all__ = ["load_spec", "locate_spec", "project_root", "projects_above", "resolve_paths"]

@@ -29,6 +29,7 @@ from typing import Any
 from optuna.trial import FrozenTrial, TrialState
 
 from maou.errors import UserError
+from maou.sweep.attrs import StudyAttr, TrialAttr
 from maou.sweep.identity import ConfigKey
 
 #: States in which a trial is a result (its configuration and seed need not run again).
@@ -93,25 +94,25 @@ class TrialRecord:
     @classmethod
     def of(cls, trial: FrozenTrial, study_name: str) -> TrialRecord:
         """The record of ``trial``; :class:`RecordError` when it lacks its configuration key or seed."""
-        attrs = trial.user_attrs
-        text, seed = attrs.get("config_key"), attrs.get("seed")
+        a, T = trial.user_attrs, TrialAttr
+        text, seed = a.get(T.CONFIG_KEY), a.get(T.SEED)
         if not isinstance(text, str) or isinstance(seed, bool) or not isinstance(seed, int):
-            missing = " and ".join(n for n, ok in (("config_key", isinstance(text, str)),
-                                                  ("seed", isinstance(seed, int) and not isinstance(seed, bool)))
+            missing = " and ".join(n for n, ok in ((T.CONFIG_KEY, isinstance(text, str)),
+                                                  (T.SEED, isinstance(seed, int) and not isinstance(seed, bool)))
                                    if not ok)
             raise RecordError(study_name, f"trial #{trial.number} ({trial.state.name}) has no {missing}")
         return cls(
             number=trial.number, trial_id=trial._trial_id, study=study_name, state=trial.state,
-            key=ConfigKey.parse(text), seed=seed, value=trial.value, config=dict(attrs.get("config") or {}),
-            metric=attrs.get("metric"), direction=attrs.get("direction"), reduce=attrs.get("reduce", "final"),
-            final_metrics=dict(attrs.get("final_metrics") or {}), best_metrics=dict(attrs.get("best_metrics") or {}),
-            prune_reason=attrs.get("prune_reason"), prune_detail=attrs.get("prune_detail"),
-            prune_step=attrs.get("prune_step"), fail_reason=attrs.get("fail_reason"), error=attrs.get("error"),
-            reused_from=attrs.get("reused_from"), wall_time_s=attrs.get("wall_time_s"),
-            steps_done=attrs.get("steps_done"), max_steps=attrs.get("max_steps"), best_step=attrs.get("best_step"),
-            stop_reason=attrs.get("stop_reason"), device=attrs.get("device"), checkpoint=attrs.get("checkpoint"),
-            dataset_hash=attrs.get("dataset_hash"), package_version=attrs.get("package_version"),
-            executor=attrs.get("executor"), step_name=attrs.get("step"), curves=dict(attrs.get("curves") or {}),
+            key=ConfigKey.parse(text), seed=seed, value=trial.value, config=dict(a.get(T.CONFIG) or {}),
+            metric=a.get(T.METRIC), direction=a.get(T.DIRECTION), reduce=a.get(T.REDUCE, "final"),
+            final_metrics=dict(a.get(T.FINAL_METRICS) or {}), best_metrics=dict(a.get(T.BEST_METRICS) or {}),
+            prune_reason=a.get(T.PRUNE_REASON), prune_detail=a.get(T.PRUNE_DETAIL),
+            prune_step=a.get(T.PRUNE_STEP), fail_reason=a.get(T.FAIL_REASON), error=a.get(T.ERROR),
+            reused_from=a.get(T.REUSED_FROM), wall_time_s=a.get(T.WALL_TIME_S),
+            steps_done=a.get(T.STEPS_DONE), max_steps=a.get(T.MAX_STEPS), best_step=a.get(T.BEST_STEP),
+            stop_reason=a.get(T.STOP_REASON), device=a.get(T.DEVICE), checkpoint=a.get(T.CHECKPOINT),
+            dataset_hash=a.get(T.DATASET_HASH), package_version=a.get(T.PACKAGE_VERSION),
+            executor=a.get(T.EXECUTOR), step_name=a.get(T.STEP), curves=dict(a.get(T.CURVES) or {}),
             intermediate_values=dict(trial.intermediate_values), datetime_start=trial.datetime_start,
             datetime_complete=trial.datetime_complete)
 
@@ -270,20 +271,21 @@ def read_step(study: Any, index: int, name: str | None = None) -> StepRecord:
     attrs = study.user_attrs
     records, orphans = [], 0
     for t in study.get_trials(deepcopy=False):
-        if "config_key" not in t.user_attrs and (t.state in (TrialState.RUNNING, TrialState.WAITING)
-                                                 or t.user_attrs.get("fail_reason") == INTERRUPTED):
+        if TrialAttr.CONFIG_KEY not in t.user_attrs and (t.state in (TrialState.RUNNING, TrialState.WAITING)
+                                                         or t.user_attrs.get(TrialAttr.FAIL_REASON) == INTERRUPTED):
             orphans += 1  # asked, never configured: a driver stopped in between
             continue
         records.append(TrialRecord.of(t, study.study_name))
-    decision = attrs.get("decision")
+    S = StudyAttr
+    decision = attrs.get(S.DECISION)
     return StepRecord(
-        index=index, name=name or attrs.get("step") or study.study_name.rsplit("/", 1)[-1],
+        index=index, name=name or attrs.get(S.STEP) or study.study_name.rsplit("/", 1)[-1],
         study_name=study.study_name, started=True, trials=tuple(records), orphans=orphans,
         decision=RecordedDecision.from_attrs(decision) if decision else None,
-        description=attrs.get("description", ""), carried_in=dict(attrs.get("carried_in") or {}),
-        carried_out=attrs.get("carried_out"), fingerprint=attrs.get("fingerprint"),
-        grid_extensions={k: list(v) for k, v in (attrs.get("grid_extensions") or {}).items()},
-        winner_trials=tuple(attrs.get("winner_trials", ())))
+        description=attrs.get(S.DESCRIPTION, ""), carried_in=dict(attrs.get(S.CARRIED_IN) or {}),
+        carried_out=attrs.get(S.CARRIED_OUT), fingerprint=attrs.get(S.FINGERPRINT),
+        grid_extensions={k: list(v) for k, v in (attrs.get(S.GRID_EXTENSIONS) or {}).items()},
+        winner_trials=tuple(attrs.get(S.WINNER_TRIALS, ())))
 
 
 @dataclass(frozen=True)
@@ -331,7 +333,7 @@ class SweepRecord:
     def trials(self) -> list[TrialRecord]:
         return [t for s in self.ran for t in s.trials]
 
-    def winner_trial(self, direction: str) -> TrialRecord | None:
+    def winner_trial(self, objective: Any) -> TrialRecord | None:
         """The finished sweep's best-valued trial of its winning configuration that kept a checkpoint."""
         final = self.final
         if final is None or final.decision is None:
@@ -340,8 +342,7 @@ class SweepRecord:
                       if t.value is not None and math.isfinite(t.value) and t.checkpoint]
         if not candidates:
             return None
-        sign = 1.0 if direction == "maximize" else -1.0
-        return max(candidates, key=lambda t: sign * (t.value or 0.0))
+        return max(candidates, key=lambda t: objective.sign * (t.value or 0.0))
 
 
 def read_sweep(spec: Any, storage: Any = None, storage_url: str | None = None) -> SweepRecord:

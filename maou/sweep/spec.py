@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from maou.stages import METRIC_DIRECTIONS, STAGES, Direction, stage
+from maou.stages import METRIC_DIRECTIONS, STAGES, Direction, direction_sign, stage
 from maou.strict import ConfigError, dotted_keys, from_dict, require, with_overrides
 from maou.sweep.run.pruning import PruningConfig
 from maou.trainer.config import Budget, DataConfig, TrainConfig, default_budget
@@ -46,6 +46,11 @@ class Objective:
     direction: Direction
     reduce: Literal["final", "best"] = "final"
 
+    @property
+    def sign(self) -> float:
+        """+1 when the objective is maximized, -1 when minimized."""
+        return direction_sign(self.direction)
+
 
 @dataclass(frozen=True)
 class Guard:
@@ -62,6 +67,11 @@ class Guard:
 
     def resolved(self) -> Guard:
         return Guard(self.metric, self.tolerance, self.direction or METRIC_DIRECTIONS.get(self.metric))
+
+    @property
+    def sign(self) -> float:
+        """+1 when larger is better for the guarded metric (resolved), -1 when smaller is."""
+        return direction_sign(self.direction)
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,11 @@ the untrained model as step 0, without ``train_loss``), and calls ``report(step,
 ``report`` returns a :class:`~maou.trainer.result.Stop` the run ends with it (that is how a sweep
 prunes). A NaN or infinite training loss ends the run with a ``nan_loss`` stop after one last
 report whose ``train_loss`` is NaN. This package never imports Optuna or Ray.
+
+The loop is made of three public parts, so that what times a training outside it
+(:mod:`maou.sweep.run.measure`) times the loop's own steps: :func:`set_up` (a run's model,
+optimizer and data on its device: a :class:`TrainingRun`), :func:`training_batches` (its batches)
+and :func:`optimizer_step` (one step).
 """
 
 from __future__ import annotations
@@ -102,8 +107,8 @@ class RunningLoss:
 
 
 @dataclass
-class _Setup:
-    """Everything a run trains with, on its device."""
+class TrainingRun:
+    """Everything a run trains with, on its device (:func:`set_up`)."""
 
     device: torch.device
     amp_dtype: torch.dtype | None
@@ -120,7 +125,10 @@ class _Setup:
     reference: Reference
 
 
-def _setup(config: TrainConfig, data: StageData) -> _Setup:
+def set_up(config: TrainConfig, data: StageData) -> TrainingRun:
+    """A run of ``config`` on ``data`` ready to train: threads and seeds set, the splits on the
+    device (the evaluations' subset chosen), the model (``init_from`` loaded, in training mode, a
+    frozen backbone's BatchNorm statistics too), its optimizer, loss and the reference constants."""
     if config.threads > 0:
         torch.set_num_threads(config.threads)
     seed_everything(config.seed)
@@ -138,8 +146,10 @@ def _setup(config: TrainConfig, data: StageData) -> _Setup:
     if config.init_from:
         load_backbone(model, config.init_from, config)
     model.to(device)
+    model.train()
     if config.freeze_backbone:
         model.backbone.requires_grad_(False)
+        model.backbone.eval()  # frozen BatchNorm statistics too
     params = [p for p in model.parameters() if p.requires_grad]
     o = config.optim
     optimizer: torch.optim.Optimizer
@@ -148,8 +158,8 @@ def _setup(config: TrainConfig, data: StageData) -> _Setup:
     else:
         optimizer = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay,
                                       fused=True if device.type == "cuda" else None)
-    return _Setup(device, amp_dtype, train, val, val_full, task, model, task.loss().to(device), params, optimizer,
-                  _reference(task, train))
+    return TrainingRun(device, amp_dtype, train, val, val_full, task, model, task.loss().to(device), params,
+                       optimizer, _reference(task, train))
 
 
 def _reference(task: Task, train: Rows) -> Reference:
@@ -165,7 +175,7 @@ class _Evaluations:
     (and, when evaluations see a subset of the validation split, the best model's weights, so the
     best metrics can be computed on the whole split at the end)."""
 
-    def __init__(self, run: _Setup, config: TrainConfig, report: Report | None, best_by: tuple[str, str]) -> None:
+    def __init__(self, run: TrainingRun, config: TrainConfig, report: Report | None, best_by: tuple[str, str]) -> None:
         self.run, self.report = run, report
         self.batch_size = max(config.batch_size, 256)
         self.selection, self.maximize = best_by[0], best_by[1] == "maximize"
@@ -227,15 +237,12 @@ def train_stage(config: TrainConfig, data: StageData, report: Report | None = No
     rows = len(data.train)
     if config.batch_size > rows:
         raise UserError(f"batch_size {config.batch_size} is larger than the training split ({rows} rows)")
-    run = _setup(config, data)
+    run = set_up(config, data)
     batch_size = config.batch_size
     max_steps = config.budget.total_steps(rows, config.batch_size)
     info = stage(config.stage)
     evaluations = _Evaluations(run, config, report, best_by or (info.selection_metric, info.selection_direction))
-    run.model.train()
-    if config.freeze_backbone:
-        run.model.backbone.eval()  # frozen BatchNorm statistics too
-    batches = _training_batches(run, config, rows, batch_size, max_steps)
+    batches = training_batches(run, config, rows, batch_size, max_steps)
     running = RunningLoss(run.device)
     stop: Stop | None = None
     step = samples = 0
@@ -249,7 +256,7 @@ def train_stage(config: TrainConfig, data: StageData, report: Report | None = No
             board, hand, targets = next(batches)
             data_time += time.perf_counter() - fetch_started
             lr = learning_rate(config.optim, step, max_steps)
-            running.add(_optimizer_step(run, config, lr, board, hand, targets))
+            running.add(optimizer_step(run, config, lr, board, hand, targets))
             step += 1
             samples += board.shape[0]
             if on_step is not None:
@@ -285,18 +292,19 @@ def train_stage(config: TrainConfig, data: StageData, report: Report | None = No
         dataset_hash=data.content_hash)
 
 
-def _training_batches(run: _Setup, config: TrainConfig, rows: int, batch_size: int, max_steps: int) -> Any:
-    """The run's batches: every epoch a fresh seeded order of the rows (``config.loader.shuffle``),
-    prepared ahead in a thread (a mapped split) or taken in place (in memory); ``close()`` it."""
+def training_batches(run: TrainingRun, config: TrainConfig, rows: int, batch_size: int, max_steps: int) -> Any:
+    """The run's ``max_steps`` batches of ``batch_size`` rows: every epoch a fresh seeded order of the
+    rows (``config.loader.shuffle``), prepared ahead in a thread (a mapped split) or taken in place
+    (in memory); ``close()`` it."""
     generator = torch.Generator().manual_seed(config.seed)
     shuffle = resolve_shuffle(config.loader.shuffle, run.train)
     return run.train.stream(batch_indices(rows, batch_size, max_steps, generator, shuffle),
                             config.loader.prefetch_batches)
 
 
-def _optimizer_step(run: _Setup, config: TrainConfig, lr: float, board: torch.Tensor, hand: torch.Tensor,
-                    targets: dict[str, torch.Tensor]) -> torch.Tensor:
-    """One optimizer step at learning rate ``lr``; returns the (device) loss."""
+def optimizer_step(run: TrainingRun, config: TrainConfig, lr: float, board: torch.Tensor, hand: torch.Tensor,
+                   targets: dict[str, torch.Tensor]) -> torch.Tensor:
+    """One optimizer step of ``run`` on a batch at learning rate ``lr``; returns the (device) loss."""
     for group in run.optimizer.param_groups:
         group["lr"] = lr
     with torch.autocast(run.device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
@@ -310,4 +318,5 @@ def _optimizer_step(run: _Setup, config: TrainConfig, lr: float, board: torch.Te
     return loss
 
 
-__all__ = ["RunningLoss", "learning_rate", "resolve_device", "seed_everything", "train_stage"]
+__all__ = ["RunningLoss", "TrainingRun", "learning_rate", "optimizer_step", "resolve_device", "seed_everything",
+           "set_up", "train_stage", "training_batches"]

@@ -27,6 +27,7 @@ from typing import Any
 from maou.data.dense import DenseCopy
 from maou.errors import UserError
 from maou.strict import flatten
+from maou.sweep.attrs import TrialAttr
 from maou.sweep.chain import command_name
 from maou.sweep.identity import ConfigKey
 from maou.sweep.records import StepRecord, SweepRecord, read_sweep
@@ -46,7 +47,7 @@ def trial_rows(step: StepRecord, final_winner: ConfigKey | None = None) -> list[
     is where it ran (``cpu``, ``cuda``); ``requested_device`` what its config asked for (``auto``)."""
     decision = step.decision
     winner = decision.winner_key if decision is not None and not decision.failed else None
-    rows = []
+    rows, T = [], TrialAttr
     for t in step.trials:
         config = flat_config(t.config)
         row: dict[str, Any] = {
@@ -54,12 +55,12 @@ def trial_rows(step: StepRecord, final_winner: ConfigKey | None = None) -> list[
             "seed": t.seed, "config": t.key.text, "winner": winner is not None and t.key == winner,
             "final_winner": final_winner is not None and t.key == final_winner,
             "reused": t.reused, "metric": t.metric, "direction": t.direction, "reduce": t.reduce,
-            "value": t.value, "prune_reason": t.prune_reason, "prune_detail": t.prune_detail,
-            "prune_step": t.prune_step, "stop_reason": t.stop_reason,
-            "fail_reason": t.fail_reason, "steps_done": t.steps_done,
-            "max_steps": t.max_steps, "best_step": t.best_step,
-            "wall_time_s": t.wall_time_s, "reused_from": t.reused_from, "dataset_hash": t.dataset_hash,
-            "package_version": t.package_version,
+            "value": t.value, T.PRUNE_REASON: t.prune_reason, T.PRUNE_DETAIL: t.prune_detail,
+            T.PRUNE_STEP: t.prune_step, T.STOP_REASON: t.stop_reason,
+            T.FAIL_REASON: t.fail_reason, T.STEPS_DONE: t.steps_done,
+            T.MAX_STEPS: t.max_steps, T.BEST_STEP: t.best_step,
+            T.WALL_TIME_S: t.wall_time_s, T.REUSED_FROM: t.reused_from, T.DATASET_HASH: t.dataset_hash,
+            T.PACKAGE_VERSION: t.package_version,
             "datetime_start": t.datetime_start, "datetime_complete": t.datetime_complete,
         }
         row["requested_device"] = config.pop("device", None)
@@ -101,7 +102,7 @@ def step_rows(step: StepRecord, final_winner: ConfigKey | None = None) -> list[d
     return rows
 
 
-REASON_COLUMNS = ["study", "step", "state", "prune_reason", "trials"]
+REASON_COLUMNS = ["study", "step", "state", TrialAttr.PRUNE_REASON, "trials"]
 
 
 def reason_rows(step: StepRecord) -> list[dict[str, Any]]:
@@ -111,7 +112,7 @@ def reason_rows(step: StepRecord) -> list[dict[str, Any]]:
     if step.orphans:
         counts["FAIL", ""] += step.orphans
     return [{"study": step.study_name, "step": step.name, "state": state,
-             "prune_reason": reason, "trials": n} for (state, reason), n in sorted(counts.items())]
+             TrialAttr.PRUNE_REASON: reason, "trials": n} for (state, reason), n in sorted(counts.items())]
 
 
 #: Beside best-args.txt: upstream's dense copies of the winner's training split, by stage.
@@ -159,7 +160,7 @@ def export_sweep(spec: Any, out_dir: str | Path | None = None, storage_url: str 
     write_atomic(export.paths["prune_reasons"], pd.DataFrame(reasons, columns=REASON_COLUMNS).to_csv(index=False))
     for row in reasons:
         if row["state"] == "PRUNED":
-            export.pruned[row["prune_reason"]] += row["trials"]
+            export.pruned[row[TrialAttr.PRUNE_REASON]] += row["trials"]
     command = f"sweep export {shlex.quote(command_name(spec))}" + (f" --out {shlex.quote(str(out_dir))}"
                                                                       if out_dir else "") + " --upstream-data"
     _export_winner(spec, record, out, export, DenseRequest(upstream_data, progress, command))

@@ -11,7 +11,7 @@ one training of the base configuration in its parts (its optimizer steps, its ev
 validation rows, its set-up and checkpoint, the driver's storage work) and what a run pays once
 (worker processes started, datasets opened, warm-ups). Trainings run as many at once as the
 executor's choice here (:func:`maou.sweep.run.executors.choose`), each slower by
-:func:`~maou.sweep.run.measure.contention` for the cores they share with each other, with other
+:func:`~maou.sweep.run.cost.contention` for the cores they share with each other, with other
 work and with the driver recording them (its measured share of a core); a step's trainings take
 ``ceil(n / at_once)`` rounds (a step waits for all of them before deciding). An epochs budget
 counts the training rows of the built datasets (built first), or estimates them.
@@ -24,12 +24,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from maou.sweep.identity import short_keys
+from maou.sweep.results.tries import step_tries
 from maou.sweep.run.planner import plan_step
-from maou.sweep.spec import ParamRange, Step, SweepSpec, step_candidates
+from maou.sweep.spec import SweepSpec, step_candidates
 
 if TYPE_CHECKING:
-    from maou.sweep.run.measure import TrainingCost
+    from maou.sweep.run.cost import TrainingCost
 
 
 @dataclass
@@ -43,37 +43,6 @@ class StepPlanSummary:
     notes: list[str] = field(default_factory=list)
     #: What the step tries (:func:`step_tries`): ``["loss.gamma_neg 1,2,3,4"]``; empty for a baseline.
     tries: list[str] = field(default_factory=list)
-
-
-def _value(value: object) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def _range(r: ParamRange) -> str:
-    if r.choices is not None:
-        return "|".join(_value(c) for c in r.choices)
-    text = f"{_value(r.low)}..{_value(r.high)}"
-    return text + "".join(part for part, on in ((" log", r.log), (f" step {_value(r.step)}", r.step is not None),
-                                                (" integer", r.integer)) if on)
-
-
-def step_tries(step: Step, short: bool = False) -> list[str]:
-    """The values ``step`` tries, as the spec gives them: one entry per grid key
-    (``loss.gamma_neg 1,2,3,4``), per explicit configuration (``model.hidden_dim=512
-    model.dropout=0.1``) or per searched parameter (``optim.lr 1e-05..0.01 log``, then
-    ``10 tpe samples``); none for a baseline. ``short``: each key's last dotted part where that is
-    unambiguous within the step."""
-    keys = list(dict.fromkeys([*step.grid, *(k for c in step.configs for k in c),
-                               *(step.search.params if step.search is not None else ())]))
-    name = dict(zip(keys, short_keys(keys) if short else keys, strict=True))
-    if step.grid:
-        return [f"{name[k]} {','.join(_value(v) for v in values)}" for k, values in step.grid.items()]
-    if step.configs:
-        return [" ".join(f"{name[k]}={_value(v)}" for k, v in c.items()) for c in step.configs]
-    if step.search is not None:
-        return ([f"{name[k]} {_range(r)}" for k, r in step.search.params.items()]
-                + [f"{step.search.trials} {step.search.sampler} samples"])
-    return []
 
 
 #: A sweep this long on this machine gets a one-line warning (it was sized for another).
@@ -108,6 +77,14 @@ class SweepPlan:
     load: float | None = None
     #: The measurement the estimate comes from (None: not measured).
     cost: TrainingCost | None = None
+    _built: list[dict[str, int] | None] = field(default_factory=list, repr=False)  # built(), once asked
+
+    def built(self, again: bool = False) -> dict[str, int] | None:
+        """The stage's built rows (:func:`built_rows`: None when not built or out of date), asked once
+        a plan (``again``: after a build) and passed on: its check of the sources is not made twice."""
+        if again or not self._built:
+            self._built[:] = [built_rows(self.spec)]
+        return self._built[0]
 
     def step_seconds(self, summary: StepPlanSummary) -> tuple[float, float] | None:
         """The wall time of a step's trainings left, at fewest and most (None: not estimated):
@@ -212,13 +189,13 @@ def plan_sweep(spec: SweepSpec, storage: Any = None, measure: bool = True, build
             summary.trainings = tuple(max(0, n - summary.done) for n in summary.trainings)  # type: ignore[assignment]
         if complete:
             summary.trainings = (0, 0)
+    plan = SweepPlan(spec, steps, None, "not measured", complete=complete)
     # an epochs budget needs the training rows; a steps budget does not
-    if build and say is not None and needs_build(spec):
+    if build and say is not None and needs_build(plan):
         say(f"building the datasets of {spec.name} first: its epochs budget needs their training rows "
             f"(--no-build estimates them from the game records)")
-    rows = (training_rows(spec, build=build, progress=progress) if spec.base_config().budget.epochs is not None
-            else (0, "not needed (the budget is in optimizer steps)"))
-    plan = SweepPlan(spec, steps, None, "not measured", rows=rows, complete=complete)
+    plan.rows = (training_rows(plan, build=build, progress=progress) if spec.base_config().budget.epochs is not None
+                 else (0, "not needed (the budget is in optimizer steps)"))
     if walls:
         from maou.sweep.run.executors import choose
 
@@ -236,26 +213,26 @@ def plan_sweep(spec: SweepSpec, storage: Any = None, measure: bool = True, build
     return plan
 
 
-def needs_build(spec: SweepSpec) -> bool:
+def needs_build(plan: SweepPlan) -> bool:
     """``sweep plan`` builds the datasets first: an epochs budget on a games-built stage whose
     datasets are not built or out of date."""
-    from maou.data.build import datasets_up_to_date
     from maou.stages import stage
 
-    base = spec.base_config()
-    return (base.budget.epochs is not None and stage(spec.stage).data_source != "synthetic"
-            and not datasets_up_to_date(base.data))
+    spec = plan.spec
+    return (spec.base_config().budget.epochs is not None and stage(spec.stage).data_source != "synthetic"
+            and plan.built() is None)
 
 
-def validation_rows(spec: SweepSpec, train_rows: int) -> int:
-    """Validation rows of the spec's stage: the synthetic rows (Stage 1 evaluates on its training
+def validation_rows(plan: SweepPlan, train_rows: int) -> int:
+    """Validation rows of the plan's stage: the synthetic rows (Stage 1 evaluates on its training
     rows), the built manifest, else the share of ``train_rows`` the split holds out."""
     from maou.stages import stage
 
+    spec = plan.spec
     if stage(spec.stage).data_source == "synthetic":
         return train_rows
     data = spec.base_config().data
-    built = built_rows(spec)
+    built = plan.built()
     if built is not None:
         return int(built.get("val", 0)) or 1
     train = train_rows or estimate_rows(spec)[0]
@@ -270,6 +247,7 @@ def estimate_here(plan: SweepPlan, url: str | None = None, startup: bool = True,
     import time
 
     from maou.sweep.run import measure
+    from maou.sweep.run.cost import OPS_PER_COPY, OPS_PER_STEP, OPS_PER_SWEEP, contention
     from maou.sweep.run.executors import choose, cores
 
     began = time.perf_counter()
@@ -282,9 +260,10 @@ def estimate_here(plan: SweepPlan, url: str | None = None, startup: bool = True,
         choice = choose(spec.executor, base.threads)
         section = choice.section
         workers = choice.probe or section.kind == "ray" or (section.max_concurrent or 1) > 1
-        rows = plan.rows[0] or training_rows(spec, build=False)[0]
-        cost = measure.measure_training(base, rows, validation_rows(spec, rows), workers=workers and startup,
-                                        worker_probe=probe, storage_url=url, **budget)
+        rows = plan.rows[0] or training_rows(plan, build=False)[0]
+        cost = measure.measure_training(base, rows, validation_rows(plan, rows), workers=workers and startup,
+                                        worker_probe=probe, up_to_date=plan.built() is not None, storage_url=url,
+                                        **budget)
     finally:
         if probe is not None:
             probe.cancel()
@@ -293,28 +272,19 @@ def estimate_here(plan: SweepPlan, url: str | None = None, startup: bool = True,
     driver = (min(1.0, choice.at_once * cost.ops_per_training * op / max(cost.training_s, 1e-9))
               if workers else 0.0)
     load = cost.load + driver
-    slowdown = measure.contention(choice.at_once, base.threads, cores(), load) if cost.device == "cpu" else 1.0
+    slowdown = contention(choice.at_once, base.threads, cores(), load) if cost.device == "cpu" else 1.0
     plan.cost, plan.device, plan.at_once, plan.load, plan.slowdown = cost, cost.device, choice.at_once, load, slowdown
     plan.seconds_per_training = cost.training_s * slowdown + cost.ops_per_training * op
-    plan.step_overhead_s, plan.reused_s = measure.OPS_PER_STEP * op, measure.OPS_PER_COPY * op
-    starting = measure.contention(choice.at_once, base.threads, cores(), cost.load) if cost.device == "cpu" else 1.0
-    once = cost.startup_s * starting + measure.OPS_PER_SWEEP * op + _gpu_probe_seconds(choice, base.threads)
+    plan.step_overhead_s, plan.reused_s = OPS_PER_STEP * op, OPS_PER_COPY * op
+    starting = contention(choice.at_once, base.threads, cores(), cost.load) if cost.device == "cpu" else 1.0
+    once = cost.startup_s * starting + OPS_PER_SWEEP * op
+    if choice.probe:  # the local executor measures its trials at once on one GPU when the first step starts
+        from maou.sweep.run.executors.pool import probe_seconds
+
+        once += probe_seconds(base.threads)
     plan.startup_s = once if startup else 0.0
     plan.cost_source = f"measured here on {cost.device} in {time.perf_counter() - began:.1f} s"
     return plan
-
-
-def _gpu_probe_seconds(choice: Any, threads: int) -> float:
-    """About how long the local executor measures its trials at once on one GPU when the first
-    step starts (:meth:`~maou.sweep.run.executors.pool.PoolExecutor.probe`: alone to size it, then
-    1, 2, 4, ... copies, each for about ``PROBE_SECONDS``); 0 where it does not."""
-    if not choice.probe:
-        return 0.0
-    from maou.sweep.run.executors import cores
-    from maou.sweep.run.executors.pool import PROBE_MAX, PROBE_SECONDS
-
-    limit = max(1, min(PROBE_MAX, cores() // max(1, threads)))
-    return (2 + int(math.log2(limit))) * PROBE_SECONDS
 
 
 def cost_lines(plan: SweepPlan) -> list[str]:
@@ -373,20 +343,21 @@ def _from_storage(spec: SweepSpec, storage: Any) -> tuple[set, dict[str, int], l
     return finished, done, walls, record.done
 
 
-def training_rows(spec: SweepSpec, build: bool = True, progress: bool = False) -> tuple[int, str]:
-    """Training rows of the spec's stage and where the number comes from: the synthetic rows, the
+def training_rows(plan: SweepPlan, build: bool = True, progress: bool = False) -> tuple[int, str]:
+    """Training rows of the plan's stage and where the number comes from: the synthetic rows, the
     built manifest (built first when ``build``), else an estimate from the game records."""
     from maou.shogi.shapes import STAGE1_ROWS_NUM
     from maou.stages import stage
 
+    spec = plan.spec
     if stage(spec.stage).data_source == "synthetic":
         return STAGE1_ROWS_NUM, "the synthetic Stage 1 rows"
-    built = built_rows(spec)
+    built = plan.built()
     if built is None and build:
         from maou.data.resolve import dataset_of
 
         dataset_of(spec.base_config(), progress=progress)
-        built = built_rows(spec)
+        built = plan.built(again=True)
     if built is not None:
         rows = int(built.get("train", 0))
         return rows, f"the built datasets ({rows:,} training rows)"

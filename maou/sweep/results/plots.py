@@ -24,6 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
+from maou.stages import direction_sign
 from maou.sweep.identity import ConfigKey
 from maou.sweep.numbers import fmt
 from maou.sweep.records import RecordedDecision, StepRecord, TrialRecord
@@ -217,7 +218,7 @@ def means_figure(decision: RecordedDecision, metric: str, title: str, direction:
     import plotly.graph_objects as go
 
     direction = direction or decision.direction or "maximize"
-    sign = 1.0 if direction == "maximize" else -1.0
+    sign = direction_sign(direction)
     entries = [e for e in decision.leaderboard if e.mean is not None]
     missing = [e.key.label() for e in decision.leaderboard if e.mean is None]
     colors = colors or config_colors((e.key for e in decision.leaderboard), decision.carried_key)

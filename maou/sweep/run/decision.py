@@ -195,8 +195,7 @@ def collect_stats(trials: Iterable[TrialRecord], reduce: str = "final",
 def _guard_failures(challenger: ConfigStats, carried: ConfigStats, guards: tuple[Guard, ...]) -> list[str]:
     failures = []
     for g in guards:
-        sign = 1.0 if g.direction == "maximize" else -1.0
-        worse_by = sign * (carried.guard_mean(g.metric) - challenger.guard_mean(g.metric))
+        worse_by = g.sign * (carried.guard_mean(g.metric) - challenger.guard_mean(g.metric))
         if not worse_by <= g.tolerance:  # NaN (not reported) fails too
             failures.append(f"{g.metric} worse by {worse_by:.4g} (tolerance {g.tolerance:g})")
     return failures
@@ -215,7 +214,7 @@ def describe_rule(selection: Selection, guards: tuple[Guard, ...]) -> str:
 def decide(stats: dict[ConfigKey, ConfigStats], carried_key: ConfigKey, objective: Objective,
            selection: Selection, guards: tuple[Guard, ...] = ()) -> StepDecision:
     """Pick the step's winner (see the module docstring)."""
-    sign = 1.0 if objective.direction == "maximize" else -1.0
+    sign = objective.sign
     ordered = sorted(stats.values(), key=lambda s: (not s.eligible, -sign * s.mean if s.eligible else 0.0, s.key.text))
     rule = describe_rule(selection, guards)
     if not any(s.n for s in ordered):  # not one trial of the step completed: nothing to decide on

@@ -1,35 +1,36 @@
-"""What one training of a configuration costs on this machine, measured in its parts within a time
-budget (``sweep plan``'s estimate, ``sweep run``'s first ETA).
+"""How long a training takes on this machine, measured on the device the run would use, with one
+timing of its optimizer steps (:func:`timed_steps`: the trainer's own, :mod:`maou.trainer.loop`'s
+``set_up``, ``training_batches`` and ``optimizer_step``, on one clock of this machine) for both:
 
-A training's wall time is more than its optimizer steps: the process that trains it starts (a
-worker's interpreter and imports, the datasets opened, the first set-up and the first step's
-warm-up: once per process), every training builds its model and optimizer, evaluates every
-``budget.eval_every`` steps on its evaluation rows, computes its final metrics on the whole
-validation split, writes its checkpoint, and the driver records it all in the storage.
-:func:`measure_training` times each part here, on the device the run would use:
+* :func:`measure_training`, ``sweep plan``'s estimate (and ``sweep run``'s first ETA), times a
+  training in its parts (:class:`~maou.sweep.run.cost.TrainingCost` adds them up). Its wall time is
+  more than its optimizer steps: the process that trains it starts (a worker's interpreter and
+  imports, the datasets opened, the first set-up and the first step's warm-up: once per process),
+  every training builds its model and optimizer, evaluates every ``budget.eval_every`` steps on its
+  evaluation rows, computes its final metrics on the whole validation split, writes its checkpoint,
+  and the driver records it all in the storage:
 
-* **steps**: the real optimizer step of the configuration (its model, loss, optimizer and threads)
-  on the rows it trains on when its datasets are built (else random rows of the stage's shapes:
-  nothing is built here), timed after one warm-up step until ``step_budget_s`` seconds or
-  ``max_timed_steps`` steps, whichever comes first. On a CPU the steps start at a small batch and
-  grow 4x while the next size's steps still fit the budget; a step at the configuration's batch
-  is the largest timed batch's, scaled by rows (a CPU step's time grows about linearly with its
-  rows; an upper bound where it grows less);
-* **evaluations**: an evaluation pass on as many validation rows as ``eval_budget_s`` allows
-  (twice when it is cheap: the first pays the warm-up), scaled by rows to an evaluation during
-  training (``eval_rows``) and to the closing one on the whole validation split;
-* **set-up**: a second model, optimizer and data on the device (as every training builds), and the
-  checkpoint written to a temporary folder;
-* **start-up**: where trials run in worker processes, a fresh interpreter importing what a worker
-  imports before its first step, timed from its start to its exit (:class:`WorkerProbe`, once a
-  process); in process, the first optimizer's ``torch._dynamo`` import; either way the datasets
-  opened, the first set-up (the split's training reference) and the first step's warm-up;
-* **storage**: an operation on a temporary storage of the same kind beside the sweep's
-  (:func:`storage_op_seconds`), times the operations the driver makes (``OPS_*``, counted).
+  * **steps**: the real optimizer step of the configuration (its model, loss, optimizer and
+    threads) on the rows it trains on when its datasets are built (else random rows of the stage's
+    shapes: nothing is built here), each waited for, timed after one warm-up step until
+    ``step_budget_s`` seconds or ``max_timed_steps`` steps, whichever comes first. On a CPU the
+    steps start at a small batch and grow 4x while the next size's steps still fit the budget; a
+    step at the configuration's batch is the largest timed batch's, scaled by rows (a CPU step's
+    time grows about linearly with its rows; an upper bound where it grows less);
+  * **evaluations**: an evaluation pass on as many validation rows as ``eval_budget_s`` allows
+    (twice when it is cheap: the first pays the warm-up), scaled by rows to an evaluation during
+    training (``eval_rows``) and to the closing one on the whole validation split;
+  * **set-up**: a second model, optimizer and data on the device (as every training builds), and
+    the checkpoint written to a temporary folder;
+  * **start-up**: where trials run in worker processes, a fresh interpreter importing what a
+    worker imports before its first step, timed from its start to its exit (:class:`WorkerProbe`,
+    once a process); in process, the first optimizer's ``torch._dynamo`` import; either way the
+    datasets opened, the first set-up (the split's training reference) and the first step's warm-up;
+  * **storage**: :func:`~maou.sweep.run.cost.storage_op_seconds`; and the other work's load,
+    sampled while the steps are timed (:class:`_Runnable`), for trials at once.
 
-:func:`contention` is how much slower each of ``k`` trials at once runs than one alone, from the
-cores, the threads per trial and the other work's load, sampled while the steps are timed
-(:class:`_Runnable`).
+* :func:`short_training`, the local pool's GPU probe (in a worker), trains a configuration as a
+  trial does, its steps paced as ``train_stage``'s, and reads the device's free and peak memory.
 """
 
 from __future__ import annotations
@@ -42,9 +43,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from maou.sweep.run.cost import TrainingCost, evaluations, storage_op_seconds
 
 #: Seconds of optimizer steps one measurement times, at most (and at most ``MAX_TIMED_STEPS`` of them).
 STEP_BUDGET_S = 1.5
@@ -57,94 +61,33 @@ EVAL_BUDGET_S = 0.4
 #: long as the next size's warm-up and ``MIN_TIMED_STEPS`` fit the budget.
 START_BATCH = 16
 GROWTH = 4
-#: Storage operations (reads and writes) of the driver, counted by phase with a counting storage on
-#: ``sweep run sweeps/cpu/stage3-lr-batch.yaml`` (local pool, 2 at once: 1,304 operations for 16
-#: trainings, 10 copies, 6 steps): a trained training (started, annotated, finished, its dashboard
-#: note) and one more for each of its evaluations; a finished trial copied into a later step; a
-#: step (its study opened, its plan, its decision, its notes); the sweep (its lock, its checks).
-OPS_PER_TRAINING = 43
-OPS_PER_EVALUATION = 1
-OPS_PER_COPY = 10
-OPS_PER_STEP = 69
-OPS_PER_SWEEP = 71
 #: What a worker process of the local pool imports before its first step: the entry point (spawn
 #: runs it again), the pool, the datasets and the trainer, torch, and the ``torch._dynamo`` the
 #: first optimizer imports.
 WORKER_IMPORTS = ("import maou.cli, maou.sweep.run.executors.pool, maou.data.resolve, maou.trainer.loop, torch, "
                   "torch._dynamo")
-#: Storage operations timed by :func:`storage_op_seconds`: a step study of ``PROBE_TRIALS`` trials,
-#: each written ``PROBE_ATTRS`` attributes of ``PROBE_BYTES`` (a trial's 23 attributes are 2.3 kB),
-#: then read whole ``PROBE_READS`` times (as the driver reads a step). An operation is the mean of
-#: a write and a read (the driver's are about half and half), the slowest tenth of each left out
-#: (another process's disk sync, not the rule).
-PROBE_TRIALS, PROBE_ATTRS, PROBE_BYTES, PROBE_READS = 4, 8, 250, 10
+#: A CUDA context's device memory, which ``max_memory_reserved`` does not count.
+CONTEXT_BYTES = 512 * 2**20
 
 #: Costs paid once per process, measured once per process: ``worker process``, ``torch._dynamo import``.
 _ONCE: dict[str, float] = {}
-#: Storage operation seconds by (kind, folder).
-_STORAGE: dict[tuple[str, str], float | None] = {}
 
 
 @dataclass(frozen=True)
-class TrainingCost:
-    """One training of a configuration here, in its measured parts (seconds)."""
+class ShortTraining:
+    """A short training as :func:`short_training` measured it."""
 
-    device: str
-    #: The configuration's batch and optimizer steps.
-    batch_size: int
-    steps: int
-    #: One optimizer step at ``batch_size`` (scaled by rows from ``timed_batch``), and how many were timed.
-    step_s: float
-    timed_batch: int
-    timed_steps: int
-    #: Evaluations during a training, their rows, one's seconds.
-    evals: int
-    eval_rows: int
-    eval_s: float
-    #: The closing evaluation on the whole validation split (0 rows: the evaluations see it whole).
-    final_rows: int
-    final_s: float
-    #: A training's model, optimizer, data on the device and checkpoint.
-    setup_s: float
-    #: Once per process that trains: (what, seconds).
-    startup: tuple[tuple[str, float], ...]
-    #: One storage operation of the driver (None: not measured, a server's storage).
-    op_s: float | None
-    #: Timed on the built datasets (else random rows of the stage's shapes).
-    real_data: bool
-    #: Threads runnable besides the measurement's own while it measured (other work's load).
-    load: float
-    #: How long the measurement took.
-    seconds: float
+    #: ``time.monotonic()`` at the end of each optimizer step (one clock for this machine's processes).
+    stamps: tuple[float, ...]
+    #: The run's peak device memory, its CUDA context included (0: no device memory, a CPU).
+    peak_bytes: int = 0
+    #: The device's free memory when it started, this process's CUDA context counted free (None: a CPU).
+    free_bytes: int | None = None
 
     @property
-    def startup_s(self) -> float:
-        return sum(seconds for _, seconds in self.startup)
-
-    @property
-    def training_s(self) -> float:
-        """One training alone in a warm process, without the driver's storage work."""
-        return self.setup_s + self.steps * self.step_s + self.evals * self.eval_s + self.final_s
-
-    @property
-    def ops_per_training(self) -> int:
-        return OPS_PER_TRAINING + OPS_PER_EVALUATION * self.evals
-
-
-def evaluations(steps: int, eval_every: int, at_start: bool) -> int:
-    """Evaluations of a training of ``steps`` optimizer steps: every ``eval_every`` and at the end
-    (and the untrained model first when ``at_start``)."""
-    return int(at_start) + math.ceil(steps / max(1, eval_every))
-
-
-def contention(at_once: int, threads: int, cores: int, load: float) -> float:
-    """How many times slower each of ``at_once`` trials of ``threads`` threads (0: every core) runs
-    than one alone on ``cores`` cores, with ``load`` runnable threads of other work: each thread
-    gets at most a core, and a share of them when more want one."""
-    per = threads if threads > 0 else cores
-    alone = max(1.0, (load + per) / cores)
-    together = max(1.0, (load + at_once * per) / cores)
-    return together / alone
+    def step_s(self) -> float:
+        """Seconds a step, from the first step's end to the last one's."""
+        return (self.stamps[-1] - self.stamps[0]) / max(1, len(self.stamps) - 1)
 
 
 class _Runnable:
@@ -234,14 +177,16 @@ def _random_data(config: Any, train: int, val: int) -> Any:
     return StageData(config.stage, split(train), split(val))
 
 
-def _built_data(config: Any) -> tuple[Any, float] | None:
+def _built_data(config: Any, up_to_date: bool | None) -> tuple[Any, float] | None:
     """The configuration's datasets as a trial opens them, and the seconds that took, when they are
-    built and up to date (the synthetic Stage 1 rows always are); never builds."""
+    built and up to date (``up_to_date``: the answer already known; None: asked here; the synthetic
+    Stage 1 rows always are); never builds."""
     from maou.data.build import datasets_up_to_date
     from maou.data.resolve import load_datasets
     from maou.stages import stage
 
-    if stage(config.stage).data_source != "synthetic" and not datasets_up_to_date(config.data):
+    if stage(config.stage).data_source != "synthetic" and not (
+            datasets_up_to_date(config.data) if up_to_date is None else up_to_date):
         return None
     started = time.perf_counter()
     data = load_datasets(config)
@@ -255,33 +200,51 @@ def _sync(device: Any) -> None:
         torch.cuda.synchronize(device)
 
 
+def timed_steps(run: Any, config: Any, batches: Iterator[Any], lr: float,
+                wait: bool = True) -> Iterator[tuple[float, float]]:
+    """The optimizer steps of ``run`` (a :class:`~maou.trainer.loop.TrainingRun` of ``config``) on
+    ``batches`` at learning rate ``lr``, yielding each step's start (its batch fetched first) and
+    end on ``time.monotonic()``, until the batches end or the caller stops. ``wait``: each step
+    waited for (its own seconds); else paced as ``train_stage`` paces its steps (each loss read, on
+    CUDA one step late), as copies at once share a device."""
+    from maou.trainer.loop import RunningLoss, optimizer_step
+
+    running = RunningLoss(run.device)
+    while True:
+        started = time.monotonic()
+        batch = next(batches, None)
+        if batch is None:
+            return
+        loss = optimizer_step(run, config, lr, *batch)
+        if wait:
+            _sync(run.device)
+        else:
+            running.add(loss)
+        yield started, time.monotonic()
+
+
 def _time_steps(run: Any, config: Any, rows: int, budget_s: float, max_timed: int, start_batch: int,
                 runnable: _Runnable) -> tuple[float, int, int, float]:
     """(seconds of a step at the config's batch, the batch timed, steps timed, the first step's
     extra time): steps timed until ``budget_s`` or ``max_timed``; on a CPU from ``start_batch``
     up, 4x at a time while the next size fits."""
-    from maou.trainer.loop import _optimizer_step, _training_batches
+    from maou.trainer.loop import training_batches
 
     full = max(1, min(config.batch_size, rows))
     batch = full if run.device.type == "cuda" else min(full, start_batch)
     began = time.perf_counter()
     first_extra: float | None = None
-    lr = config.optim.lr
     while True:
         sized = dataclasses.replace(config, batch_size=batch)
-        batches = _training_batches(run, sized, rows, batch, max_timed + 1)
+        batches = training_batches(run, sized, rows, batch, max_timed + 1)
         times: list[float] = []
         grow: int | None = None
         try:
-            started = time.perf_counter()
-            _optimizer_step(run, sized, lr, *next(batches))
-            _sync(run.device)
-            warm_up = time.perf_counter() - started
-            while len(times) < max_timed:
-                started = time.perf_counter()
-                _optimizer_step(run, sized, lr, *next(batches))
-                _sync(run.device)
-                times.append(time.perf_counter() - started)
+            steps = timed_steps(run, sized, batches, config.optim.lr)
+            started, ended = next(steps)
+            warm_up = ended - started
+            for started, ended in steps:
+                times.append(ended - started)
                 runnable.sample()
                 if len(times) < MIN_TIMED_STEPS:
                     continue
@@ -334,19 +297,20 @@ def _time_checkpoint(run: Any, config: Any) -> float:
 
 
 def measure_training(config: Any, train_rows: int, val_rows: int | None = None, *, workers: bool = False,
-                     worker_probe: WorkerProbe | None = None,
+                     worker_probe: WorkerProbe | None = None, up_to_date: bool | None = None,
                      storage_url: str | None = None, step_budget_s: float = STEP_BUDGET_S,
                      max_timed_steps: int = MAX_TIMED_STEPS, eval_budget_s: float = EVAL_BUDGET_S,
                      start_batch: int = START_BATCH) -> TrainingCost:
     """One training of ``config`` (``train_rows`` training rows, ``val_rows`` validation rows
     when its datasets are not built; ``workers``: the trials run in worker processes, whose start-up
-    ``worker_probe`` times when given, else one started here), measured
-    here in its parts (see the module docstring); ``storage_url``: the driver's storage, whose
-    operations are timed beside it. Never builds datasets."""
+    ``worker_probe`` times when given, else one started here), measured here in its parts (see the
+    module docstring); ``up_to_date``: whether its datasets are built and up to date, when the
+    caller has asked (else asked here); ``storage_url``: the driver's storage, whose operations are
+    timed beside it. Never builds datasets."""
     import torch  # noqa: F401 - what everything below needs; a trial's process has it already
 
     from maou.trainer.config import Budget
-    from maou.trainer.loop import _setup
+    from maou.trainer.loop import set_up
 
     began = time.perf_counter()
     probe = (worker_probe or WorkerProbe()) if workers else None  # it starts while this process loads
@@ -357,7 +321,7 @@ def measure_training(config: Any, train_rows: int, val_rows: int | None = None, 
     total_steps = config.budget.total_steps(train_rows, config.batch_size)
     probe_config = dataclasses.replace(config, init_from=None, eval_at_start=False,
                                        budget=Budget(max_steps=max_timed_steps + 1, eval_every=max_timed_steps + 1))
-    built = _built_data(probe_config)
+    built = _built_data(probe_config, up_to_date)
     if built is not None:
         data, opened = built
         train_rows = len(data.train)
@@ -375,7 +339,7 @@ def measure_training(config: Any, train_rows: int, val_rows: int | None = None, 
     if built is not None:
         startup.append(("datasets opened", opened))
     started = time.perf_counter()
-    run = _setup(probe_config, data)
+    run = set_up(probe_config, data)
     cold_setup = time.perf_counter() - started
     runnable = _Runnable(own=max(1, config.threads))
     step_s, timed_batch, timed, first_extra = _time_steps(run, probe_config, len(data.train), step_budget_s,
@@ -384,7 +348,7 @@ def measure_training(config: Any, train_rows: int, val_rows: int | None = None, 
     row_s = _time_evaluation(run, probe_config, eval_rows, eval_budget_s, step_s / max(1, config.batch_size))
     checkpoint = _time_checkpoint(run, probe_config)
     started = time.perf_counter()
-    _setup(probe_config, data)  # what every training builds again
+    set_up(probe_config, data)  # what every training builds again
     setup = time.perf_counter() - started
     startup += [("first set-up", max(0.0, cold_setup - setup)), ("first step", first_extra)]
     final_rows = val_rows if eval_rows < val_rows else 0
@@ -397,77 +361,40 @@ def measure_training(config: Any, train_rows: int, val_rows: int | None = None, 
         real_data=built is not None, load=runnable.others, seconds=time.perf_counter() - began)
 
 
-def storage_op_seconds(url: str) -> float | None:
-    """Seconds one operation of a storage like ``url``'s takes here, on average: a temporary SQLite
-    or journal storage of the same kind, in the folder of ``url``'s file when it exists (else the
-    temporary folder), written and read as the driver does (``PROBE_*``), then removed; 0 for
-    ``memory:``; None for a database server (not measured: nothing is written there). Once per
-    process and folder."""
-    from maou.sweep.storage import _file_of
+def short_training(config: Any) -> ShortTraining:
+    """A short training of ``config`` as a trial trains it, measured (the local pool's GPU probe, in
+    a worker process): its datasets opened as a trial opens them (cached per process), its budget of
+    optimizer steps paced as ``train_stage`` paces them (:func:`timed_steps`), then the closing
+    evaluation on the whole validation split (its memory counts too); the device's free memory
+    before and the run's peak after, its cache emptied (what this process trains next starts from
+    nothing)."""
+    import torch
 
-    if url == "memory:":
-        return 0.0
-    path = _file_of(url)
-    if path is None:
-        return None
-    kind = "journal" if url.startswith("journal://") else "sqlite"
-    folder = path.parent if path.parent.is_dir() and os.access(path.parent, os.W_OK) else Path(tempfile.gettempdir())
-    key = (kind, str(folder))
-    if key not in _STORAGE:
-        try:
-            _STORAGE[key] = _time_storage(kind, folder)
-        except Exception:  # noqa: BLE001 - only an estimate: an unwritable folder leaves it unmeasured
-            _STORAGE[key] = None
-    return _STORAGE[key]
+    from maou.data.resolve import load_datasets
+    from maou.trainer.loop import set_up, training_batches
+    from maou.trainer.metrics import evaluate
 
-
-def _time_storage(kind: str, folder: Path) -> float:
-    import optuna
-    from optuna.study import StudyDirection
-
-    from maou.sweep.storage import open_storage
-
-    verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "a new study created" line
-    with tempfile.TemporaryDirectory(prefix=".maou-measure-", dir=folder) as tmp:
-        target = Path(tmp) / "probe"
-        storage = open_storage(f"sqlite:///{target}" if kind == "sqlite" else f"journal://{target}")
-        try:
-            study = storage.create_new_study([StudyDirection.MAXIMIZE], "probe")
-            writes, reads = [], []
-            for _ in range(PROBE_TRIALS):
-                trial = storage.create_new_trial(study)
-                for i in range(PROBE_ATTRS):
-                    started = time.perf_counter()
-                    storage.set_trial_user_attr(trial, f"probe{i}", "x" * PROBE_BYTES)
-                    writes.append(time.perf_counter() - started)
-            for _ in range(PROBE_READS):
-                started = time.perf_counter()
-                storage.get_all_trials(study, deepcopy=False)
-                reads.append(time.perf_counter() - started)
-            return (_trimmed_mean(writes) + _trimmed_mean(reads)) / 2
-        finally:
-            _dispose(storage)
-            optuna.logging.set_verbosity(verbosity)
+    cuda = config.device != "cpu" and torch.cuda.is_available()
+    device = torch.device(config.device if config.device.startswith("cuda") else "cuda") if cuda else None
+    free = None
+    if device is not None:
+        torch.cuda.reset_peak_memory_stats(device)
+        free = torch.cuda.mem_get_info(device)[0] + CONTEXT_BYTES
+    data = load_datasets(config)
+    run = set_up(config, data)
+    rows = len(data.train)
+    batches = training_batches(run, config, rows, config.batch_size, config.budget.total_steps(rows, config.batch_size))
+    try:
+        stamps = tuple(ended for _, ended in timed_steps(run, config, batches, config.optim.lr, wait=False))
+    finally:
+        batches.close()
+    evaluate(run.model, run.task, run.loss_fn, run.val_full, run.reference, max(config.batch_size, 256), run.amp_dtype)
+    del run, batches  # the run's device memory freed before the cache is emptied
+    peak = 0
+    if device is not None:
+        peak = torch.cuda.max_memory_reserved(device) + CONTEXT_BYTES
+        torch.cuda.empty_cache()
+    return ShortTraining(stamps, peak, free)
 
 
-def _trimmed_mean(values: list[float]) -> float:
-    kept = sorted(values)[: max(1, len(values) * 9 // 10)]
-    return sum(kept) / len(kept)
-
-
-def _dispose(storage: Any) -> None:
-    """Close an RDB storage's connections (its file is removed next)."""
-    for _ in range(4):
-        engine = getattr(storage, "engine", None)
-        if engine is not None:
-            with contextlib.suppress(Exception):
-                engine.dispose()
-            return
-        storage = getattr(storage, "_inner", None) or getattr(storage, "inner", None)
-        if storage is None:
-            return
-
-
-__all__ = ["OPS_PER_COPY", "OPS_PER_STEP", "OPS_PER_SWEEP", "TrainingCost", "WorkerProbe", "contention",
-           "evaluations", "measure_training", "storage_op_seconds"]
+__all__ = ["CONTEXT_BYTES", "ShortTraining", "WorkerProbe", "measure_training", "short_training", "timed_steps"]

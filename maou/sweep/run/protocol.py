@@ -21,6 +21,7 @@ import optuna
 from maou.errors import UserError
 from maou.layout import Dataset, stage_rows
 from maou.strict import flatten, to_dict
+from maou.sweep.attrs import StudyAttr
 from maou.sweep.identity import ConfigKey
 from maou.sweep.locate import load_spec
 from maou.sweep.records import RecordError, SweepRecord, deciding_trials, read_step, read_sweep
@@ -49,7 +50,7 @@ def check_fingerprint(study: optuna.Study, spec: SweepSpec, dataset_hash: str | 
     old = read_step(study, index).fingerprint
     new = json.loads(json.dumps(fingerprint(spec, dataset_hash, index)))
     if old is None:
-        study.set_user_attr("fingerprint", new)
+        study.set_user_attr(StudyAttr.FINGERPRINT, new)
         return
     if old == new:
         return
@@ -61,16 +62,11 @@ def check_fingerprint(study: optuna.Study, spec: SweepSpec, dataset_hash: str | 
                     f"its trials would not be comparable. Rename the sweep or delete its storage.")
 
 
-#: The user attributes the sweep writes on a step's study; any other is another tool's.
-STEP_ATTRS = frozenset({"sweep", "step", "step_index", "description", "carried_in", "carried_out", "fingerprint",
-                        "decision", "grid_extensions", "winner_trials"})
-
-
 def foreign_reason(study: optuna.Study, spec: SweepSpec, index: int) -> str | None:
     """Why the existing study under step ``index``'s name is not this sweep's step, or None (it is,
     or this sweep created it and stopped before writing on it). Only reads."""
     attrs = study.user_attrs
-    owner = attrs.get("sweep")
+    owner = attrs.get(StudyAttr.SWEEP)
     if owner is not None and owner != spec.name:
         return f"its 'sweep' attribute names {owner!r}"
     try:
@@ -82,7 +78,7 @@ def foreign_reason(study: optuna.Study, spec: SweepSpec, index: int) -> str | No
     trials = len(study.get_trials(deepcopy=False))
     if trials:
         return f"it has {trials} trial{'s' if trials > 1 else ''} but no 'sweep' attribute"
-    others = sorted(set(attrs) - STEP_ATTRS)
+    others = sorted(set(attrs) - StudyAttr.ALL)
     if others:
         return f"its user attributes {', '.join(others)} are not this sweep's"
     directions = [d.name.lower() for d in study.directions]
@@ -133,7 +129,7 @@ def resolve_winner_of(reference: str) -> str:
     if record.final is None:
         raise UserError(f"{reference}: sweep {other.name!r} has not finished its last step ({last}); "
                         f"run `sweep run {match.group('spec')}`")
-    best = record.winner_trial(other.step_objective(len(other.steps) - 1).direction)
+    best = record.winner_trial(other.step_objective(len(other.steps) - 1))
     if best is None or best.checkpoint is None:
         raise UserError(f"{reference}: no checkpoint recorded for the winner of {other.name!r}")
     if not Path(best.checkpoint).is_file():
@@ -296,8 +292,9 @@ def _open_study(spec: SweepSpec, index: int, storage: Any, context: StepContext,
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names([objective.metric])  # the dashboard's axes say what is plotted
     check_fingerprint(study, spec, context.dataset_hash, index)
-    for name, value in (("sweep", spec.name), ("step", step.name), ("step_index", index),
-                        ("description", step.description), ("carried_in", carried)):
+    S = StudyAttr
+    for name, value in ((S.SWEEP, spec.name), (S.STEP, step.name), (S.STEP_INDEX, index),
+                        (S.DESCRIPTION, step.description), (S.CARRIED_IN, carried)):
         study.set_user_attr(name, value)
     return study
 
@@ -322,7 +319,7 @@ def _run_step(spec: SweepSpec, index: int, study: optuna.Study, context: StepCon
             raise
         total, causes = _unfinished(study, index, run, seeds, only)
         if causes:
-            study.set_user_attr("decision", None)  # what an earlier run decided does not stand either
+            study.set_user_attr(StudyAttr.DECISION, None)  # what an earlier run decided does not stand either
             raise StepIncomplete(study.study_name, sum(causes.values()), total, causes)
         trials = [t for t in read_step(study, index).trials if t.seed in seeds]  # this round's seeds only
         stats = collect_stats(trials, objective.reduce, [g.metric for g in guards])
@@ -346,7 +343,7 @@ def _run_step(spec: SweepSpec, index: int, study: optuna.Study, context: StepCon
             return decision
         for key, value in added.items():
             extended.setdefault(key, []).append(value)
-        study.set_user_attr("grid_extensions", extended)
+        study.set_user_attr(StudyAttr.GRID_EXTENSIONS, extended)
         seeds, only = spec.seed_list, None  # the grown grid runs with the step's seeds (more may follow)
 
 
@@ -358,17 +355,17 @@ def _run_steps(spec: SweepSpec, storage: Any, context: StepContext, executor: An
         study = _open_study(spec, index, storage, context, carried)
         decision = _run_step(spec, index, study, context, executor, view, carried, studies)
         faults.point("decision")
-        study.set_user_attr("decision", decision.as_attrs())
+        study.set_user_attr(StudyAttr.DECISION, decision.as_attrs())
         _recorder(spec, index, study, view).mark_winner(decision.winner_key)
         view.step_finished(spec, index, study, decision)
         if decision.failed:
             raise StepFailed(study.study_name, read_step(study, index).failure_reasons())
         carried = dict(decision.winner_key.overrides)
-        study.set_user_attr("carried_out", carried)
+        study.set_user_attr(StudyAttr.CARRIED_OUT, carried)
         decisions.append(decision)
         studies.append(study)
     return SweepOutcome(decisions, carried, [s.study_name for s in studies])
 
 
-__all__ = ["STEP_ATTRS", "StepFailed", "StepIncomplete", "SweepOutcome", "check_fingerprint", "check_steps_are_ours",
+__all__ = ["StepFailed", "StepIncomplete", "SweepOutcome", "check_fingerprint", "check_steps_are_ours",
            "fingerprint", "foreign_reason", "resolve_winner_of", "run_sweep"]

@@ -24,6 +24,7 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+from maou.sweep.attrs import StudyAttr, TrialAttr
 from maou.sweep.identity import ConfigKey
 from maou.sweep.records import FINISHED, INTERRUPTED, TrialRecord
 from maou.sweep.run import faults
@@ -188,7 +189,7 @@ class TrialRecorder:
         for frozen in stale:
             trial = self.study.ask() if frozen.state == TrialState.WAITING else optuna.trial.Trial(
                 self.study, frozen._trial_id)
-            trial.set_user_attr("fail_reason", INTERRUPTED)
+            trial.set_user_attr(TrialAttr.FAIL_REASON, INTERRUPTED)
             self.study.tell(trial.number, state=TrialState.FAIL)
         return len(stale)
 
@@ -220,14 +221,14 @@ class TrialRecorder:
         """A finished trial of an earlier step, added to this study as it is (``reused_from``),
         with ``value`` its value under this step's objective."""
         faults.point("copy")
-        o = self.objective
+        o, T = self.objective, TrialAttr
         frozen = self.study._storage.get_trial(source.trial_id)
         self.study.add_trial(optuna.trial.create_trial(
             state=source.state, value=value if source.state == TrialState.COMPLETE else None,
             params=params, distributions={k: distributions[k] for k in params},
-            user_attrs={**frozen.user_attrs, "step": step_name, "study": self.study.study_name,
-                        "metric": o.metric, "direction": o.direction, "reduce": o.reduce,
-                        "reused_from": f"{source.study}#{source.number}"},
+            user_attrs={**frozen.user_attrs, T.STEP: step_name, T.STUDY: self.study.study_name,
+                        T.METRIC: o.metric, T.DIRECTION: o.direction, T.REDUCE: o.reduce,
+                        T.REUSED_FROM: f"{source.study}#{source.number}"},
             intermediate_values=dict(source.intermediate_values)))
         copied = self.study.get_trials(deepcopy=False)[-1]  # add_trial appends
         self._recorded(copied)
@@ -254,8 +255,7 @@ class TrialRecorder:
         """A training that need not run (``stop``: why, e.g. its configuration was raced out):
         recorded PRUNED as it is, so the pair counts as decided, without training."""
         faults.point("skip")
-        attrs = {**attrs, "prune_reason": stop.reason, "prune_detail": stop.detail, "prune_step": stop.step,
-                 "steps_done": 0, "curves": {"step": []}}
+        attrs = {**attrs, **TrialAttr.of_stop(stop), TrialAttr.STEPS_DONE: 0, TrialAttr.CURVES: {"step": []}}
         self.study.add_trial(optuna.trial.create_trial(
             state=TrialState.PRUNED, params=params, distributions={k: distributions[k] for k in params},
             user_attrs=attrs))
@@ -279,9 +279,9 @@ class TrialRecorder:
     # ------------------------------------------------------------------ ending
     def finish(self, handle: TrialHandle, result: TrainResult | None, error: str | None = None) -> TrialState:
         """Tell Optuna how the trial ended, with its metrics and stop reason on the trial."""
-        trial = handle.trial
-        trial.set_user_attr("wall_time_s", round(time.time() - handle.started, 3))
-        trial.set_user_attr("curves", curves(handle.history, self.objective.metric))
+        trial, T = handle.trial, TrialAttr
+        trial.set_user_attr(T.WALL_TIME_S, round(time.time() - handle.started, 3))
+        trial.set_user_attr(T.CURVES, curves(handle.history, self.objective.metric))
         if result is not None:
             self._record_result(trial, result)
         value: float | None = None
@@ -289,14 +289,13 @@ class TrialRecorder:
         if error is not None:
             cause = fail_cause(error)
             reason = f"{cause}: " + (error.strip().splitlines() or [""])[-1]
-            trial.set_user_attr("fail_reason", cause)
-            trial.set_user_attr("error", error[-4000:])
+            trial.set_user_attr(T.FAIL_REASON, cause)
+            trial.set_user_attr(T.ERROR, error[-4000:])
             state = TrialState.FAIL
         elif result is not None and result.stop is not None:
             reason = result.stop.reason
-            trial.set_user_attr("prune_reason", result.stop.reason)
-            trial.set_user_attr("prune_detail", result.stop.detail)
-            trial.set_user_attr("prune_step", int(result.stop.step))
+            for name, value in T.of_stop(result.stop).items():
+                trial.set_user_attr(name, value)
             state = TrialState.PRUNED
         else:
             assert result is not None
@@ -305,7 +304,7 @@ class TrialRecorder:
             state = TrialState.COMPLETE
             if value is None or not math.isfinite(value):
                 reason = f"objective metric {self.objective.metric} missing or not finite"
-                trial.set_user_attr("fail_reason", reason)
+                trial.set_user_attr(T.FAIL_REASON, reason)
                 state = TrialState.FAIL
         self.stopper.finished(handle, result.stop if state == TrialState.PRUNED and result is not None else None)
         faults.point("tell")
@@ -326,8 +325,8 @@ class TrialRecorder:
         trial to change, so the dashboard shows the mark in the trial's note)."""
         finished = self.study.get_trials(deepcopy=False, states=FINISHED)
         winners = [t.number for t in finished if TrialRecord.of(t, self.study.study_name).key == winner]
-        previous = set(self.study.user_attrs.get("winner_trials", []))
-        self.study.set_user_attr("winner_trials", winners)
+        previous = set(self.study.user_attrs.get(StudyAttr.WINNER_TRIALS, []))
+        self.study.set_user_attr(StudyAttr.WINNER_TRIALS, winners)
         for t in finished:
             if (t.number in winners) != (t.number in previous):
                 self._recorded(t, t.number in winners)
@@ -336,16 +335,17 @@ class TrialRecorder:
     @staticmethod
     def _record_result(trial: optuna.Trial, result: TrainResult) -> None:
         # non-finite values become null: the storage and the dashboard expect strict JSON
-        trial.set_user_attr("final_metrics", {k: _finite_or_none(v) for k, v in result.final_metrics.items()})
-        trial.set_user_attr("best_metrics", {k: _finite_or_none(v) for k, v in result.best_metrics.items()})
-        for name in ("best_step", "steps_done", "max_steps", "stop_reason", "device", "checkpoint"):
+        T = TrialAttr
+        trial.set_user_attr(T.FINAL_METRICS, {k: _finite_or_none(v) for k, v in result.final_metrics.items()})
+        trial.set_user_attr(T.BEST_METRICS, {k: _finite_or_none(v) for k, v in result.best_metrics.items()})
+        for name in T.RESULT_FIELDS:
             trial.set_user_attr(name, getattr(result, name))
         if result.dataset_hash:
-            trial.set_user_attr("dataset_hash", result.dataset_hash)
+            trial.set_user_attr(T.DATASET_HASH, result.dataset_hash)
 
     def interrupt(self, handle: TrialHandle) -> None:
         """A trial that ended without an outcome (the driver was interrupted): run again on resume."""
-        handle.trial.set_user_attr("fail_reason", INTERRUPTED)
+        handle.trial.set_user_attr(TrialAttr.FAIL_REASON, INTERRUPTED)
         self.study.tell(handle.trial, state=TrialState.FAIL)
         self.observer.trial_finished(handle, TrialState.FAIL, INTERRUPTED)
 

@@ -20,6 +20,7 @@ from optuna.trial import TrialState
 import maou
 from maou.layout import Dataset
 from maou.strict import to_dict, with_overrides
+from maou.sweep.attrs import TrialAttr
 from maou.sweep.identity import ConfigKey
 from maou.sweep.records import TrialRecord, read_step
 from maou.sweep.run.job import Job
@@ -84,8 +85,7 @@ def open_step(context: StepContext, index: int, study: optuna.Study, recorder: T
     for training, source in plan.to_copy:
         recorder.copy(source, source.value_under(objective.metric, objective.reduce),
                       trial_params(dists, plan.params(training.config)), dists, step.name)
-    sign = 1.0 if objective.direction == "maximize" else -1.0
-    racer = Racer.of_trials(spec.racing, plan.carried_key, sign,
+    racer = Racer.of_trials(spec.racing, plan.carried_key, objective.sign,
                             read_step(study, index).trials if plan.to_copy else current.trials, objective.metric)
     # the driver's stopper of this step: Optuna's pruner first, then the race (the collapse rules
     # stop a run where it trains: maou.sweep.run.job)
@@ -149,13 +149,12 @@ class StepRun:
         return self.racer.skip_detail(training.key) if self.racer is not None else None
 
     def _attrs_of(self, training: Training, config: TrainConfig) -> dict[str, Any]:
-        ctx = self.context
-        return {"study": self.study.study_name, "step": self.step.name, "seed": training.seed,
-                "config_key": training.key.text, "config": to_dict(config),
-                "package_version": maou.__version__, "dataset_hash": ctx.dataset_hash,
-                "metric": self.recorder.objective.metric, "direction": self.recorder.objective.direction,
-                "reduce": self.recorder.objective.reduce,
-                "max_steps": config.budget.total_steps(ctx.train_rows, config.batch_size)}
+        ctx, T, objective = self.context, TrialAttr, self.recorder.objective
+        return {T.STUDY: self.study.study_name, T.STEP: self.step.name, T.SEED: training.seed,
+                T.CONFIG_KEY: training.key.text, T.CONFIG: to_dict(config),
+                T.PACKAGE_VERSION: maou.__version__, T.DATASET_HASH: ctx.dataset_hash,
+                T.METRIC: objective.metric, T.DIRECTION: objective.direction, T.REDUCE: objective.reduce,
+                T.MAX_STEPS: config.budget.total_steps(ctx.train_rows, config.batch_size)}
 
     def _params_of(self, training: Training) -> dict[str, Any]:
         return trial_params(self.distributions, self.plan.params(training.config))
@@ -171,7 +170,7 @@ class StepRun:
         attrs = self._attrs_of(training, config)
         handle = self.recorder.start(training, self._params_of(training), self.distributions, attrs, trial)
         checkpoint_dir = spec.runs_path / f"{self.index + 1:02d}-{self.step.name}" / f"trial-{handle.number}"
-        max_steps = attrs["max_steps"]
+        max_steps = attrs[TrialAttr.MAX_STEPS]
         handle.max_steps = max_steps
         objective = self.recorder.objective
         return handle, Job(handle.number, config, str(checkpoint_dir), spec.pruning, max_steps, ctx.dataset,

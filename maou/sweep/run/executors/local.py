@@ -6,6 +6,7 @@ from __future__ import annotations
 import traceback
 from typing import TYPE_CHECKING, Any
 
+from maou.sweep.attrs import TrialAttr
 from maou.sweep.run.job import TrainFn, run_job
 from maou.sweep.run.recorder import TrialHandle
 from maou.sweep.run.step import StepRun
@@ -33,7 +34,7 @@ class LocalExecutor:
         recorder = step.recorder
         while (started := step.next_job()) is not None:
             handle, job = started
-            recorder.annotate(handle, {"executor": "local"})
+            recorder.annotate(handle, {TrialAttr.EXECUTOR: "local"})
 
             def report(step: int, metrics: dict[str, float], handle: TrialHandle = handle) -> Stop | None:
                 return recorder.report(handle, step, metrics)

@@ -21,9 +21,10 @@ to ``RemoteTrials.complete``: the trial recorder stays the only writer, called f
   with how the worker died.
 
 On one GPU with no ``max_concurrent`` (``auto``), ``k`` is measured when the first step starts
-(:meth:`PoolExecutor.probe`): the base configuration trains alone, then as 2, 4, ... copies at once,
-each copy timed over the window they all train in and its peak device memory read; the ``k`` with
-the most samples per second that fits the free memory wins (:func:`choose_concurrency`).
+(:meth:`PoolExecutor.probe`): the base configuration trains alone, then as 2, 4, ... copies at once
+(each a :func:`~maou.sweep.run.measure.short_training` in its worker), each copy timed over the
+window they all train in and its peak device memory read; the ``k`` with the most samples per second
+that fits the free memory wins (:func:`~maou.sweep.run.cost.choose_concurrency`).
 """
 
 from __future__ import annotations
@@ -38,14 +39,15 @@ import multiprocessing
 import os
 import signal
 import threading
-import time
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from multiprocessing.connection import Connection, wait
-from typing import Any, NamedTuple
+from typing import Any
 
+from maou.sweep.run.cost import HEADROOM, WITHIN, Measurement, choose_concurrency, window_rate
 from maou.sweep.run.executors.remote import DATASET, FINAL, JOB, RECORD, RemoteTrials, placement, work
 from maou.sweep.run.job import Job, TrainFn
+from maou.sweep.run.measure import ShortTraining, short_training
 from maou.sweep.run.step import StepRun
 from maou.trainer.config import Budget, TrainConfig
 from maou.trainer.result import Stop
@@ -54,12 +56,6 @@ from maou.trainer.result import Stop
 LOG_NAME = "workers.log"
 _PR_SET_PDEATHSIG = 1
 
-#: The probe: a CUDA context's device memory, which ``max_memory_reserved`` does not count.
-CONTEXT_BYTES = 512 * 2**20
-#: Share of the free device memory the trials at once may take together.
-HEADROOM = 0.9
-#: The fewest trials at once within this share of the most samples/s win (more only cost memory).
-WITHIN = 0.05
 #: Seconds each measured run of the probe trains (one copy alone; copies at once take longer).
 PROBE_SECONDS = 5.0
 #: Optimizer steps of a new probe worker's warm-up (CUDA context, datasets, kernel choice).
@@ -94,11 +90,11 @@ def _serve(conn: Connection, train: TrainFn | None, driver: int, log: str | None
         if item[0] == "trial":
             _, trial_id, job, offer = item
             _trial(conn, trial_id, job, offer, train)
-        elif item[0] == "probe":
+        elif item[0] == "probe":  # a short training measured: a ShortTraining, or why not (a traceback)
             try:
-                result = _probe_run(item[1])
+                result: ShortTraining | str = short_training(item[1])
             except Exception:  # noqa: BLE001 - the driver gives the probe up, saying why
-                result = {"error": traceback.format_exc()}
+                result = traceback.format_exc()
             conn.send(("probe", result))
         else:
             return
@@ -113,28 +109,6 @@ def _trial(conn: Connection, trial_id: str, job: Job, offer: Any, train: TrainFn
         return stop
 
     work(job, emit, train, {**placement(), "pid": os.getpid()}, offer, answer=answer)
-
-
-def _probe_run(config: TrainConfig) -> dict[str, Any]:
-    """One probe training: the time of each optimizer step and the run's peak device memory."""
-    import torch
-
-    from maou.sweep.run.job import train_on_datasets
-
-    cuda = config.device != "cpu" and torch.cuda.is_available()
-    device = torch.device(config.device if config.device.startswith("cuda") else "cuda") if cuda else None
-    free = None
-    if device is not None:
-        torch.cuda.reset_peak_memory_stats(device)
-        free = torch.cuda.mem_get_info(device)[0]
-    stamps: list[float] = []
-    train_on_datasets(config, lambda step, metrics: None, None,
-                      on_step=lambda step, total: stamps.append(time.monotonic()))
-    peak = 0
-    if device is not None:
-        peak = torch.cuda.max_memory_reserved(device) + CONTEXT_BYTES
-        torch.cuda.empty_cache()  # the trials this worker trains next start from nothing
-    return {"stamps": stamps, "peak_bytes": peak, "free_bytes": free}
 
 
 # ----------------------------------------------------------------------------- the driver's side
@@ -181,54 +155,18 @@ def _died(code: int | None) -> str:
     return f"exit code {code}"
 
 
-class Measurement(NamedTuple):
-    """One round of the probe: ``k`` copies at once, their samples/s together, their peak device
-    memory together."""
+def probe_limit(threads: int) -> int:
+    """The most copies :meth:`PoolExecutor.probe` tries of a config of ``threads`` threads: the cores
+    over its threads, at most :data:`PROBE_MAX`."""
+    from maou.sweep.run.executors import cores
 
-    k: int
-    samples_per_s: float
-    peak_bytes: int
-
-
-def _gib(n: float) -> str:
-    return f"{n / 2**30:.1f} GiB"
+    return max(1, min(PROBE_MAX, cores() // max(1, threads)))
 
 
-def choose_concurrency(measurements: Sequence[tuple[int, float, int]], free_bytes: int | None,
-                       headroom: float = HEADROOM, within: float = WITHIN) -> tuple[int, str]:
-    """The trials at once from the probe's ``(k, total samples/s, peak bytes together)``, and why.
-
-    A ``k`` fits when its copies' peak memory is at most ``headroom`` of ``free_bytes`` (None: no
-    device memory to mind, as on a CPU); one copy always fits (it is what runs anyway). Of those that
-    fit, the fewest whose samples/s are within ``within`` of the most win."""
-    measured = sorted(Measurement(*m) for m in measurements)
-    if not measured:
-        return 1, "nothing measured"
-    fits = [m for m in measured if m.k == 1 or free_bytes is None or m.peak_bytes <= headroom * free_bytes]
-    most = max(m.samples_per_s for m in fits)
-    chosen = next(m for m in fits if m.samples_per_s >= (1 - within) * most)
-    alone = next((m for m in measured if m.k == 1), measured[0])
-    words = [f"probe: {chosen.k} at once train {chosen.samples_per_s:,.0f} samples/s together, "
-             f"{alone.k} alone {alone.samples_per_s:,.0f}"]
-    if free_bytes is not None:
-        words.append(f"peak {_gib(chosen.peak_bytes)} of {_gib(free_bytes)} free")
-    over = [str(m.k) for m in measured if m not in fits]
-    if over:
-        words.append(f"{', '.join(over)} at once would not fit")
-    return chosen.k, "; ".join(words)
-
-
-def window_rate(stamps: Sequence[Sequence[float]], batch_size: int) -> float:
-    """Samples/s of copies trained at once (each copy's step times), counted over the window every
-    copy trains in: from the last copy's first step to the first copy's last one."""
-    runs = [s for s in stamps if len(s) >= 2]
-    if not runs:
-        return 0.0
-    start, end = max(s[0] for s in runs), min(s[-1] for s in runs)
-    if end <= start:  # they did not overlap: each alone, added up
-        return sum(batch_size * (len(s) - 1) / (s[-1] - s[0]) for s in runs if s[-1] > s[0])
-    steps = sum(sum(1 for t in s if start < t <= end) for s in runs)
-    return batch_size * steps / (end - start)
+def probe_seconds(threads: int) -> float:
+    """About how long :meth:`PoolExecutor.probe` takes for a config of ``threads`` threads: alone to
+    size it, then 1, 2, 4, ... copies, each for about :data:`PROBE_SECONDS`."""
+    return (2 + int(math.log2(probe_limit(threads)))) * PROBE_SECONDS
 
 
 def _on_gpu(config: TrainConfig) -> bool:
@@ -398,11 +336,10 @@ class PoolExecutor:
     def probe(self, base: TrainConfig, limit: int | None = None) -> tuple[int, str]:
         """The trials at once for ``base`` here, and the line that says why: it trains alone, then 2,
         4, ... copies at once (each new worker warmed up first; the copies start together), until the
-        memory of twice as many would not fit, adding copies gains too little, or ``limit`` (the cores
-        over the config's threads, at most :data:`PROBE_MAX`). Any failure: one at a time."""
-        from maou.sweep.run.executors import cores
-
-        limit = limit or max(1, min(PROBE_MAX, cores() // max(1, base.threads)))
+        memory of twice as many would not fit, adding copies gains too little, or ``limit`` (default
+        :func:`probe_limit`: the cores over the config's threads, at most :data:`PROBE_MAX`). Any
+        failure: one at a time."""
+        limit = limit or probe_limit(base.threads)
         warmup = probe = dataclasses.replace(base, eval_at_start=False, init_from=None,
                                              budget=Budget(max_steps=WARMUP_STEPS, eval_every=WARMUP_STEPS))
         measured: list[Measurement] = []
@@ -417,16 +354,14 @@ class PoolExecutor:
                 for w in workers:
                     w.warm = True
                 if k == 1:  # as long as the probe runs alone for PROBE_SECONDS
-                    (result,) = self._probe_round(workers, probe)
-                    steps = len(result["stamps"])
-                    step_s = (result["stamps"][-1] - result["stamps"][0]) / max(1, steps - 1)
-                    n = int(min(100_000, max(20, self.probe_seconds / max(step_s, 1e-6))))
+                    (alone,) = self._probe_round(workers, probe)
+                    n = int(min(100_000, max(20, self.probe_seconds / max(alone.step_s, 1e-6))))
                     probe = dataclasses.replace(probe, budget=Budget(max_steps=n, eval_every=n))
                 results = self._probe_round(workers, probe)
-                if k == 1 and results[0]["free_bytes"] is not None:
-                    free = int(results[0]["free_bytes"]) + CONTEXT_BYTES  # before this worker's context
-                measured.append(Measurement(k, window_rate([r["stamps"] for r in results], probe.batch_size),
-                                            sum(int(r["peak_bytes"]) for r in results)))
+                if k == 1 and results[0].free_bytes is not None:
+                    free = results[0].free_bytes  # this worker's own context counted free
+                measured.append(Measurement(k, window_rate([r.stamps for r in results], probe.batch_size),
+                                            sum(r.peak_bytes for r in results)))
                 last = measured[-1]
                 if len(measured) > 1 and last.samples_per_s < (1 + WITHIN) * measured[-2].samples_per_s:
                     break
@@ -444,19 +379,19 @@ class PoolExecutor:
         del self.workers[chosen:]
         return chosen, f"executor: local, {chosen} trial{'s' if chosen != 1 else ''} at once ({reason})"
 
-    def _probe_round(self, workers: list[_Worker], config: TrainConfig) -> list[dict[str, Any]]:
+    def _probe_round(self, workers: list[_Worker], config: TrainConfig) -> list[ShortTraining]:
         """``config`` trained by ``workers`` at once (sent together, answers in order)."""
         for worker in workers:
             worker.conn.send(("probe", config))
         results = []
         for worker in workers:
             _, result = worker.conn.recv()
-            if "error" in result:
-                raise RuntimeError(result["error"].strip().splitlines()[-1])
-            if not result["stamps"] or not all(math.isfinite(t) for t in result["stamps"]):
+            if isinstance(result, str):
+                raise RuntimeError(result.strip().splitlines()[-1])
+            if not result.stamps or not all(math.isfinite(t) for t in result.stamps):
                 raise RuntimeError("a probe run took no step")
             results.append(result)
         return results
 
 
-__all__ = ["LOG_NAME", "Measurement", "PoolExecutor", "choose_concurrency", "window_rate"]
+__all__ = ["LOG_NAME", "PoolExecutor", "probe_limit", "probe_seconds"]

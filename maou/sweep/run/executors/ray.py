@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from maou.errors import UserError
+from maou.sweep.attrs import TrialAttr
 from maou.sweep.run.executors.remote import DATASET, JOB, RemoteTrials, placement, work
 from maou.sweep.run.job import TrainFn
 from maou.sweep.run.step import StepRun
@@ -105,7 +106,7 @@ class _NoTuneResumeHint(logging.Filter):
 def _placement() -> dict[str, Any]:
     import ray
 
-    return {"node_id": ray.get_runtime_context().get_node_id(), **placement()}
+    return {TrialAttr.NODE_ID: ray.get_runtime_context().get_node_id(), **placement()}
 
 
 def _trainable(config: dict[str, Any], train: TrainFn | None = None) -> None:
@@ -210,7 +211,7 @@ class RayExecutor:
 
         offer, server = offer_for(step.context.dataset, cluster=not _local(self.config))
         state = RemoteTrials(step, "ray", threads=max(1, int(self.config.cpus_per_trial)),
-                             on_gpu=self.config.gpus_per_trial > 0, offer=offer, id_attr="ray_trial_id")
+                             on_gpu=self.config.gpus_per_trial > 0, offer=offer, id_attr=TrialAttr.trial_id("ray"))
         searcher_class, scheduler_class = _tune_classes()
         resources = {"cpu": self.config.cpus_per_trial, "gpu": self.config.gpus_per_trial}
         trainable = tune.with_resources(tune.with_parameters(_trainable, train=self.train), resources)

@@ -30,11 +30,12 @@ import time
 import traceback
 import warnings
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from maou.strict import with_overrides
+from maou.sweep.attrs import TrialAttr
 from maou.sweep.run.job import Job, TrainFn, run_job
 from maou.sweep.run.recorder import TrialHandle
 from maou.sweep.run.step import StepRun
@@ -56,7 +57,7 @@ Answer = Callable[[], "Stop | None"]
 
 def placement() -> dict[str, Any]:
     """Where this worker runs (a worker of another executor may add its node)."""
-    return {"cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+    return {TrialAttr.CUDA_VISIBLE_DEVICES: os.environ.get("CUDA_VISIBLE_DEVICES")}
 
 
 def work(job: Job, emit: Emit, train: TrainFn | None = None, placed: dict[str, Any] | None = None,
@@ -68,8 +69,8 @@ def work(job: Job, emit: Emit, train: TrainFn | None = None, placed: dict[str, A
         from maou.data.resolve import local_copy
         from maou.sweep.run.executors.shipping import local_dataset
 
-        placed["dataset_dir"] = local_dataset(offer)
-        job = replace(job, dataset=local_copy(job.dataset, placed["dataset_dir"]))
+        placed[TrialAttr.DATASET_DIR] = local_dataset(offer)
+        job = replace(job, dataset=local_copy(job.dataset, placed[TrialAttr.DATASET_DIR]))
 
     def report(step: int, metrics: dict[str, float]) -> Stop | None:
         emit({"step": int(step), RECORD: json.dumps({"step": int(step), "metrics": metrics, **placed})}, metrics)
@@ -86,23 +87,36 @@ def work(job: Job, emit: Emit, train: TrainFn | None = None, placed: dict[str, A
     emit({FINAL: json.dumps({**final, **placed})}, None)
 
 
+@dataclass
+class _InWorker:
+    """One trial in flight in a worker: what it trains, and what the driver heard of it so far."""
+
+    handle: TrialHandle
+    job: Job
+    #: The worker's final message (result or error), once it came.
+    final: dict[str, Any] | None = None
+    #: The last worker death's error text (the trial fails with it unless a retry ends well).
+    error: str | None = None
+    #: Where it runs was recorded (once per attempt).
+    placed: bool = False
+    #: A worker died under it and it runs again from scratch.
+    retried: bool = False
+    #: The stop the recorder answered (the worker is told, or ended).
+    stop: Stop | None = None
+    #: Where it trained (``cuda``, ``cpu``), from its placement.
+    device: str | None = None
+
+
 class RemoteTrials:
     """The driver's bookkeeping of one step whose trials run in workers: the executor's trial id ->
-    the live trial and what its worker sent."""
+    the trial in flight (one record each)."""
 
     def __init__(self, step: StepRun, kind: str, threads: int | None, on_gpu: bool, offer: Any = None,
                  id_attr: str | None = None) -> None:
         """``threads``: each worker's torch threads (None: the config's own ``threads``)."""
         self.step, self.recorder, self.kind, self.offer = step, step.recorder, kind, offer
         self.threads, self.on_gpu, self.id_attr = threads, on_gpu, id_attr
-        self.live: dict[str, tuple[TrialHandle, Job]] = {}  # trial id -> trial in flight
-        self.final: dict[str, dict[str, Any]] = {}
-        self.errors: dict[str, str] = {}
-        self.placed: set[str] = set()
-        self.retried: set[str] = set()
-        #: trial id -> the stop the recorder answered (the worker is told, or ended)
-        self.stops: dict[str, Stop] = {}
-        self.device: dict[str, str] = {}
+        self.live: dict[str, _InWorker] = {}  # trial id -> trial in flight
         self.finished = 0
         self.interrupted = 0
         #: ``self.finished`` when ``next_job`` last answered None (ask again only after a trial ends).
@@ -119,8 +133,9 @@ class RemoteTrials:
             return None
         self.exhausted_at = None
         handle, job = started
-        self.live[trial_id] = started
-        self.recorder.annotate(handle, {"executor": self.kind, **({self.id_attr: trial_id} if self.id_attr else {})})
+        self.live[trial_id] = _InWorker(handle, job)
+        self.recorder.annotate(handle, {TrialAttr.EXECUTOR: self.kind,
+                                        **({self.id_attr: trial_id} if self.id_attr else {})})
         return {JOB: replace(job, checkpoint_dir=str(Path(job.checkpoint_dir).resolve())), DATASET: self.offer}
 
     def worker_config(self, config: TrainConfig) -> TrainConfig:
@@ -142,81 +157,77 @@ class RemoteTrials:
         recorder answers: :meth:`stop_of`). An evaluation of a trial already told to stop is not
         recorded (a worker that ran on before the stop reached it): the trial stopped where the
         stop was answered, as in process."""
-        started = self.live.get(trial_id)
-        if started is None:
+        trial = self.live.get(trial_id)
+        if trial is None:
             return False
-        handle = started[0]
         if PROGRESS in message:
             progress = json.loads(message[PROGRESS])
-            self.recorder.progress(handle, progress["step"], progress["total"])
+            self.recorder.progress(trial.handle, progress["step"], progress["total"])
             return False
         if FINAL in message:
-            final = json.loads(message[FINAL])
-            self._place(trial_id, handle, final)
-            self.final[trial_id] = final
+            trial.final = json.loads(message[FINAL])
+            self._place(trial, trial.final)
             return False
         if RECORD not in message:
             return False
-        if trial_id in self.stops:
+        if trial.stop is not None:
             return True
         record = json.loads(message[RECORD])
-        self._place(trial_id, handle, record)
+        self._place(trial, record)
         with warnings.catch_warnings():
-            if trial_id in self.retried:  # a retry reports the steps of the dead attempt again
+            if trial.retried:  # a retry reports the steps of the dead attempt again
                 warnings.filterwarnings("ignore", message=".*is already reported")
-            stop = self.recorder.report(handle, record["step"], record["metrics"])
-        if stop is None:
-            return False
-        self.stops[trial_id] = stop
-        return True
+            trial.stop = self.recorder.report(trial.handle, record["step"], record["metrics"])
+        return trial.stop is not None
 
     def stop_of(self, trial_id: str) -> Stop | None:
         """The stop the recorder answered for the trial (None: it runs on)."""
-        return self.stops.get(trial_id)
+        trial = self.live.get(trial_id)
+        return trial.stop if trial is not None else None
 
-    def _place(self, trial_id: str, handle: TrialHandle, record: dict[str, Any]) -> None:
-        if trial_id in self.placed:
+    def _place(self, trial: _InWorker, record: dict[str, Any]) -> None:
+        if trial.placed:
             return
-        self.placed.add(trial_id)
-        gpu = record.get("cuda_visible_devices")
-        placed = {"node_id": record.get("node_id"), "cuda_visible_devices": gpu}
-        if "dataset_dir" in record:  # a node-local copy of the dataset (another node than the driver's)
-            placed["dataset_dir"] = record["dataset_dir"]
-        self.recorder.annotate(handle, placed)
-        self.device[trial_id] = "cuda" if gpu not in (None, "") and self.on_gpu else "cpu"
+        trial.placed = True
+        T = TrialAttr
+        gpu = record.get(T.CUDA_VISIBLE_DEVICES)
+        placed = {T.NODE_ID: record.get(T.NODE_ID), T.CUDA_VISIBLE_DEVICES: gpu}
+        if T.DATASET_DIR in record:  # a node-local copy of the dataset (another node than the driver's)
+            placed[T.DATASET_DIR] = record[T.DATASET_DIR]
+        self.recorder.annotate(trial.handle, placed)
+        trial.device = "cuda" if gpu not in (None, "") and self.on_gpu else "cpu"
 
     # -- ending
     def complete(self, trial_id: str, error: bool) -> None:
         """The trial's worker is done: record how it ended (``error``: the worker failed for good)."""
-        started = self.live.pop(trial_id, None)
-        if started is None:
+        trial = self.live.pop(trial_id, None)
+        if trial is None:
             return
-        handle, job = started
+        handle, final = trial.handle, trial.final
         self.finished += 1
-        self.stops.pop(trial_id, None)
-        final = self.final.pop(trial_id, None)
         if error:
-            self.recorder.finish(handle, None, error=self.errors.pop(trial_id, f"the {self.kind} trial failed"))
+            self.recorder.finish(handle, None, error=trial.error or f"the {self.kind} trial failed")
         elif final is not None and "error" in final:
             self.recorder.finish(handle, None, error=final["error"])
         elif final is not None:
             self.recorder.finish(handle, TrainResult.from_plain(final["result"]))
         elif handle.stop is not None:
-            self.recorder.finish(handle, self._stopped_result(trial_id, handle, job))
+            self.recorder.finish(handle, self._stopped_result(trial))
         else:
             self.interrupt(handle)
 
-    def _stopped_result(self, trial_id: str, handle: TrialHandle, job: Job) -> TrainResult:
+    def _stopped_result(self, trial: _InWorker) -> TrainResult:
         """A trial Optuna's pruner stopped: its result is what it reported (no checkpoint)."""
+        handle, job = trial.handle, trial.job
         history = list(handle.history)
         step, final = history[-1] if history else (0, {})
         metric = self.recorder.objective.metric
-        sign = 1.0 if self.recorder.objective.direction == "maximize" else -1.0
+        sign = self.recorder.objective.sign
         scored = [(s, m) for s, m in history if s > 0 and _finite(m.get(metric))]  # step 0: untrained
         best_step, best = max(scored, key=lambda sm: sign * sm[1][metric]) if scored else (step, final)
         return TrainResult(stage=job.config.stage, steps_done=step, max_steps=job.max_steps, stop=handle.stop,
                            final_metrics=final, best_metrics=best, best_step=best_step, history=history,
-                           wall_time_s=time.time() - handle.started, device=self.device.get(trial_id, "unknown"))
+                           wall_time_s=time.time() - handle.started, device=trial.device or "unknown")
 
     def interrupt(self, handle: TrialHandle) -> None:
         """A trial that ended without an outcome (driver interrupted): FAIL, re-run on resume."""
@@ -226,23 +237,19 @@ class RemoteTrials:
     def interrupt_all(self) -> None:
         leftovers = list(self.live.values())
         self.live.clear()
-        for handle, _ in leftovers:
-            self.interrupt(handle)
+        for trial in leftovers:
+            self.interrupt(trial.handle)
 
     def error(self, trial_id: str, text: str, retries: int) -> None:
         """A worker failed; it may be retried from scratch: forget what the dead attempt reported."""
-        started = self.live.get(trial_id)
-        if started is None:
+        trial = self.live.get(trial_id)
+        if trial is None:
             return
-        handle = started[0]
-        self.errors[trial_id] = text
-        handle.history.clear()
-        handle.stop = None
-        self.stops.pop(trial_id, None)
-        self.final.pop(trial_id, None)
-        self.placed.discard(trial_id)
-        self.retried.add(trial_id)
-        self.recorder.annotate(handle, {f"{self.kind}_failures": retries})
+        trial.error, trial.retried = text, True
+        trial.handle.history.clear()
+        trial.handle.stop = None
+        trial.stop, trial.final, trial.placed = None, None, False
+        self.recorder.annotate(trial.handle, {TrialAttr.failures(self.kind): retries})
 
 
 def _finite(value: Any) -> bool:
