@@ -263,7 +263,8 @@ def run_command(args: argparse.Namespace) -> int:
 def _run_one(args: argparse.Namespace, spec: Any, url: str, name: str, console: Any) -> int:
     from maou.cli.view import SweepView
     from maou.sweep.results.notes import DashboardNotes
-    from maou.sweep.run.protocol import check_steps_are_ours, run_sweep
+    from maou.sweep.run.protocol import run_sweep
+    from maou.sweep.run.studies import check_steps_are_ours
     from maou.sweep.storage import mask_url, open_storage
 
     args.resume_hint = f"trials in progress were marked interrupted; run `sweep run {name}` again to resume"

@@ -4,13 +4,11 @@ Each step is one Optuna study ``<sweep>/<NN>-<step>``. A step's trials are plann
 (:mod:`maou.sweep.run.planner`), run by an executor through the trial recorder
 (:mod:`maou.sweep.run.recorder`), and decided (:mod:`maou.sweep.run.decision`); the decision, its numbers
 and the rule are written on the study as user attributes, and its winner is carried into the
-next step as fixed.
+next step as fixed. A step's study is opened and proven this sweep's in :mod:`maou.sweep.run.studies`.
 """
 
 from __future__ import annotations
 
-import json
-import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,103 +18,18 @@ import optuna
 
 from maou.errors import UserError
 from maou.layout import Dataset, stage_rows
-from maou.strict import flatten, to_dict
 from maou.sweep.attrs import StudyAttr
 from maou.sweep.identity import ConfigKey
 from maou.sweep.locate import load_spec
-from maou.sweep.records import RecordError, SweepRecord, deciding_trials, read_step, read_sweep
+from maou.sweep.records import StepRecord, SweepRecord, deciding_trials, read_step, read_sweep
 from maou.sweep.run import faults
 from maou.sweep.run.decision import StepDecision, collect_stats, decide
 from maou.sweep.run.edges import extension, grid_edges, with_extensions
 from maou.sweep.run.racing import worse
 from maou.sweep.run.recorder import Observer, Observers, TrialRecorder
-from maou.sweep.run.step import StepContext, open_step
-from maou.sweep.spec import WINNER_OF, SweepSpec
-
-
-def fingerprint(spec: SweepSpec, dataset_hash: str | None, index: int) -> dict[str, Any]:
-    """What makes the trials of step ``index`` comparable: if any of it changes, the step must
-    not be mixed. ``dataset_hash``: the content hash of the datasets (a changed corpus changes it)."""
-    base = to_dict(spec.base_config())
-    base.pop("seed", None)
-    base.pop("data", None)  # where the data lives may move; what it is, dataset_hash says
-    objective = spec.step_objective(index)
-    return {"stage": spec.stage, "base": base, "dataset_hash": dataset_hash, "metric": objective.metric,
-            "direction": objective.direction, "reduce": objective.reduce}
-
-
-def check_fingerprint(study: optuna.Study, spec: SweepSpec, dataset_hash: str | None, index: int) -> None:
-    """Record the step's fingerprint on a new study; refuse one that was run with another setup."""
-    old = read_step(study, index).fingerprint
-    new = json.loads(json.dumps(fingerprint(spec, dataset_hash, index)))
-    if old is None:
-        study.set_user_attr(StudyAttr.FINGERPRINT, new)
-        return
-    if old == new:
-        return
-    a, b = flatten(old), flatten(new)
-    changed = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-    changes = [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in changed]
-    hint = " (the game records under data.games changed)" if "dataset_hash" in changed else ""
-    raise UserError(f"study {study.study_name!r} was run with a different setup{hint} ({'; '.join(changes[:6])}); "
-                    f"its trials would not be comparable. Rename the sweep or delete its storage.")
-
-
-def foreign_reason(study: optuna.Study, spec: SweepSpec, index: int) -> str | None:
-    """Why the existing study under step ``index``'s name is not this sweep's step, or None (it is,
-    or this sweep created it and stopped before writing on it). Only reads."""
-    attrs = study.user_attrs
-    owner = attrs.get(StudyAttr.SWEEP)
-    if owner is not None and owner != spec.name:
-        return f"its 'sweep' attribute names {owner!r}"
-    try:
-        read_step(study, index)  # the read model: every result trial has its config_key and seed
-    except RecordError as exc:
-        return exc.detail
-    if owner is not None:
-        return None  # this sweep's: its fingerprint says whether it is comparable
-    trials = len(study.get_trials(deepcopy=False))
-    if trials:
-        return f"it has {trials} trial{'s' if trials > 1 else ''} but no 'sweep' attribute"
-    others = sorted(set(attrs) - StudyAttr.ALL)
-    if others:
-        return f"its user attributes {', '.join(others)} are not this sweep's"
-    directions = [d.name.lower() for d in study.directions]
-    direction = spec.step_objective(index).direction
-    if directions != [direction]:
-        return f"its direction is {' and '.join(directions)}, not the step's {direction}"
-    return None
-
-
-def _existing_study(spec: SweepSpec, index: int, storage: Any, **how: Any) -> optuna.Study | None:
-    """Step ``index``'s study loaded as it is (loading writes nothing), or None when it does not exist."""
-    name = spec.study_name(index)
-    try:
-        storage.get_study_id_from_name(name)
-    except KeyError:
-        return None
-    return optuna.load_study(study_name=name, storage=storage, **how)
-
-
-def _refuse_foreign(study: optuna.Study, spec: SweepSpec, index: int, storage: Any) -> None:
-    why = foreign_reason(study, spec, index)
-    if why is None:
-        return
-    from maou.sweep.storage import mask_url
-
-    url = getattr(storage, "url", None)
-    where = f" in {mask_url(url)}" if isinstance(url, str) else ""
-    raise UserError(f"study {study.study_name!r}{where} is not step {index + 1} of sweep {spec.name!r}: {why}; "
-                    f"nothing was written to it. Rename the sweep, or rename or delete that study.")
-
-
-def check_steps_are_ours(spec: SweepSpec, storage: Any) -> None:
-    """Refuse, before anything is written, a storage where a study under one of the spec's step
-    names is another tool's (:func:`foreign_reason`)."""
-    for index in range(len(spec.steps)):
-        study = _existing_study(spec, index, storage)
-        if study is not None:
-            _refuse_foreign(study, spec, index, storage)
+from maou.sweep.run.step import StepContext, StepRun, open_step
+from maou.sweep.run.studies import check_steps_are_ours, open_study
+from maou.sweep.spec import WINNER_OF, Step, SweepSpec
 
 
 def resolve_winner_of(reference: str) -> str:
@@ -178,10 +91,10 @@ class StepIncomplete(UserError):
                          f"does not decide. Fix the cause and run the sweep again: those run again")
 
 
-def _unfinished(study: optuna.Study, index: int, run: Any, seeds: tuple[int, ...],
+def _unfinished(record: StepRecord, run: Any, seeds: tuple[int, ...],
                 only: set[ConfigKey] | None) -> tuple[int, Counter]:
     """The step's (configuration, seed) pairs without a finished trial, and their causes."""
-    outcome = {t.pair: t for t in deciding_trials(read_step(study, index).trials)}
+    outcome = {t.pair: t for t in deciding_trials(record.trials)}
     causes: Counter = Counter()
     expected = [(key, seed) for key in run.plan.candidates if only is None or key in only for seed in seeds]
     for pair in expected:
@@ -205,22 +118,6 @@ def _more_seeds(spec: SweepSpec, decision: StepDecision,
     seed = max(seeds) + 1
     return seed, undecided, (f"{len(undecided)} challengers neither adopted nor worse at {spec.racing.sigmas:g} sigma "
                              f"after {len(seeds)} seeds")
-
-
-def _sampler(spec: SweepSpec, index: int) -> optuna.samplers.BaseSampler:
-    search = spec.steps[index].search
-    if search is None:
-        return optuna.samplers.RandomSampler(seed=0)  # every grid trial is enqueued; never sampled
-    if search.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=search.sampler_seed)
-    if search.sampler == "qmc":
-        return optuna.samplers.QMCSampler(seed=search.sampler_seed)
-    return optuna.samplers.RandomSampler(seed=search.sampler_seed)
-
-
-def _recorder(spec: SweepSpec, index: int, study: optuna.Study, observer: Observer | None = None) -> TrialRecorder:
-    """The trial recorder of step ``index`` and its objective (its stopper is the step's: ``open_step``)."""
-    return TrialRecorder(study, spec.step_objective(index), observer)
 
 
 def run_sweep(spec: SweepSpec, storage_url: str | None = None, executor: Any = None, view: Any = None,
@@ -274,77 +171,84 @@ def _prepare(spec: SweepSpec) -> StepContext:
     return StepContext(spec, base, dataset, rows, resolve_init)
 
 
-def _open_study(spec: SweepSpec, index: int, storage: Any, context: StepContext,
-                carried: dict[str, Any]) -> optuna.Study:
-    from maou.sweep.run.pruning import build_optuna_pruner
+@dataclass
+class _Round:
+    """What one round of a step runs: its seeds and the configurations that get them (None: every
+    one), on the grid as grown so far (``extended``: each searched key's values past the edges)."""
 
-    step = spec.steps[index]
-    objective = spec.step_objective(index)
-    sampler = _sampler(spec, index)
-    pruner = build_optuna_pruner(spec.pruning.optuna) if spec.pruning.enabled else None
-    study = _existing_study(spec, index, storage, sampler=sampler, pruner=pruner)
-    if study is not None:
-        _refuse_foreign(study, spec, index, storage)  # before the first write on it
-    else:
-        study = optuna.create_study(study_name=spec.study_name(index), storage=storage, direction=objective.direction,
-                                    load_if_exists=True, sampler=sampler, pruner=pruner)
-    with warnings.catch_warnings():  # experimental in Optuna, and exactly what the dashboard reads
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.set_metric_names([objective.metric])  # the dashboard's axes say what is plotted
-    check_fingerprint(study, spec, context.dataset_hash, index)
-    S = StudyAttr
-    for name, value in ((S.SWEEP, spec.name), (S.STEP, step.name), (S.STEP_INDEX, index),
-                        (S.DESCRIPTION, step.description), (S.CARRIED_IN, carried)):
-        study.set_user_attr(name, value)
-    return study
+    seeds: tuple[int, ...]
+    only: set[ConfigKey] | None
+    extended: dict[str, list[Any]]
 
 
-def _run_step(spec: SweepSpec, index: int, study: optuna.Study, context: StepContext, executor: Any,
-              view: Observer, carried: dict[str, Any], earlier: list[optuna.Study]) -> StepDecision:
-    """Run the step's trainings and decide; a grid with ``extend`` grows past an edge and runs again."""
-    step, objective, guards = spec.steps[index], spec.step_objective(index), spec.step_guards(index)
-    extended: dict[str, list[Any]] = read_step(study, index).grid_extensions
-    recorder = _recorder(spec, index, study, view)
-    seeds, only, seed_rounds = spec.seed_list, None, []  # adaptive seeds: each round's seed and who got it
+def _run_step(spec: SweepSpec, index: int, recorder: TrialRecorder, context: StepContext, executor: Any,
+              view: Observer, carried: dict[str, Any], earlier: list[optuna.Study],
+              extended: dict[str, list[Any]]) -> StepDecision:
+    """Run the step's trainings and decide, a round at a time: run the round, check that it is
+    complete, decide; then maybe a seed more for the undecided challengers (adaptive seeds) or a
+    grid grown past an edge, each a round of its own."""
+    step, guards, study, objective = spec.steps[index], spec.step_guards(index), recorder.study, recorder.objective
+    todo = _Round(spec.seed_list, None, extended)
+    seed_rounds: list[dict[str, Any]] = []  # adaptive seeds: each round's seed and who got it
     while True:
-        run = open_step(context, index, study, recorder, carried, earlier, with_extensions(step, extended),
-                        seeds=seeds, only=only)
-        view.step_started(spec, index, study, run)
-        try:
-            executor.run(run)
-        except KeyboardInterrupt:
-            # a trial the interrupt caught between being started and its executor's own handler
-            # (this driver holds the sweep lock: every RUNNING trial is its own) runs again on resume
-            recorder.fail_stale()
-            raise
-        total, causes = _unfinished(study, index, run, seeds, only)
-        if causes:
-            study.set_user_attr(StudyAttr.DECISION, None)  # what an earlier run decided does not stand either
-            raise StepIncomplete(study.study_name, sum(causes.values()), total, causes)
-        trials = [t for t in read_step(study, index).trials if t.seed in seeds]  # this round's seeds only
-        stats = collect_stats(trials, objective.reduce, [g.metric for g in guards])
-        decision = decide(stats, run.carried_key, objective, spec.selection, guards)
+        run = _run_round(spec, index, study, context, executor, view, recorder, carried, earlier, todo)
+        record = read_step(study, index)  # the round's outcome, read once
+        _require_complete(study, record, run, todo)
+        trials = [t for t in record.trials if t.seed in todo.seeds]  # this round's seeds only
+        decision = decide(collect_stats(trials, objective.reduce, [g.metric for g in guards]), run.carried_key,
+                          objective, spec.selection, guards)
         if decision.failed:
             return decision
-        more = _more_seeds(spec, decision, seeds)
+        more = _more_seeds(spec, decision, todo.seeds)
         if more is not None:  # undecided challengers get one more seed, with the carried configuration
             seed, keys, why = more
             seed_rounds.append({"seed": seed, "configs": [k.overrides for k in keys], "why": why})
-            seeds, only = (*seeds, seed), {run.carried_key, *keys}
+            todo = _Round((*todo.seeds, seed), {run.carried_key, *keys}, todo.extended)
             continue
         if seed_rounds:
             decision.seeds_added = {"rounds": seed_rounds, "seeds": {s.key.text: s.n for s in decision.stats}}
-        winner = run.plan.candidates[decision.winner_key]
-        decision.edge = grid_edges(step, extended, winner)
-        rounds = max((len(v) for v in extended.values()), default=0)
-        added = extension(step, extended, winner, decision.edge, context.train_rows) if rounds < step.extend else {}
+        added = _grown_grid(step, run, decision, todo.extended, context.train_rows)
         if not added:
-            decision.extended = extended
+            decision.extended = todo.extended
             return decision
         for key, value in added.items():
-            extended.setdefault(key, []).append(value)
-        study.set_user_attr(StudyAttr.GRID_EXTENSIONS, extended)
-        seeds, only = spec.seed_list, None  # the grown grid runs with the step's seeds (more may follow)
+            todo.extended.setdefault(key, []).append(value)
+        study.set_user_attr(StudyAttr.GRID_EXTENSIONS, todo.extended)
+        todo = _Round(spec.seed_list, None, todo.extended)  # the grown grid runs with the step's seeds
+
+
+def _run_round(spec: SweepSpec, index: int, study: optuna.Study, context: StepContext, executor: Any,
+               view: Observer, recorder: TrialRecorder, carried: dict[str, Any], earlier: list[optuna.Study],
+               todo: _Round) -> StepRun:
+    """Open the round's trainings (``open_step``) and let the executor run them."""
+    grid = with_extensions(spec.steps[index], todo.extended)
+    run = open_step(context, index, study, recorder, carried, earlier, grid, seeds=todo.seeds, only=todo.only)
+    view.step_started(spec, index, study, run)
+    try:
+        executor.run(run)
+    except KeyboardInterrupt:
+        # a trial the interrupt caught between being started and its executor's own handler
+        # (this driver holds the sweep lock: every RUNNING trial is its own) runs again on resume
+        recorder.fail_stale()
+        raise
+    return run
+
+
+def _require_complete(study: optuna.Study, record: StepRecord, run: StepRun, todo: _Round) -> None:
+    """Refuse to decide a round whose (configuration, seed) pairs did not all finish."""
+    total, causes = _unfinished(record, run, todo.seeds, todo.only)
+    if causes:
+        study.set_user_attr(StudyAttr.DECISION, None)  # what an earlier run decided does not stand either
+        raise StepIncomplete(study.study_name, sum(causes.values()), total, causes)
+
+
+def _grown_grid(step: Step, run: StepRun, decision: StepDecision, extended: dict[str, list[Any]],
+                train_rows: int) -> dict[str, Any]:
+    """The values a grid grows by past the edge its winner stands on (``extend`` rounds at most)."""
+    winner = run.plan.candidates[decision.winner_key]
+    decision.edge = grid_edges(step, extended, winner)
+    rounds = max((len(v) for v in extended.values()), default=0)
+    return extension(step, extended, winner, decision.edge, train_rows) if rounds < step.extend else {}
 
 
 def _run_steps(spec: SweepSpec, storage: Any, context: StepContext, executor: Any, view: Observer) -> SweepOutcome:
@@ -352,11 +256,14 @@ def _run_steps(spec: SweepSpec, storage: Any, context: StepContext, executor: An
     decisions: list[StepDecision] = []
     studies: list[optuna.Study] = []
     for index in range(len(spec.steps)):
-        study = _open_study(spec, index, storage, context, carried)
-        decision = _run_step(spec, index, study, context, executor, view, carried, studies)
+        objective = spec.step_objective(index)  # the step's objective, resolved once
+        study, opened = open_study(spec, index, storage, context, carried, objective)
+        recorder = TrialRecorder(study, objective, view)  # its stopper is the step's: open_step
+        decision = _run_step(spec, index, recorder, context, executor, view, carried, studies,
+                             opened.grid_extensions)
         faults.point("decision")
         study.set_user_attr(StudyAttr.DECISION, decision.as_attrs())
-        _recorder(spec, index, study, view).mark_winner(decision.winner_key)
+        recorder.mark_winner(decision.winner_key)
         view.step_finished(spec, index, study, decision)
         if decision.failed:
             raise StepFailed(study.study_name, read_step(study, index).failure_reasons())
@@ -367,5 +274,4 @@ def _run_steps(spec: SweepSpec, storage: Any, context: StepContext, executor: An
     return SweepOutcome(decisions, carried, [s.study_name for s in studies])
 
 
-__all__ = ["StepFailed", "StepIncomplete", "SweepOutcome", "check_fingerprint", "check_steps_are_ours",
-           "fingerprint", "foreign_reason", "resolve_winner_of", "run_sweep"]
+__all__ = ["StepFailed", "StepIncomplete", "SweepOutcome", "resolve_winner_of", "run_sweep"]

@@ -154,10 +154,13 @@ def make_executor(config: Any, threads: int = 1) -> Executor:
     kind = EXECUTORS.get(choice.section.kind)
     if kind is None or kind.factory is None:
         raise ValueError(f"executor.kind must be one of {', '.join(EXECUTORS)}, got {config.kind!r}")
-    if choice.probe:
-        from maou.sweep.run.executors.pool import PoolExecutor
+    section = choice.section
+    if choice.probe or (section.kind == "local" and (section.max_concurrent or 1) > 1):
+        from maou.sweep.run.executors.pool import PoolExecutor  # several local trials at once
 
-        return PoolExecutor(None, max_retries=choice.section.max_retries)
+        if choice.probe:
+            return PoolExecutor(None, max_retries=section.max_retries)
+        return PoolExecutor.from_section(section)
     module, _, name = kind.factory.partition(":")
     executor: Executor = getattr(importlib.import_module(module), name).from_section(choice.section)
     return executor

@@ -4,16 +4,13 @@ worker processes, :mod:`~maou.sweep.run.executors.pool`)."""
 from __future__ import annotations
 
 import traceback
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from maou.sweep.attrs import TrialAttr
 from maou.sweep.run.job import TrainFn, run_job
 from maou.sweep.run.recorder import TrialHandle
 from maou.sweep.run.step import StepRun
 from maou.trainer.result import Stop
-
-if TYPE_CHECKING:
-    from maou.sweep.run.executors.pool import PoolExecutor
 
 
 class LocalExecutor:
@@ -22,12 +19,9 @@ class LocalExecutor:
         self.train = train
 
     @classmethod
-    def from_section(cls, config: Any) -> LocalExecutor | PoolExecutor:
-        """In this process; ``max_concurrent`` above one: that many at once in worker processes."""
-        if (config.max_concurrent or 1) > 1:
-            from maou.sweep.run.executors.pool import PoolExecutor
-
-            return PoolExecutor.from_section(config)
+    def from_section(cls, config: Any) -> LocalExecutor:
+        """Trials one after another in this process (``max_concurrent`` above one is the pool's:
+        :func:`maou.sweep.run.executors.make_executor` picks it)."""
         return cls()
 
     def run(self, step: StepRun) -> None:
