@@ -3,7 +3,8 @@ and not their lock studies, read-only unless ``--allow-writes``, with a warning 
 can reach it.
 
 The lock studies (``<sweep>@lock``) stay where they are: :class:`StepsOnlyStorage` is the storage as
-the dashboard sees it, where they do not exist (not listed, not found by id or by name). Writes are
+the dashboard sees it, where they do not exist (not listed, not found by id or by name): one more
+policy (:class:`HideLocks`) on the one delegating storage (:mod:`maou.sweep.storage.delegating`). Writes are
 refused by :func:`read_only`, a WSGI middleware in front of optuna-dashboard: every request that is
 not a GET, HEAD or OPTIONS answers 403, except the dashboard's LLM helpers (POSTs that only ask a
 language model for a query and store nothing). Every page and figure of the dashboard is fetched
@@ -22,6 +23,7 @@ from typing import Any
 from optuna.storages import BaseStorage
 
 from maou.sweep.run.lock import lock_study_name
+from maou.sweep.storage.delegating import OPERATIONS, DelegatingStorage, StoragePolicy
 
 #: The end of every lock study's name.
 _LOCK_SUFFIX = lock_study_name("")
@@ -37,51 +39,45 @@ def is_lock_study(study_name: str) -> bool:
     return study_name.endswith(_LOCK_SUFFIX)
 
 
-class StepsOnlyStorage(BaseStorage):
-    """A storage as the dashboard sees it: lock studies do not exist. They are not listed, and every
-    operation on one by id or by name raises ``KeyError`` as for a study that is not there (the
-    dashboard answers 404). Everything else goes to the storage unchanged."""
+class HideLocks(StoragePolicy):
+    """The policy of the dashboard's storage: lock studies are not listed, and every operation on
+    one by id or by name raises ``KeyError`` as for a study that is not there (the dashboard answers
+    404). Everything else goes to the storage unchanged."""
 
     def __init__(self, inner: BaseStorage) -> None:
         self.inner = inner
 
-    def __getattr__(self, name: str) -> Any:  # attributes that are not storage operations
-        return getattr(self.inner, name)
+    def call(self, name: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if name == "get_all_studies":
+            studies = [s for s in fn(*args, **kwargs) if not is_lock_study(s.study_name)]
+            return sorted(studies, key=lambda s: s._study_id)
+        if name == "get_study_id_from_name":
+            study_name = kwargs["study_name"] if "study_name" in kwargs else args[0]
+            if is_lock_study(study_name):
+                raise KeyError(f"No such study {study_name}.")
+        elif name in _BY_STUDY:
+            study_id = kwargs["study_id"] if "study_id" in kwargs else args[0]
+            if is_lock_study(self.inner.get_study_name_from_id(study_id)):
+                raise KeyError(f"No study with study_id {study_id} exists.")
+        return fn(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return "HideLocks()"
+
+
+#: The storage operations that name a study by its id (their first parameter).
+_BY_STUDY = frozenset(name for name in OPERATIONS
+                      if list(inspect.signature(getattr(BaseStorage, name)).parameters)[1:2] == ["study_id"])
+
+
+class StepsOnlyStorage(DelegatingStorage):
+    """A storage as the dashboard sees it: lock studies do not exist (:class:`HideLocks`)."""
+
+    def __init__(self, inner: BaseStorage) -> None:
+        super().__init__(inner, HideLocks(inner))
 
     def __repr__(self) -> str:
         return f"StepsOnlyStorage({self.inner!r})"
-
-    def get_all_studies(self) -> list[Any]:
-        studies = [s for s in self.inner.get_all_studies() if not is_lock_study(s.study_name)]
-        return sorted(studies, key=lambda s: s._study_id)
-
-    def get_study_id_from_name(self, study_name: str) -> int:
-        if is_lock_study(study_name):
-            raise KeyError(f"No such study {study_name}.")
-        return self.inner.get_study_id_from_name(study_name)
-
-    def _visible(self, study_id: int) -> int:
-        """``study_id``, or ``KeyError`` when it is a lock study's (or no study's)."""
-        if is_lock_study(self.inner.get_study_name_from_id(study_id)):
-            raise KeyError(f"No study with study_id {study_id} exists.")
-        return study_id
-
-
-def _delegated(name: str, by_study: bool) -> Callable[..., Any]:
-    def method(self: StepsOnlyStorage, *args: Any, **kwargs: Any) -> Any:
-        if by_study:
-            self._visible(kwargs["study_id"] if "study_id" in kwargs else args[0])
-        return getattr(self.inner, name)(*args, **kwargs)
-
-    method.__name__ = name
-    return method
-
-
-for _name, _function in inspect.getmembers(BaseStorage, inspect.isfunction):  # every storage operation
-    if not _name.startswith("_") and _name not in vars(StepsOnlyStorage):
-        _by_study = list(inspect.signature(_function).parameters)[1:2] == ["study_id"]
-        setattr(StepsOnlyStorage, _name, _delegated(_name, _by_study))
-StepsOnlyStorage.__abstractmethods__ = frozenset()
 
 
 def read_only(app: Callable[..., Iterable[bytes]]) -> Callable[..., Iterable[bytes]]:
