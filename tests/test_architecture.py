@@ -1,5 +1,6 @@
-"""The package's shape: no import cycles, the tree as docs/architecture.md describes it, and the
-sweep layer's reads of Optuna user attributes confined to the read model and the writers."""
+"""The package's shape: no import cycles, the tree as docs/architecture.md describes it, the
+sweep layer's reads of Optuna user attributes confined to the read model and the writers, the
+layers each owner sits in, each stored key spelled once, and modules of at most 400 lines."""
 
 from __future__ import annotations
 
@@ -88,6 +89,37 @@ def test_running_a_sweep_never_imports_its_presentation_nor_the_cli():
         if name.startswith(("maou.trainer", "maou.data", "maou.shogi")):
             bad = {m for m in imported if m.startswith(("maou.sweep", "maou.cli"))}
             assert not bad, f"{name} imports {sorted(bad)}"
+
+
+def test_the_trainer_core_stands_alone_and_the_recorder_only_writes():
+    """The trainer imports nothing of the data package (the dataset folder is maou/layout.py's, below
+    both); the recorder knows the Stopper interface, not racing nor pruning."""
+    graph = import_graph()
+    for name, imported in graph.items():
+        if name.startswith("maou.trainer"):
+            bad = {m for m in imported if m.startswith("maou.data")}
+            assert not bad, f"{name} imports {sorted(bad)}"
+    assert not {m for m in graph["maou.layout"] if m.startswith(("maou.data", "maou.trainer", "maou.sweep"))}
+    recorder = graph["maou.sweep.run.recorder"]
+    assert "maou.sweep.run.stopping" in recorder
+    assert not {m for m in recorder if m.startswith(("maou.sweep.run.racing", "maou.sweep.run.pruning"))}, recorder
+
+
+def test_every_stored_key_and_the_manifest_name_are_spelled_in_one_module():
+    """A trial's attribute keys (sweep/attrs.py) and the dataset manifest's name (layout.py) appear as
+    string literals in exactly one module of maou/."""
+    for literal, owner in (("prune_reason", "maou/sweep/attrs.py"), ("prune_detail", "maou/sweep/attrs.py"),
+                           ("reused_from", "maou/sweep/attrs.py"), ("config_key", "maou/sweep/attrs.py"),
+                           ("manifest.json", "maou/layout.py")):
+        spelled = sorted(str(p.relative_to(ROOT)) for p in PACKAGE.rglob("*.py")
+                         if re.search(rf"[\"']{re.escape(literal)}[\"']", p.read_text(encoding="utf-8")))
+        assert spelled == [owner], (literal, spelled)
+
+
+def test_no_module_is_over_400_lines():
+    long = {str(p.relative_to(ROOT)): n for p in PACKAGE.rglob("*.py")
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) > 400}
+    assert not long, long
 
 
 def test_the_tree_is_the_one_docs_architecture_describes():
