@@ -97,7 +97,6 @@ def sparse_column(offsets: np.ndarray, labels: np.ndarray, weights: np.ndarray) 
     return pa.ListArray.from_arrays(pa.array(np.asarray(offsets, dtype=np.int32)), entries, type=sparse_type())
 
 
-
 #: The manifest of a build folder (top: every file and the content hash) and of each stage folder.
 MANIFEST = "manifest.json"
 #: A games-built stage's splits, one file each.
@@ -122,11 +121,9 @@ def split_path(folder: str | Path, stage_number: int, split: str) -> Path:
 
 
 def read_manifest(path: str | Path) -> dict | None:
-    """A manifest's contents (``path``: the file, or a folder holding one), or None when it is
-    missing or not JSON."""
-    path = Path(path)
+    """A manifest file's contents, or None when it is missing or not a JSON object."""
     try:
-        data = json.loads((path / MANIFEST if path.is_dir() else path).read_text())
+        data = json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None

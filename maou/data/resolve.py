@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from maou.data.verify import Check
 from maou.errors import UserError
-from maou.layout import MANIFEST, Dataset, manifest_content_hash
+from maou.layout import MANIFEST, Dataset, read_manifest
 from maou.stages import stage
 from maou.trainer.config import TrainConfig
 
@@ -120,10 +120,12 @@ def _opened(config: TrainConfig, dataset: Dataset | None, progress: bool) -> Ite
     if dataset is not None and dataset.copy and dataset.folder is not None:
         from maou.data.verify import verify_dataset
 
-        mismatch = verify_dataset(Path(dataset.folder), (config.stage,), "size").mismatch
+        folder = Path(dataset.folder)
+        manifest = read_manifest(folder / MANIFEST) or {}  # read once: checked, then its hash compared
+        mismatch = verify_dataset(folder, (config.stage,), "size", manifest).mismatch
         if mismatch is not None:
             raise UserError(f"{mismatch.describe()} (this node's copy of the driver's datasets)")
-        yield dataset.folder, manifest_content_hash(dataset.folder)
+        yield dataset.folder, manifest.get("content_hash")
         return
     from maou.data.build import datasets_ready
 

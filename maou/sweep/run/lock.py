@@ -245,9 +245,14 @@ class _Heartbeat(threading.Thread):
 class FencedStorage(DelegatingStorage):
     """``inner`` with every write checked against the driver's :class:`Fence` first."""
 
+    policy: Fence
+
     def __init__(self, inner: BaseStorage, fence: Fence) -> None:
         super().__init__(inner, fence)
-        self.fence = fence
+
+    @property
+    def fence(self) -> Fence:
+        return self.policy
 
     def __repr__(self) -> str:
         return f"FencedStorage({self.inner!r}, token {self.fence.token})"

@@ -115,9 +115,14 @@ class Retrying(StoragePolicy):
 class RetryingStorage(DelegatingStorage):
     """Any Optuna storage, every operation retried while the database is unreachable."""
 
+    policy: Retrying
+
     def __init__(self, inner: BaseStorage, url: str) -> None:
         super().__init__(inner, Retrying(url))
-        self.url = url
+
+    @property
+    def url(self) -> str:
+        return self.policy.url
 
     def __repr__(self) -> str:
         return f"RetryingStorage({mask_url(self.url)})"
